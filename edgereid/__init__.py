@@ -1,0 +1,54 @@
+"""edgereid: person re-identification embeddings and gender from one model, PyTorch to the edge.
+
+`import edgereid` stays light (numpy only); names below load their module on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+from .errors import (
+    BackendUnavailableError,
+    DatasetError,
+    EdgereidError,
+    ImageReadError,
+    InvalidInputError,
+    MissingDependencyError,
+    ModelFileError,
+    ModelVersionError,
+)
+
+# public name -> module that defines it; loaded lazily so `import edgereid` imports no backend.
+_LAZY = {
+    "Runtime": "edgereid.runtime",
+    "Output": "edgereid.output",
+    "Preprocessor": "edgereid.preprocess",
+    "ModelMetadata": "edgereid.metadata",
+    "read_image": "edgereid.imageio",
+}
+
+__all__ = [
+    "__version__",
+    "BackendUnavailableError",
+    "DatasetError",
+    "EdgereidError",
+    "ImageReadError",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "ModelFileError",
+    "ModelVersionError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgereid' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(__all__)

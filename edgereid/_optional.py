@@ -1,0 +1,35 @@
+"""Import heavy or optional libraries on first use, with a message naming the extra to install."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+# module -> (pip extra of edgereid, what it is needed for)
+_EXTRAS = {
+    "torch": ("train", "PyTorch models, training and export"),
+    "onnx": ("export", "writing and editing ONNX files"),
+    "onnxsim": ("export", "simplifying exported ONNX graphs"),
+    "onnxruntime": ("", "running .onnx models"),
+    "tensorrt": ("trt", "building and running TensorRT engines"),
+    "pycuda": ("trt", "running TensorRT engines"),
+    "faiss": ("faiss", "approximate search in large galleries"),
+    "matplotlib": ("plots", "plots"),
+    "tensorboard": ("tensorboard", "TensorBoard logs"),
+    "yaml": ("train", "YAML training configs"),
+}
+
+
+def require(module: str, purpose: str | None = None) -> ModuleType:
+    """Import `module` or raise MissingDependencyError saying which edgereid extra provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        extra, default_purpose = _EXTRAS.get(top, ("", top))
+        what = purpose or default_purpose
+        hint = f'pip install "edgereid[{extra}]"' if extra else "pip install edgereid"
+        if top == "torch":
+            hint += " (CPU-only machines: pip install torch==<version> from the CPU wheel index first)"
+        raise MissingDependencyError(f"{module} is needed for {what} but is not installed: {hint}") from exc

@@ -1,0 +1,1 @@
+"""The `edgereid` command line; each command lives in its own module and loads on use."""

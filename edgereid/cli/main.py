@@ -1,0 +1,69 @@
+"""`edgereid` entry point: a click group whose commands are imported only when invoked."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .._version import __version__
+from ..errors import EdgereidError
+
+# command name -> "module:function". Importing a command module must stay cheap (no torch/onnx
+# at module level), but loading lazily keeps `edgereid --help` fast as the list grows.
+COMMANDS = {
+    "export": "edgereid.cli.export_cmd:export",
+    "infer": "edgereid.cli.infer_cmd:infer",
+}
+
+# One-line help shown by `edgereid --help` without importing the command module.
+SHORT_HELP = {
+    "export": "Export a checkpoint (or a random-init smoke model) to ONNX with metadata.",
+    "infer": "Embeddings and gender for image crops with any model file.",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that lists COMMANDS and imports one only when it is run or asked for help."""
+
+    def list_commands(self, ctx: click.Context) -> list:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # `edgereid --help` shows the short help without importing every command module.
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgereid")
+def cli() -> None:
+    """edgereid: re-ID embeddings and gender from one model, PyTorch to the edge."""
+
+
+def main(argv: list | None = None) -> None:
+    """Run the CLI, turning edgereid errors into one clear line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="edgereid", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except EdgereidError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Export stage: torch -> ONNX, simplification, metadata, TensorRT engine building."""
