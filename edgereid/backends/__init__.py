@@ -1,1 +1,41 @@
 """Inference backends behind one small contract (see base.py); each imports its library on first use."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ModelFileError
+from .base import Backend
+
+# file suffix -> backend name; the file decides the backend, no boolean flags.
+SUFFIXES = {".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+
+def backend_for(path: str | os.PathLike) -> str:
+    """The backend name for a model file, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ModelFileError(f"{path}: unknown model file type {suffix!r}; edgereid runs .onnx (ONNX Runtime), "
+                             f".engine/.plan (TensorRT) and .pt/.pth checkpoints (PyTorch).")
+    return SUFFIXES[suffix]
+
+
+def open_backend(path: str | os.PathLike, backend: str | None = None, **options) -> Backend:
+    """Open `path` with the named backend (default: chosen from the file suffix)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    name = backend or backend_for(path)
+    if name == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, providers=options.get("providers"), threads=options.get("threads"))
+    if name == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(path, device=options.get("device") or "cpu", threads=options.get("threads"))
+    if name == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path, max_batch=options.get("max_batch"), device=options.get("device") or 0)
+    raise ModelFileError(f"unknown backend {name!r}; choose one of onnxruntime, torch, tensorrt.")

@@ -1,0 +1,47 @@
+"""The one contract every inference backend meets (after Polygraphy's runners)."""
+from __future__ import annotations
+
+import abc
+from typing import Mapping
+
+import numpy as np
+
+from ..metadata import ModelMetadata
+
+
+class Backend(abc.ABC):
+    """A loaded model: `infer(feed) -> {output name: array}`, with its metadata and last latency."""
+
+    #: short name shown to users ("onnxruntime", "torch", "tensorrt")
+    name: str = "backend"
+
+    def __init__(self) -> None:
+        self.last_latency_s: float = 0.0
+
+    @property
+    @abc.abstractmethod
+    def metadata(self) -> ModelMetadata:
+        """The model contract read from the file (never guessed)."""
+
+    @property
+    def input_name(self) -> str:
+        """Name of the single image input."""
+        return self.metadata.input_name
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch one `infer` call accepts (None: unlimited, e.g. dynamic ONNX)."""
+        return None
+
+    @abc.abstractmethod
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict:
+        """Run one batch; returns every model output by name as a numpy array."""
+
+    def close(self) -> None:
+        """Release the session, context or device memory."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

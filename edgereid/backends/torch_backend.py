@@ -1,0 +1,51 @@
+"""PyTorch backend: runs an edgereid training checkpoint directly (the reference the others are checked against)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .._optional import require
+from ..metadata import ModelMetadata
+from .base import Backend
+
+
+class TorchBackend(Backend):
+    """A DualHeadReID checkpoint in eval mode on CPU (or `device`)."""
+
+    name = "torch"
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__()
+        self._torch = require("torch")
+        from edgereid.training.checkpoint import load_checkpoint, model_metadata
+
+        if threads:
+            self._torch.set_num_threads(int(threads))
+        self.path = Path(path)
+        self.device = device
+        self.model, ckpt = load_checkpoint(self.path, with_classifier=False)
+        self.model.to(device)
+        stored = ckpt.get("metadata") or {}
+        # Preprocessing travels with the weights; the hash is recomputed from what was actually loaded.
+        base = ModelMetadata.from_dict(stored, source=str(self.path)) if stored else ModelMetadata()
+        self._metadata = base.with_(weights_sha256=model_metadata(self.model).weights_sha256,
+                                    embedding_dim=self.model.config.embedding_dim, normalize_in_graph=False,
+                                    input_layout="NCHW", input_dtype="float32", color_order="RGB")
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self._metadata
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict:
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(feed[self.input_name])).to(self.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model(x)
+        result = {k: out[k].float().cpu().numpy() for k in self._metadata.output_names}
+        self.last_latency_s = time.perf_counter() - start
+        return result

@@ -1,0 +1,70 @@
+"""What a Runtime returns: embeddings and gender probabilities, bound to outputs by name."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class Output:
+    """Per-crop results: `embeddings` (N, D) float32 and `gender_prob` (N,) float32 = P(positive class)."""
+
+    embeddings: np.ndarray
+    gender_prob: np.ndarray
+    positive_class: str = "female"
+    negative_class: str = "male"
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def gender_labels(self) -> np.ndarray:
+        """Predicted class names at threshold 0.5 (e.g. 'female' / 'male')."""
+        return np.where(self.gender_prob >= 0.5, self.positive_class, self.negative_class)
+
+    @property
+    def is_positive(self) -> np.ndarray:
+        """Boolean mask: True where the positive class (female) is predicted."""
+        return self.gender_prob >= 0.5
+
+    def __getitem__(self, index) -> "Output":
+        return Output(self.embeddings[index], self.gender_prob[index], self.positive_class, self.negative_class)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Output"], dim: int, positive: str = "female", negative: str = "male") -> "Output":
+        """Join outputs of several batches (an empty list gives empty arrays of the right shape)."""
+        if not parts:
+            return cls(np.zeros((0, dim), np.float32), np.zeros((0,), np.float32), positive, negative)
+        return cls(
+            np.concatenate([p.embeddings for p in parts]),
+            np.concatenate([p.gender_prob for p in parts]),
+            parts[0].positive_class,
+            parts[0].negative_class,
+        )
+
+    def to_records(self, names: Sequence[str] | None = None) -> list:
+        """One JSON-ready dict per crop: name, embedding list, gender probability and label."""
+        names = names if names is not None else [str(i) for i in range(len(self))]
+        labels = self.gender_labels
+        return [
+            {
+                "name": str(name),
+                "embedding": [float(v) for v in self.embeddings[i]],
+                "gender_prob": float(self.gender_prob[i]),
+                "gender": str(labels[i]),
+            }
+            for i, name in enumerate(names)
+        ]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out

@@ -1,0 +1,137 @@
+"""The dual-head person model: IBN-Net-A ResNet-18 backbone, a re-ID head on layer4, a gender head on layer3.
+
+    images (N,3,256,128) -> stem -> layer1..3 (IBN) -> layer3 map -> gender head -> gender_logit (N,1)
+                                                     -> layer4 (BN) -> re-ID head -> embedding (N,D), L2-normalised
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import ConvBNReLU, ResNetIBNa
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model from a checkpoint."""
+
+    embedding_dim: int = 128
+    num_classes: int = 0  # identities for the training classifier; 0 = no classifier (inference)
+    gender_channels: int = 256
+    last_stride: int = 1
+    arch: str = "resnet18_ibn_a"
+
+
+class ReidHead(nn.Module):
+    """Global average pooling -> projection to D -> BN-neck; embedding = L2-normalised BN-neck output.
+
+    The triplet/center losses see the projected feature before the BN-neck and the identity classifier
+    the feature after it (the "BNNeck" of Luo et al., Bag of Tricks, 2019).
+    """
+
+    def __init__(self, in_channels: int, embedding_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_channels, embedding_dim, bias=False)
+        self.bnneck = nn.BatchNorm1d(embedding_dim)
+        self.bnneck.bias.requires_grad_(False)  # BNNeck: no shift, so the classifier hyperplanes pass the origin
+        self.classifier = nn.Linear(embedding_dim, num_classes, bias=False) if num_classes > 0 else None
+        nn.init.kaiming_normal_(self.proj.weight, mode="fan_out")
+        if self.classifier is not None:
+            nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def forward(self, fmap: torch.Tensor) -> dict:
+        feat = self.proj(F.adaptive_avg_pool2d(fmap, 1).flatten(1))
+        neck = self.bnneck(feat)
+        out = {"embedding": F.normalize(neck, dim=1)}
+        if self.training:
+            out["reid_feature"] = feat
+            if self.classifier is not None:
+                out["id_logits"] = self.classifier(neck)
+        return out
+
+
+class GenderHead(nn.Module):
+    """layer3 map -> its own conv-BN-ReLU block -> global average pooling -> one logit (P(female) = sigmoid)."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.block = ConvBNReLU(in_channels, channels, kernel=3, stride=2)
+        self.fc = nn.Linear(channels, 1)
+
+    def forward(self, fmap: torch.Tensor) -> dict:
+        feat = F.adaptive_avg_pool2d(self.block(fmap), 1).flatten(1)
+        out = {"gender_logit": self.fc(feat)}
+        if self.training:
+            out["gender_feature"] = feat
+        return out
+
+
+class DualHeadReID(nn.Module):
+    """One backbone pass, two answers: `embedding` (N,D) and `gender_logit` (N,1)."""
+
+    def __init__(self, num_classes: int = 0, embedding_dim: int = 128, gender_channels: int = 256,
+                 last_stride: int = 1) -> None:
+        super().__init__()
+        self.config = ModelConfig(embedding_dim=embedding_dim, num_classes=num_classes,
+                                  gender_channels=gender_channels, last_stride=last_stride)
+        self.backbone = ResNetIBNa(last_stride=last_stride)
+        self.reid_head = ReidHead(512, embedding_dim, num_classes)
+        self.gender_head = GenderHead(256, gender_channels)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | dict) -> "DualHeadReID":
+        """Build from a ModelConfig or its dict form (as stored in checkpoints)."""
+        cfg = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+        return cls(num_classes=cfg.num_classes, embedding_dim=cfg.embedding_dim,
+                   gender_channels=cfg.gender_channels, last_stride=cfg.last_stride)
+
+    def config_dict(self) -> dict:
+        """The ModelConfig as a plain dict."""
+        return asdict(self.config)
+
+    def forward_features(self, x: torch.Tensor) -> tuple:
+        """(layer3 map, layer4 map)."""
+        return self.backbone(x)
+
+    def forward_heads(self, x3: torch.Tensor, x4: torch.Tensor) -> dict:
+        """Both heads on the backbone maps; named outputs (never positional)."""
+        return {**self.reid_head(x4), **self.gender_head(x3)}
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return self.forward_heads(*self.forward_features(x))
+
+    def forward_reid(self, x: torch.Tensor) -> dict:
+        """Re-ID outputs only (a re-ID training batch does not need the gender branch)."""
+        return self.reid_head(self.forward_features(x)[1])
+
+    def forward_gender(self, x: torch.Tensor) -> dict:
+        """Gender outputs only; stops at layer3 so gender batches skip layer4."""
+        b = self.backbone
+        return self.gender_head(b.layer3(b.layer2(b.layer1(b.stem(x)))))
+
+    def backbone_parameters(self) -> list:
+        """Shared backbone parameters (stepped by both tasks' optimizers)."""
+        return list(self.backbone.parameters())
+
+    def reid_parameters(self) -> list:
+        """Re-ID head parameters (projection, BN-neck, classifier)."""
+        return [p for p in self.reid_head.parameters() if p.requires_grad]
+
+    def gender_parameters(self) -> list:
+        """Gender branch parameters (conv block and logit)."""
+        return list(self.gender_head.parameters())
+
+
+class ExportWrapper(nn.Module):
+    """Fixed-signature forward for export: images -> (embedding, gender_logit), names set by the exporter."""
+
+    def __init__(self, model: DualHeadReID) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple:
+        out = self.model(images)
+        return out["embedding"], out["gender_logit"]
