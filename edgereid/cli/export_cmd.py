@@ -1,0 +1,46 @@
+"""`edgereid export`: checkpoint (or a random-init smoke model) -> ONNX with edgereid metadata."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("export")
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="ONNX file to write.")
+@click.option("--random-init", is_flag=True, help="Export an untrained model (smoke tests; no checkpoint needed).")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --random-init: a local torchvision/IBN-Net ResNet-18 state dict for the backbone.")
+@click.option("--embedding-dim", type=int, default=128, show_default=True, help="With --random-init.")
+@click.option("--fuse-preprocessing", is_flag=True,
+              help="uint8 NHWC BGR input; cast, channel swap and normalisation happen inside the graph.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--no-simplify", is_flag=True, help="Skip onnx-simplifier.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --random-init.")
+def export(checkpoint, output, random_init, backbone_weights, embedding_dim, fuse_preprocessing, opset,
+           no_simplify, seed) -> None:
+    """Export CHECKPOINT.pt (from `edgereid train`) to ONNX, checked against PyTorch."""
+    from edgereid._optional import require
+
+    torch = require("torch")
+    from edgereid.export.onnx_export import export_onnx
+    from edgereid.training.checkpoint import load_checkpoint
+    from edgereid.training.model import DualHeadReID
+
+    if (checkpoint is None) == (not random_init):
+        raise click.UsageError("give a CHECKPOINT or --random-init (exactly one).")
+    if random_init:
+        torch.manual_seed(seed)
+        model = DualHeadReID(embedding_dim=embedding_dim)
+        if backbone_weights:
+            from edgereid.training.pretrained import load_backbone_weights
+
+            click.echo(f"backbone weights: {load_backbone_weights(model.backbone, backbone_weights).summary()}")
+    else:
+        model, _ = load_checkpoint(checkpoint, with_classifier=False)
+    path = export_onnx(model, output, fuse_preprocessing=fuse_preprocessing, simplify=not no_simplify, opset=opset)
+    kind = "uint8 NHWC BGR (fused preprocessing)" if fuse_preprocessing else "float32 NCHW RGB"
+    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, input {kind}, "
+               f"embedding dim {model.config.embedding_dim}); outputs match PyTorch.")
