@@ -65,7 +65,7 @@ class ResNetIBNa(nn.Module):
     """
 
     def __init__(self, layers: tuple = (2, 2, 2, 2), ibn_stages: tuple = (True, True, True, False),
-                 last_stride: int = 1) -> None:
+                 last_stride: int = 2) -> None:
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -75,7 +75,8 @@ class ResNetIBNa(nn.Module):
         self.layer1 = self._make_layer(64, layers[0], 1, ibn_stages[0])
         self.layer2 = self._make_layer(128, layers[1], 2, ibn_stages[1])
         self.layer3 = self._make_layer(256, layers[2], 2, ibn_stages[2])
-        # last_stride=1 keeps a 16x8 map on 256x128 input, the usual re-ID choice (BoT, fast-reid).
+        # last_stride=2 (ResNet default, 8x4 map) by default: layer4 costs 4x less than with the re-ID trick
+        # last_stride=1 (16x8 map, BoT/fast-reid), which buys about a point of rank-1 for 1.7x the FLOPs.
         self.layer4 = self._make_layer(512, layers[3], last_stride, ibn_stages[3])
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

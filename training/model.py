@@ -21,7 +21,7 @@ class ModelConfig:
     embedding_dim: int = 128
     num_classes: int = 0  # identities for the training classifier; 0 = no classifier (inference)
     gender_channels: int = 256
-    last_stride: int = 1
+    last_stride: int = 2
     arch: str = "resnet18_ibn_a"
 
 
@@ -73,7 +73,7 @@ class DualHeadReID(nn.Module):
     """One backbone pass, two answers: `embedding` (N,D) and `gender_logit` (N,1)."""
 
     def __init__(self, num_classes: int = 0, embedding_dim: int = 128, gender_channels: int = 256,
-                 last_stride: int = 1) -> None:
+                 last_stride: int = 2) -> None:
         super().__init__()
         self.config = ModelConfig(embedding_dim=embedding_dim, num_classes=num_classes,
                                   gender_channels=gender_channels, last_stride=last_stride)
