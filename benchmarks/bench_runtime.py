@@ -99,6 +99,8 @@ def main() -> None:
         onnx_path = export_onnx(model, Path(tmp) / "model.onnx")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = args.threads
+        # ORT's idle workers spin after each run; with rounds alternating that would steal PyTorch's cores.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
