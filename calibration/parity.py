@@ -1,0 +1,201 @@
+"""Accuracy parity: a PyTorch checkpoint vs its ONNX fp32 / fp16 / int8 files (and engines), with pass/fail budgets.
+
+Every model sees the same crops through the same Preprocessor; outputs are bound by name. Per model:
+per-output max/mean abs error, embedding cosine (min/mean), gender agreement, and retrieval deltas on an
+evaluation set (rank-1, mAP, top-10 overlap). Images used for calibration are excluded.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgereid.errors import DatasetError
+
+# precision -> {check: (comparison, threshold)}; "<=" checks are errors/deltas, ">=" checks similarities.
+BUDGETS = {
+    "fp32": {"embedding_max_abs": ("<=", 1e-3), "gender_logit_max_abs": ("<=", 1e-2), "cosine_min": (">=", 0.9999),
+             "gender_agreement": (">=", 0.999), "rank1_delta": ("<=", 0.001), "mAP_delta": ("<=", 0.001),
+             "top10_overlap": (">=", 0.99)},
+    "fp16": {"embedding_max_abs": ("<=", 2e-2), "gender_logit_max_abs": ("<=", 0.1), "cosine_min": (">=", 0.999),
+             "gender_agreement": (">=", 0.99), "rank1_delta": ("<=", 0.01), "mAP_delta": ("<=", 0.01),
+             "top10_overlap": (">=", 0.95)},
+    "int8": {"embedding_max_abs": ("<=", 0.15), "gender_logit_max_abs": ("<=", 1.0), "cosine_min": (">=", 0.95),
+             "cosine_mean": (">=", 0.99), "gender_agreement": (">=", 0.97), "rank1_delta": ("<=", 0.01),
+             "mAP_delta": ("<=", 0.01), "top10_overlap": (">=", 0.85)},
+}
+
+
+@dataclass
+class EvalSet:
+    """Query/gallery image paths with person and camera ids (gallery may hold distractors)."""
+
+    query: list
+    gallery: list
+    q_pids: np.ndarray
+    g_pids: np.ndarray
+    q_cams: np.ndarray
+    g_cams: np.ndarray
+    excluded: int = 0
+
+    @property
+    def paths(self) -> list:
+        """Query then gallery paths (the order outputs are stored in)."""
+        return self.query + self.gallery
+
+
+def load_eval_set(data: str | os.PathLike, exclude: Sequence[str] = (), max_query: int = 0) -> EvalSet:
+    """A Market-1501-layout folder (query/, bounding_box_test/) minus the excluded (calibration) images."""
+    from edgereid.training.datasets import load_market1501
+
+    splits = load_market1501(data)
+    drop = {str(Path(p).resolve()) for p in exclude}
+    query = [r for r in splits.query if str(Path(r.path).resolve()) not in drop]
+    gallery = [r for r in splits.gallery if str(Path(r.path).resolve()) not in drop]
+    excluded = len(splits.query) + len(splits.gallery) - len(query) - len(gallery)
+    if max_query and len(query) > max_query:
+        query = [query[int(i * len(query) / max_query)] for i in range(max_query)]
+    if not query or not gallery:
+        raise DatasetError(f"{data}: no query or gallery images left after excluding {excluded} calibration "
+                           f"images; evaluate on images the calibration set did not use.")
+    return EvalSet([r.path for r in query], [r.path for r in gallery], np.array([r.pid for r in query]),
+                   np.array([r.pid for r in gallery]), np.array([r.camid for r in query]),
+                   np.array([r.camid for r in gallery]), excluded)
+
+
+def raw_outputs(model_path: str | os.PathLike, paths: Sequence[str], batch: int = 16,
+                threads: int | None = None) -> dict:
+    """{"embedding": (N,D), "gender_logit": (N,)} straight from the backend (named outputs, raw logits)."""
+    from tqdm import tqdm
+
+    from edgereid import Runtime
+    from edgereid.imageio import read_image
+
+    with Runtime(model_path, max_batch=batch, threads=threads) as rt:
+        meta = rt.metadata
+        emb, logit = [], []
+        for lo in tqdm(range(0, len(paths), rt.max_batch), desc=Path(model_path).name, leave=False):
+            crops = [read_image(p) for p in paths[lo:lo + rt.max_batch]]
+            out = rt.backend.infer({meta.input_name: rt.preprocessor.prepare(crops, start_index=lo)})
+            emb.append(np.asarray(out[meta.embedding_output], dtype=np.float32))
+            logit.append(np.asarray(out[meta.gender_output], dtype=np.float32).reshape(-1))
+        return {"embedding": np.concatenate(emb), "gender_logit": np.concatenate(logit), "precision": meta.precision}
+
+
+def retrieval(emb: np.ndarray, ev: EvalSet) -> dict:
+    """rank-1, mAP (edgereid.evaluate, cosine distance) and each query's top-10 gallery indices."""
+    import edgereid
+
+    q, g = emb[:len(ev.query)], emb[len(ev.query):]
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    dist = 1.0 - q @ g.T
+    res = edgereid.evaluate(dist, ev.q_pids, ev.g_pids, ev.q_cams, ev.g_cams)
+    top = np.argsort(dist, axis=1, kind="stable")[:, :10]
+    return {"rank1": res.rank(1), "mAP": res.mAP, "top10": top}
+
+
+def compare(ref: dict, got: dict, ev: EvalSet, ref_ret: dict | None = None) -> dict:
+    """All parity numbers of one model's outputs against the reference's."""
+    ref_ret = ref_ret or retrieval(ref["embedding"], ev)
+    ret = retrieval(got["embedding"], ev)
+    e_err = np.abs(got["embedding"] - ref["embedding"])
+    g_err = np.abs(got["gender_logit"] - ref["gender_logit"])
+    a, b = ref["embedding"], got["embedding"]
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    overlap = np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(ref_ret["top10"], ret["top10"])])
+    return {
+        "embedding_max_abs": float(e_err.max()), "embedding_mean_abs": float(e_err.mean()),
+        "gender_logit_max_abs": float(g_err.max()), "gender_logit_mean_abs": float(g_err.mean()),
+        "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+        "gender_agreement": float(np.mean((got["gender_logit"] >= 0) == (ref["gender_logit"] >= 0))),
+        "rank1": ret["rank1"], "mAP": ret["mAP"], "rank1_delta": abs(ret["rank1"] - ref_ret["rank1"]),
+        "mAP_delta": abs(ret["mAP"] - ref_ret["mAP"]), "top10_overlap": float(overlap),
+    }
+
+
+def judge(metrics: dict, precision: str, budgets: dict | None = None) -> dict:
+    """{check: {"value", "op", "threshold", "pass"}} for the precision's budget."""
+    budget = (budgets or BUDGETS).get(precision, BUDGETS["int8"])
+    checks = {}
+    for name, (op, limit) in budget.items():
+        value = metrics[name]
+        ok = value <= limit if op == "<=" else value >= limit
+        checks[name] = {"value": value, "op": op, "threshold": limit, "pass": bool(ok)}
+    return checks
+
+
+@dataclass
+class ParityReport:
+    """Reference scores, per-model metrics and checks; `passed` is False when any check failed."""
+
+    reference: dict
+    models: dict = field(default_factory=dict)
+    num_query: int = 0
+    num_gallery: int = 0
+    excluded_calibration_images: int = 0
+
+    @property
+    def passed(self) -> bool:
+        """True when every check of every model passed."""
+        return all(c["pass"] for m in self.models.values() for c in m["checks"].values())
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {"passed": self.passed, "reference": self.reference, "models": self.models,
+                "num_query": self.num_query, "num_gallery": self.num_gallery,
+                "excluded_calibration_images": self.excluded_calibration_images}
+
+    def table(self) -> str:
+        """A plain-text table: one row per check, one column per model."""
+        names = list(self.models)
+        checks = list(dict.fromkeys(c for m in self.models.values() for c in m["checks"]))
+        width = max([len(n) for n in names] + [14])
+        lines = [f"{'check':<22}" + "".join(f"{n:>{width + 2}}" for n in names)]
+        for check in checks:
+            cells = []
+            for n in names:
+                c = self.models[n]["checks"].get(check)
+                cells.append("-" if c is None else f"{c['value']:.4g} {'ok' if c['pass'] else 'FAIL'}")
+            lines.append(f"{check:<22}" + "".join(f"{c:>{width + 2}}" for c in cells))
+        ref = self.reference
+        lines.append(f"reference {ref['path']}: rank-1 {ref['rank1']:.4f}, mAP {ref['mAP']:.4f} "
+                     f"({self.num_query} queries, {self.num_gallery} gallery, "
+                     f"{self.excluded_calibration_images} calibration images excluded)")
+        lines.append("PASS" if self.passed else "FAIL")
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON atomically."""
+        from .manifest import write_text_atomic
+
+        path = Path(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
+        return path
+
+
+def run_parity(reference: str | os.PathLike, models: Sequence[str | os.PathLike], data: str | os.PathLike,
+               calib: str | os.PathLike | None = None, max_query: int = 0, batch: int = 16,
+               threads: int | None = None, budgets: dict | None = None) -> ParityReport:
+    """Compare every model file with the reference (a .pt checkpoint or any model file) on `data`."""
+    exclude = []
+    if calib is not None:
+        from .manifest import CalibrationManifest
+
+        exclude = [p for p in CalibrationManifest.load(calib).images if not p.startswith("<array:")]
+    ev = load_eval_set(data, exclude, max_query)
+    ref = raw_outputs(reference, ev.paths, batch, threads)
+    ref_ret = retrieval(ref["embedding"], ev)
+    report = ParityReport(reference={"path": str(reference), "rank1": ref_ret["rank1"], "mAP": ref_ret["mAP"]},
+                          num_query=len(ev.query), num_gallery=len(ev.gallery), excluded_calibration_images=ev.excluded)
+    for path in models:
+        got = raw_outputs(path, ev.paths, batch, threads)
+        metrics = compare(ref, got, ev, ref_ret)
+        name = Path(path).name
+        report.models[name] = {"path": str(path), "precision": got["precision"], "metrics": metrics,
+                               "checks": judge(metrics, got["precision"], budgets)}
+    return report
