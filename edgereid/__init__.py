@@ -26,6 +26,12 @@ _LAZY = {
     "Preprocessor": "edgereid.preprocess",
     "ModelMetadata": "edgereid.metadata",
     "read_image": "edgereid.imageio",
+    "Gallery": "edgereid.gallery",
+    "rerank": "edgereid.reranking",
+    "rerank_distances": "edgereid.reranking",
+    "evaluate": "edgereid.metrics",
+    "DynamicBatcher": "edgereid.batcher",
+    "ItemResult": "edgereid.batcher",
 }
 
 __all__ = [

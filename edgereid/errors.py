@@ -32,3 +32,7 @@ class BackendUnavailableError(EdgereidError, RuntimeError):
 
 class DatasetError(EdgereidError, ValueError):
     """A data set folder, list or table that is missing, empty or unparsable."""
+
+
+class GalleryFileError(EdgereidError, ValueError):
+    """A gallery file that is missing, truncated, corrupt, foreign or of an unsupported format version."""

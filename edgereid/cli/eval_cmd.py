@@ -1,0 +1,76 @@
+"""`edgereid eval`: CMC / mAP (optionally re-ranked) of a model on a re-ID data set, plus a gender report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+MODES = ["market1501", "single_camera", "multi_camera", "cuhk03"]
+
+
+def embed_files(rt, paths: list, desc: str):
+    """Run the runtime over files in max_batch chunks with a progress bar; returns one Output."""
+    from tqdm import tqdm
+
+    from edgereid.output import Output
+
+    parts = [rt.infer_files(paths[lo:lo + rt.max_batch])
+             for lo in tqdm(range(0, len(paths), rt.max_batch), desc=desc, unit="batch")]
+    return Output.concat(parts, rt.metadata.embedding_dim, rt.metadata.gender_positive_class,
+                         rt.metadata.gender_negative_class)
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data_root", type=click.Path(path_type=Path))
+@click.option("--dataset", default="market1501", show_default=True,
+              help="Data set layout under DATA_ROOT: market1501, dukemtmc, msmt17 or folder.")
+@click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")
+@click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default="market1501", show_default=True,
+              help="Evaluation protocol (see edgereid.metrics).")
+@click.option("--gender-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Gender labels (list or attribute table) to score the gender head on.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the numbers to this JSON file.")
+@click.option("--max-batch", type=int, default=32, show_default=True)
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default=None)
+@click.option("--threads", type=int, default=None)
+def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, json_out, max_batch, backend,
+                 threads) -> None:
+    """Evaluate MODEL on the query / gallery split of the data set at DATA_ROOT."""
+    import numpy as np
+
+    from edgereid.distances import pairwise_distance
+    from edgereid.metrics import evaluate, gender_report
+    from edgereid.reranking import rerank as rerank_fn
+    from edgereid.runtime import Runtime
+    from edgereid.training.datasets import load_gender_dataset, load_reid_dataset
+
+    splits = load_reid_dataset(dataset, data_root)
+    report = {"model": str(model), "dataset": dataset, "root": str(data_root), "rerank": rerank,
+              "metric": metric}
+    with Runtime(model, backend=backend, max_batch=max_batch, threads=threads) as rt:
+        q = embed_files(rt, [r.path for r in splits.query], "query")
+        g = embed_files(rt, [r.path for r in splits.gallery], "gallery")
+        gender = None
+        if gender_list is not None:
+            recs = load_gender_dataset(gender_list)
+            out = embed_files(rt, [r.path for r in recs], "gender")
+            gender = gender_report([r.label for r in recs], out.gender_prob,
+                                   classes=(rt.metadata.gender_negative_class, rt.metadata.gender_positive_class))
+    ids = [np.array([getattr(r, k) for r in recs]) for recs in (splits.query, splits.gallery) for k in ("pid", "camid")]
+    if rerank:
+        dist = rerank_fn(q.embeddings, g.embeddings, metric=metric, progress=True)
+    else:
+        dist = pairwise_distance(q.embeddings, g.embeddings, metric)
+    res = evaluate(dist, ids[0], ids[2], ids[1], ids[3], mode=mode)
+    click.echo(str(res))
+    report["reid"] = res.to_dict()
+    if gender is not None:
+        click.echo("\nGender\n" + gender.table())
+        report["gender"] = gender.to_dict()
+    if json_out:
+        from edgereid.cli.infer_cmd import write_json_atomic
+        write_json_atomic(json_out, report)
+        click.echo(f"wrote {json_out}")

@@ -1,0 +1,79 @@
+"""`edgereid search`: the nearest gallery crops of query crops, printed and drawn as a PNG or HTML grid."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+# Market-1501 / DukeMTMC style names carry the person id and camera: 0002_c1s1_000451_03.jpg
+_ID_CAM = re.compile(r"^(-?\d+)_c(\d+)")
+
+
+def id_and_camera(path: Path) -> tuple:
+    """(id, camera) parsed from a Market-style file name, or (-1, -1) when the name does not say."""
+    m = _ID_CAM.match(path.name)
+    return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+
+
+def build_gallery(rt, folder: Path):
+    """Embed every image under `folder` into a Gallery whose meta holds each file's path."""
+    from edgereid.cli.eval_cmd import embed_files
+    from edgereid.gallery import Gallery
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise click.UsageError(f"no images found under {folder}")
+    out = embed_files(rt, [str(p) for p in files], "gallery")
+    g = Gallery(dim=out.embeddings.shape[1])
+    idc = [id_and_camera(p) for p in files]
+    g.add(out.embeddings, ids=[i for i, _ in idc], cameras=[c for _, c in idc], gender_prob=out.gender_prob,
+          meta=[{"path": str(p)} for p in files])
+    return g
+
+
+@click.command("search")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--gallery", "gallery_path", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A folder of crops (embedded now) or a .gallery file saved earlier.")
+@click.option("--query", "queries", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False,
+                                                                                path_type=Path))
+@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("--rerank", is_flag=True, help="Rank by k-reciprocal re-ranked distance.")
+@click.option("--gender", type=click.Choice(["female", "male"]), default=None, help="Only gallery entries of this gender.")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result grid: .png, or .html for a page with the same content.")
+@click.option("--save-gallery", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Save the gallery built from a folder, to reuse with --gallery FILE.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default=None)
+@click.option("--threads", type=int, default=None)
+def search(model, gallery_path, queries, k, rerank, gender, save_path, save_gallery, backend, threads) -> None:
+    """Find the K nearest gallery crops of each --query image with MODEL."""
+    from edgereid.gallery import Gallery
+    from edgereid.imageio import read_image
+    from edgereid.runtime import Runtime
+    from edgereid.search_report import Tile, save_grid_png, save_html
+
+    with Runtime(model, backend=backend, threads=threads) as rt:
+        g = build_gallery(rt, gallery_path) if gallery_path.is_dir() else Gallery.load(gallery_path)
+        q = rt.infer_files([str(p) for p in queries])
+    if save_gallery:
+        g.save(save_gallery)
+        click.echo(f"wrote {save_gallery} ({len(g)} entries, {g.bytes_per_entry} bytes each)")
+    results = g.search(q.embeddings, k=k, rerank=rerank, gender=gender)
+    rows = []
+    for path, prob, hits in zip(queries, q.gender_prob, results):
+        qid = id_and_camera(path)[0]
+        click.echo(f"{path}\tP(female)={prob:.3f}")
+        for rank, h in enumerate(hits, 1):
+            where = (h.meta or {}).get("path", f"#{h.index}") if isinstance(h.meta, dict) else f"#{h.index}"
+            click.echo(f"  {rank:3d}  d={h.distance:.4f}  id={h.id}  cam={h.camera}  "
+                       f"P(female)={h.gender_prob:.3f}  {where}")
+        if save_path:
+            tiles = [Tile(read_image(h.meta["path"]), f"#{r}", h.distance, h.gender_prob, h.id if h.id >= 0 else None)
+                     for r, h in enumerate(hits, 1) if isinstance(h.meta, dict) and "path" in h.meta]
+            rows.append((Tile(read_image(path), "query", None, float(prob), qid if qid >= 0 else None), tiles))
+    if save_path:
+        (save_html if save_path.suffix.lower() in (".html", ".htm") else save_grid_png)(save_path, rows)
+        click.echo(f"wrote {save_path}")
