@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgereid.atomic import write_text_atomic
 from edgereid.errors import DatasetError, ModelVersionError
 
 FORMAT = "edgereid-calibration"
@@ -70,17 +70,6 @@ class CalibrationManifest:
         return cls.from_dict(data, source=str(path))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text through a temp file in the same folder + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def excluded_paths(manifest: CalibrationManifest) -> set:

@@ -171,7 +171,7 @@ class ParityReport:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically."""
-        from .manifest import write_text_atomic
+        from edgereid.atomic import write_text_atomic
 
         path = Path(path)
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2))

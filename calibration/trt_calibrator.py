@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from edgereid._optional import require
+from edgereid.atomic import write_bytes_atomic
 from edgereid.errors import BackendUnavailableError, InvalidInputError
 from edgereid.metadata import ModelMetadata
 
@@ -58,11 +59,7 @@ class CalibratorCore:
         """Store TensorRT's cache atomically (bytes, memoryview or a buffer object)."""
         if self.cache_path is None:
             return
-        data = bytes(cache)
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_name(self.cache_path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.cache_path)
+        write_bytes_atomic(self.cache_path, bytes(cache))
 
 
 class _DeviceBuffer:

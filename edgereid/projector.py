@@ -13,16 +13,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .atomic import write_bytes_atomic
 from .distances import as_matrix
 from .errors import InvalidInputError
 
 MAX_SPRITE_SIDE = 8192  # the projector refuses sprites larger than 8192 x 8192 pixels
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _tsv_cell(v) -> str:
@@ -59,7 +54,7 @@ def export_projector(out_dir: str | os.PathLike, embeddings: np.ndarray, metadat
     n = len(x)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "tensors.tsv", "".join("\t".join(f"{v:.6g}" for v in row) + "\n" for row in x).encode())
+    write_bytes_atomic(out / "tensors.tsv", "".join("\t".join(f"{v:.6g}" for v in row) + "\n" for row in x).encode())
     cfg = [f'embeddings {{\n  tensor_name: "{tensor_name}"\n  tensor_shape: {n}\n  tensor_shape: {x.shape[1]}\n'
            '  tensor_path: "tensors.tsv"\n']
     if metadata:
@@ -70,15 +65,15 @@ def export_projector(out_dir: str | os.PathLike, embeddings: np.ndarray, metadat
         # the projector reads a single column without a header, several columns with one
         lines = [] if len(cols) == 1 else ["\t".join(map(_tsv_cell, cols))]
         lines += ["\t".join(_tsv_cell(metadata[c][i]) for c in cols) for i in range(n)]
-        _atomic_write(out / "metadata.tsv", ("\n".join(lines) + "\n").encode())
+        write_bytes_atomic(out / "metadata.tsv", ("\n".join(lines) + "\n").encode())
         cfg.append('  metadata_path: "metadata.tsv"\n')
     if images is not None:
         if len(images) != n:
             raise InvalidInputError(f"{len(images)} images for {n} embeddings; give one thumbnail per embedding")
         ok, png = cv2.imencode(".png", make_sprite(images, thumb))
-        _atomic_write(out / "sprite.png", png.tobytes())
+        write_bytes_atomic(out / "sprite.png", png.tobytes())
         cfg.append(f'  sprite {{\n    image_path: "sprite.png"\n    single_image_dim: {thumb[1]}\n'
                    f'    single_image_dim: {thumb[0]}\n  }}\n')
     cfg.append("}\n")
-    _atomic_write(out / "projector_config.pbtxt", "".join(cfg).encode())
+    write_bytes_atomic(out / "projector_config.pbtxt", "".join(cfg).encode())
     return out

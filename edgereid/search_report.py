@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .atomic import write_bytes_atomic, write_text_atomic
 from .errors import InvalidInputError
 
 GREEN, RED, GREY, BLUE = (40, 170, 40), (40, 40, 220), (150, 150, 150), (200, 120, 0)  # BGR
@@ -86,10 +87,7 @@ def save_grid_png(path: str | os.PathLike, rows: Sequence[tuple]) -> Path:
 
     path = Path(path)
     ok, png = cv2.imencode(".png", render_grid(rows))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(png.tobytes())
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, png.tobytes())
 
 
 def _data_uri(img: np.ndarray) -> str:
@@ -116,8 +114,4 @@ def render_html(rows: Sequence[tuple], title: str = "edgereid search") -> str:
 
 def save_html(path: str | os.PathLike, rows: Sequence[tuple], title: str = "edgereid search") -> Path:
     """Write render_html() atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_html(rows, title), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, render_html(rows, title))

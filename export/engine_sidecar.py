@@ -29,7 +29,7 @@ def make_sidecar(metadata: ModelMetadata, trt_version: str, gpu_name: str, compu
 
 def write_sidecar(engine_path: str | os.PathLike, sidecar: dict) -> Path:
     """Write `<engine>.json` atomically."""
-    from edgereid.calibration.manifest import write_text_atomic
+    from edgereid.atomic import write_text_atomic
 
     path = sidecar_path(engine_path)
     write_text_atomic(path, json.dumps(sidecar, indent=2))

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from edgereid._optional import require
+from edgereid.atomic import atomic_path
 from edgereid.errors import ModelFileError
 from edgereid.metadata import PREFIX, ModelMetadata
 
@@ -39,16 +40,9 @@ def load_onnx(path: str | os.PathLike):
 def save_onnx(model_proto, path: str | os.PathLike) -> Path:
     """onnx.save via a temp file + rename, so an interrupted export never leaves half a model."""
     onnx = require("onnx")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         onnx.save(model_proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def write_metadata(path: str | os.PathLike, metadata: ModelMetadata, out: str | os.PathLike | None = None) -> Path:

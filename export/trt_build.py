@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from edgereid._optional import require
+from edgereid.atomic import write_bytes_atomic
 from edgereid.errors import EdgereidError, InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
@@ -33,17 +34,6 @@ def optimization_profile(meta: ModelMetadata, min_batch: int = 1, opt_batch: int
                                 f"({max_batch}); e.g. --min-batch 1 --opt-batch 8 --max-batch 32.")
     return {"input": meta.input_name, "min": list(input_shape(meta, min_batch)),
             "opt": list(input_shape(meta, opt_batch)), "max": list(input_shape(meta, max_batch))}
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def gpu_description(device: int = 0) -> tuple:
@@ -105,9 +95,9 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, fp16
     if serialized is None:
         raise EdgereidError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path}; see the "
                             f"TensorRT log above (a larger --workspace often helps).")
-    _atomic_write_bytes(out_path, bytes(serialized))
+    write_bytes_atomic(out_path, bytes(serialized))
     if cache is not None:
-        _atomic_write_bytes(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     name, cc = gpu_description(device)
     sidecar = make_sidecar(meta, trt.__version__, name, cc, profile_shapes, plan.precision,
                            extra={"source_onnx": str(onnx_path), "strongly_typed": plan.strongly_typed,

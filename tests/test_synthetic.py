@@ -1,7 +1,6 @@
 """The synthetic generator: deterministic, readable by the real readers, identities and gender learnable."""
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections import defaultdict
 from pathlib import Path

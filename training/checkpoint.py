@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from edgereid._version import __version__
+from edgereid.atomic import atomic_path
 from edgereid.errors import ModelFileError
 from edgereid.metadata import ModelMetadata
 
@@ -48,14 +48,8 @@ def save_checkpoint(path: str | os.PathLike, model: DualHeadReID, **extra) -> Pa
         "state_dict": model.state_dict(),
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

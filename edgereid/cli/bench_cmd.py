@@ -49,7 +49,7 @@ def parse_int_list(text: str, name: str, allow_auto: bool = False) -> list:
 def bench(model, batches, threads, warmup, iters, duration, images, backend, json_out, progress) -> None:
     """Benchmark MODEL (.onnx, .engine or .pt) over batch sizes and thread counts."""
     from edgereid.bench import format_table, sweep
-    from edgereid.cli.infer_cmd import write_json_atomic
+    from edgereid.atomic import write_json_atomic
     from edgereid.timing import host_info
 
     batch_list = parse_int_list(batches, "--batch")

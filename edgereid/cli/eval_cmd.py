@@ -71,6 +71,6 @@ def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, j
         click.echo("\nGender\n" + gender.table())
         report["gender"] = gender.to_dict()
     if json_out:
-        from edgereid.cli.infer_cmd import write_json_atomic
+        from edgereid.atomic import write_json_atomic
         write_json_atomic(json_out, report)
         click.echo(f"wrote {json_out}")

@@ -1,25 +1,9 @@
 """`edgereid infer`: embeddings and gender for image files, with any model file."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON via a temp file + rename so an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @click.command("infer")
@@ -35,6 +19,7 @@ def infer(model, images, json_out, max_batch, backend, threads) -> None:
     """Run MODEL (.onnx, .engine or .pt) on IMAGES (files or folders of crops)."""
     from tqdm import tqdm
 
+    from edgereid.atomic import write_json_atomic
     from edgereid.output import Output
     from edgereid.runtime import Runtime
 
