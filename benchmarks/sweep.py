@@ -25,7 +25,7 @@ from machine import describe_machine  # noqa: E402
 from edgereid.bench import merge_results, run_benchmark  # noqa: E402
 from edgereid.cli.bench_cmd import parse_int_list  # noqa: E402
 from edgereid.runtime import Runtime  # noqa: E402
-from edgereid.timing import jetson_info  # noqa: E402
+from edgereid.machine import jetson_info  # noqa: E402
 
 ENGINE_SUFFIXES = {".engine", ".plan"}
 

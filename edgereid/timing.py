@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import math
-import os
 import resource
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
-from glob import glob
 from typing import Sequence
 
 import numpy as np
@@ -93,53 +90,3 @@ def reset_peak_rss() -> bool:
 
 
 # -- device clocks -----------------------------------------------------------------------------------------
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def jetson_info() -> dict | None:
-    """Power mode (nvpmodel -q) and current CPU/GPU/EMC clocks on a Jetson; None on other machines.
-
-    Clocks explain most of the run-to-run spread on Jetson: record them with every result.
-    """
-    model = _read("/proc/device-tree/model")
-    if not (model and "jetson" in model.lower()) and not os.path.exists("/etc/nv_tegra_release"):
-        return None
-    info: dict = {"model": (model or "").rstrip("\x00"), "l4t": _read("/etc/nv_tegra_release")}
-    try:
-        out = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10)
-        info["nvpmodel"] = out.stdout.strip() or out.stderr.strip()
-    except (OSError, subprocess.SubprocessError):
-        info["nvpmodel"] = None
-    clocks = {}
-    for path in sorted(glob("/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq")):
-        clocks[path.split("/")[5] + "_khz"] = _read(path)
-    # GPU and memory controller devfreq nodes differ between Jetson generations; take whatever exists.
-    nodes = sorted(glob("/sys/class/devfreq/*/cur_freq")) + glob("/sys/kernel/debug/bpmp/debug/clk/emc/rate")
-    for path in nodes:
-        clocks[path] = _read(path)
-    info["clocks"] = clocks
-    return info
-
-
-def host_info() -> dict:
-    """A short host description for CLI results (benchmarks/machine.py gives the full one)."""
-    import platform
-
-    cpu = platform.processor() or "unknown"
-    text = _read("/proc/cpuinfo") or ""
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    libs = {}
-    for name in ("numpy", "cv2", "onnxruntime", "tensorrt"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            libs[name] = getattr(mod, "__version__", "unknown")
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "libraries": libs, "jetson": jetson_info()}

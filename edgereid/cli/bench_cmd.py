@@ -50,7 +50,7 @@ def bench(model, batches, threads, warmup, iters, duration, images, backend, jso
     """Benchmark MODEL (.onnx, .engine or .pt) over batch sizes and thread counts."""
     from edgereid.bench import format_table, sweep
     from edgereid.atomic import write_json_atomic
-    from edgereid.timing import host_info
+    from edgereid.machine import describe_machine
 
     batch_list = parse_int_list(batches, "--batch")
     thread_list = parse_int_list(threads, "--threads", allow_auto=True)
@@ -72,7 +72,7 @@ def bench(model, batches, threads, warmup, iters, duration, images, backend, jso
         write_json_atomic(json_out, {
             "benchmark": "edgereid bench",
             "command": " ".join(["edgereid"] + sys.argv[1:]),
-            "host": host_info(),
+            "host": describe_machine(),
             "input": "files" if files else "synthetic crops",
             "results": [r.to_dict() for r in results],
         })
