@@ -131,3 +131,14 @@ def test_checkpoint_round_trip(tmp_path, reference_model):
     x = torch.randn(2, 3, 256, 128)
     with torch.no_grad():
         assert torch.equal(model(x)["embedding"], reference_model(x)["embedding"])
+
+
+def test_input_size_travels_with_the_weights(tmp_path):
+    from edgereid.training.checkpoint import load_checkpoint, model_metadata, save_checkpoint
+
+    model = DualHeadReID(input_size=(128, 64))
+    meta = model_metadata(model)
+    assert (meta.height, meta.width) == (128, 64)
+    loaded, ckpt = load_checkpoint(save_checkpoint(tmp_path / "small.pt", model))
+    assert (loaded.config.input_height, loaded.config.input_width) == (128, 64)
+    assert (ckpt["metadata"]["height"], ckpt["metadata"]["width"]) == (128, 64)

@@ -31,7 +31,9 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 def model_metadata(model: DualHeadReID, **overrides) -> ModelMetadata:
     """The model contract for this model (float NCHW RGB input unless overridden)."""
-    base = ModelMetadata(embedding_dim=model.config.embedding_dim, weights_sha256=weights_sha256(model))
+    cfg = model.config
+    base = ModelMetadata(embedding_dim=cfg.embedding_dim, height=cfg.input_height, width=cfg.input_width,
+                         weights_sha256=weights_sha256(model))
     return base.with_(**overrides) if overrides else base
 
 

@@ -23,6 +23,9 @@ class ModelConfig:
     gender_channels: int = 256
     last_stride: int = 2
     arch: str = "resnet18_ibn_a"
+    # The input size travels with the weights (timm's pretrained_cfg idea): export and the runtime read it.
+    input_height: int = 256
+    input_width: int = 128
 
 
 class ReidHead(nn.Module):
@@ -73,10 +76,11 @@ class DualHeadReID(nn.Module):
     """One backbone pass, two answers: `embedding` (N,D) and `gender_logit` (N,1)."""
 
     def __init__(self, num_classes: int = 0, embedding_dim: int = 128, gender_channels: int = 256,
-                 last_stride: int = 2) -> None:
+                 last_stride: int = 2, input_size: tuple = (256, 128)) -> None:
         super().__init__()
         self.config = ModelConfig(embedding_dim=embedding_dim, num_classes=num_classes,
-                                  gender_channels=gender_channels, last_stride=last_stride)
+                                  gender_channels=gender_channels, last_stride=last_stride,
+                                  input_height=int(input_size[0]), input_width=int(input_size[1]))
         self.backbone = ResNetIBNa(last_stride=last_stride)
         self.reid_head = ReidHead(512, embedding_dim, num_classes)
         self.gender_head = GenderHead(256, gender_channels)
@@ -86,7 +90,8 @@ class DualHeadReID(nn.Module):
         """Build from a ModelConfig or its dict form (as stored in checkpoints)."""
         cfg = config if isinstance(config, ModelConfig) else ModelConfig(**config)
         return cls(num_classes=cfg.num_classes, embedding_dim=cfg.embedding_dim,
-                   gender_channels=cfg.gender_channels, last_stride=cfg.last_stride)
+                   gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
+                   input_size=(cfg.input_height, cfg.input_width))
 
     def config_dict(self) -> dict:
         """The ModelConfig as a plain dict."""
