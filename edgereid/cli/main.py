@@ -14,12 +14,30 @@ from ..errors import EdgereidError
 COMMANDS = {
     "export": "edgereid.cli.export_cmd:export",
     "infer": "edgereid.cli.infer_cmd:infer",
+    "eval": "edgereid.cli.eval_cmd:eval_command",
+    "search": "edgereid.cli.search_cmd:search",
+    "train": "edgereid.cli.train_cmd:train",
+    "quickstart": "edgereid.cli.quickstart_cmd:quickstart",
+    "bench": "edgereid.cli.bench_cmd:bench",
+    "calibrate": "edgereid.cli.calibrate_cmd:calibrate",
+    "quantize": "edgereid.cli.quantize_cmd:quantize",
+    "build-engine": "edgereid.cli.build_engine_cmd:build_engine",
+    "parity": "edgereid.cli.parity_cmd:parity",
 }
 
 # One-line help shown by `edgereid --help` without importing the command module.
 SHORT_HELP = {
     "export": "Export a checkpoint (or a random-init smoke model) to ONNX with metadata.",
     "infer": "Embeddings and gender for image crops with any model file.",
+    "eval": "CMC / mAP (optionally re-ranked) on a re-ID data set, plus a gender report.",
+    "search": "Nearest gallery crops of query images, as text and a PNG/HTML grid.",
+    "train": "Train the dual-head model (re-ID + gender batches interleaved, one optimizer per task).",
+    "quickstart": "End to end on CPU: synthetic data, training, ONNX export, evaluation and a report.",
+    "bench": "Latency percentiles, images/s, peak memory and stage times per batch size.",
+    "calibrate": "Build an INT8 calibration set (preprocessed like the model's runtime) with a manifest.",
+    "quantize": "FP16 or INT8 (Q/DQ, per-channel symmetric) ONNX from an fp32 edgereid ONNX file.",
+    "build-engine": "TensorRT engine (8.6 / 10.x / 11.x) from any edgereid ONNX file, with a JSON sidecar.",
+    "parity": "Checkpoint vs ONNX/engine files: errors, cosine, gender agreement, rank-1/mAP deltas; exit 1 on fail.",
 }
 
 

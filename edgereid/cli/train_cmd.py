@@ -1,0 +1,68 @@
+"""`edgereid train`: concurrent re-ID + gender training from a data-set root and a gender list."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("train")
+@click.option("--reid-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Re-ID data-set root (e.g. data/market1501).")
+@click.option("--reid-dataset", type=click.Choice(["market1501", "dukemtmc", "msmt17", "folder"]),
+              help="Layout of --reid-data [default: market1501].")
+@click.option("--gender-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Gender list (path,label) or PETA/RAP/PA-100K-style attribute table.")
+@click.option("--gender-test-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Held-out gender list (default: hold out gender_val_fraction of --gender-data).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/exp].")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML config (fields of TrainConfig); options on the command line win.")
+@click.option("--epochs", type=int, help="Stage-1 epochs (both tasks).")
+@click.option("--stage2-epochs", type=int, help="Stage-2 epochs (backbone frozen, gender branch only).")
+@click.option("--device", help="auto | cpu | cuda | cuda:N.")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Local ImageNet ResNet-18 / IBN-Net weights for the backbone.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (same step, optimizers and RNG states).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config field, e.g. --set lr_reid=3e-4 --set lr_steps=[40,70]. Repeatable.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+def train(reid_data, reid_dataset, gender_data, gender_test_data, out, config_path, epochs, stage2_epochs, device,
+          pretrained, resume, overrides, print_config) -> None:
+    """Train the dual-head model: re-ID and gender batches interleaved, one optimizer per task.
+
+    Writes OUT/best_reid.pt, OUT/best_gender.pt, OUT/last.pt, OUT/metrics.jsonl, OUT/config.yaml and
+    TensorBoard events in OUT/tb when tensorboard is installed. Ctrl-C keeps the last completed epoch.
+    """
+    from edgereid._optional import require
+
+    require("torch")
+    from edgereid.training.config import TrainConfig
+
+    cfg = TrainConfig.load(config_path) if config_path else TrainConfig()
+    explicit = {"reid_data": reid_data, "reid_dataset": reid_dataset, "gender_data": gender_data,
+                "gender_test_data": gender_test_data, "out": out, "epochs": epochs,
+                "stage2_epochs": stage2_epochs, "device": device, "pretrained": pretrained}
+    cfg.update({k: str(v) if isinstance(v, Path) else v for k, v in explicit.items() if v is not None})
+    cfg.apply_overrides(overrides)
+    if print_config:
+        click.echo(require("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
+        return
+    if resume and config_path is None and (Path(cfg.out) / "config.yaml").is_file() and not overrides:
+        cfg = TrainConfig.load(Path(cfg.out) / "config.yaml")  # resume with the run's own settings
+    if not cfg.reid_data or not cfg.gender_data:
+        raise click.UsageError("give --reid-data and --gender-data (or set them in --config).")
+    from edgereid.training.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    click.echo(f"re-ID: {len(trainer.splits.train)} images of {trainer.splits.num_train_pids} identities; "
+               f"gender: {len(trainer.gender_train)} train / {len(trainer.gender_test)} test images; "
+               f"device {trainer.device}; writing to {cfg.out}")
+    try:
+        metrics = trainer.fit(resume=resume)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; {Path(cfg.out) / 'last.pt'} holds the last completed epoch "
+                   f"(epoch {trainer.state['epoch']} of stage {trainer.state['stage']}). Continue with --resume.",
+                   err=True)
+        raise SystemExit(130)
+    click.echo(f"done: {metrics}; checkpoints in {cfg.out}")

@@ -1,0 +1,122 @@
+"""Each loss against a hand-computed value or a slow per-element reference written from its definition."""
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgereid.training.losses import (  # noqa: E402
+    CenterLoss,
+    CircleLoss,
+    CrossEntropyLabelSmooth,
+    GenderLoss,
+    ReidLoss,
+    TripletLoss,
+)
+
+
+def test_label_smoothing_by_hand():
+    # Two classes, logits (0, 0): p = (1/2, 1/2); with eps = 0.2 the target is (0.9, 0.1) -> loss = log 2.
+    loss = CrossEntropyLabelSmooth(2, epsilon=0.2)(torch.zeros(1, 2), torch.tensor([0]))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    # Three classes, logits (log 1, log 2, log 1): p = (1/4, 1/2, 1/4); target class 1, eps = 0.3:
+    # q = (0.1, 0.8, 0.1) -> -(0.1 log 1/4 + 0.8 log 1/2 + 0.1 log 1/4) = 0.2 log 4 + 0.8 log 2 = 1.2 log 2.
+    logits = torch.tensor([[0.0, math.log(2), 0.0]])
+    loss = CrossEntropyLabelSmooth(3, epsilon=0.3)(logits, torch.tensor([1]))
+    assert loss.item() == pytest.approx(1.2 * math.log(2), abs=1e-6)
+
+
+def test_label_smoothing_zero_eps_is_plain_ce():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(5, 4, generator=g), torch.tensor([0, 3, 1, 1, 2])
+    assert CrossEntropyLabelSmooth(4, 0.0)(logits, y).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, y).item(), abs=1e-6)
+
+
+def test_triplet_hardest_positive_negative_by_hand():
+    # 1-D points: class 0 at 0 and 1, class 1 at 3 and 7.
+    # anchor 0: hardest pos 1 (d=1), hardest neg 3 (d=3) -> relu(1-3+0.5) = 0
+    # anchor 1: pos d=1, neg d=2 -> relu(1-2+0.5) = 0
+    # anchor 3: pos d=4, nearest neg is 1 (d=2) -> relu(4-2+0.5) = 2.5
+    # anchor 7: pos d=4, neg d=6 -> 0           mean = 2.5 / 4
+    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    assert TripletLoss(margin=0.5)(x, y).item() == pytest.approx(2.5 / 4, abs=1e-5)
+    soft = sum(math.log1p(math.exp(a - n)) for a, n in [(1, 3), (1, 2), (4, 2), (4, 6)]) / 4
+    assert TripletLoss(margin=None)(x, y).item() == pytest.approx(soft, abs=1e-5)
+
+
+def _triplet_loop(x, y, margin):
+    losses = []
+    for i in range(len(y)):
+        pos = [torch.dist(x[i], x[j]).item() for j in range(len(y)) if j != i and y[j] == y[i]]
+        neg = [torch.dist(x[i], x[j]).item() for j in range(len(y)) if y[j] != y[i]]
+        if pos and neg:
+            losses.append(max(0.0, max(pos) - min(neg) + margin))
+    return sum(losses) / len(losses)
+
+
+def test_triplet_matches_loop_reference():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, 6, generator=g), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    assert TripletLoss(0.3)(x, y).item() == pytest.approx(_triplet_loop(x, y, 0.3), abs=1e-5)
+
+
+def test_center_loss_by_hand():
+    loss = CenterLoss(2, 2)
+    with torch.no_grad():
+        loss.centers.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    x = torch.tensor([[3.0, 4.0], [1.0, 2.0]])  # squared distances 25 and 1 -> mean 13
+    assert loss(x, torch.tensor([0, 1])).item() == pytest.approx(13.0)
+    # The gradient moves the centres toward their features.
+    loss(x, torch.tensor([0, 1])).backward()
+    assert (loss.centers.grad[0] < 0).all()
+
+
+def _circle_loop(x, y, m, gamma):
+    x = torch.nn.functional.normalize(x, dim=1)
+    out = []
+    for i in range(len(y)):
+        sp = [float(x[i] @ x[j]) for j in range(len(y)) if j != i and y[j] == y[i]]
+        sn = [float(x[i] @ x[j]) for j in range(len(y)) if y[j] != y[i]]
+        if not sp or not sn:
+            continue
+        lp = [-gamma * max(0.0, 1 + m - s) * (s - (1 - m)) for s in sp]
+        ln = [gamma * max(0.0, s + m) * (s - m) for s in sn]
+        lse = lambda v: math.log(sum(math.exp(t) for t in v))  # noqa: E731
+        z = lse(ln) + lse(lp)
+        out.append(math.log1p(math.exp(z)))
+    return sum(out) / len(out)
+
+
+def test_circle_loss_matches_loop_reference():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, 5, generator=g), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert CircleLoss(0.25, 16.0)(x, y).item() == pytest.approx(_circle_loop(x, y, 0.25, 16.0), rel=1e-5)
+
+
+def test_circle_loss_is_small_when_classes_separate():
+    # Identical features within a class, orthogonal across classes: s_p = 1, s_n = 0 -> near-zero loss.
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    sep = CircleLoss(0.25, 64.0)(x, y).item()
+    mixed = CircleLoss(0.25, 64.0)(x, torch.tensor([0, 1, 0, 1])).item()
+    assert sep < 1e-3 < mixed
+
+
+def test_reid_loss_combines_parts():
+    g = torch.Generator().manual_seed(3)
+    out = {"id_logits": torch.randn(6, 3, generator=g), "reid_feature": torch.randn(6, 4, generator=g)}
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    crit = ReidLoss(3, 4, center_weight=0.01, label_smoothing=0.1)
+    total, parts = crit(out, y)
+    assert total.item() == pytest.approx(parts["ce"] + parts["metric"] + 0.01 * parts["center"], rel=1e-5)
+    assert parts["metric"] == pytest.approx(_triplet_loop(out["reid_feature"], y, 0.3), abs=1e-5)
+
+
+def test_gender_loss_bce_plus_triplet():
+    out = {"gender_logit": torch.tensor([[0.0], [2.0]]), "gender_feature": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}
+    total, parts = GenderLoss(triplet_weight=0.0)(out, torch.tensor([1, 0]))
+    # BCE: -log(0.5) for the first, -log(1 - sigmoid(2)) = log(1 + e^2) for the second.
+    assert total.item() == pytest.approx((math.log(2) + math.log1p(math.exp(2))) / 2, abs=1e-6)
+    assert set(parts) == {"bce"}

@@ -1,0 +1,120 @@
+"""Short training runs on a tiny synthetic set: the model really learns, and resume continues exactly.
+
+Speed: the tests train at 64x32 input (the exported contract is 256x128; the model is fully
+convolutional with global pooling, so a smaller size trains the same network 16x cheaper).
+"""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("edgereid.training.synthetic")
+
+from edgereid.training.config import TrainConfig  # noqa: E402
+from edgereid.training.datasets import load_gender_list, load_market1501  # noqa: E402
+from edgereid.training.synthetic import generate_synthetic  # noqa: E402
+from edgereid.training.trainer import Trainer, lr_factor  # noqa: E402
+
+SMALL = dict(image_height=64, image_width=32, pad=2, erase_p=0.3, reid_p=6, reid_k=4, gender_batch=24, gender_ratio=0.5,
+             lr_reid=2e-3, lr_gender=2e-3, stage2_lr=1e-3, warmup_epochs=1, lr_schedule="cosine", threads=2,
+             eval_every=0, progress=False, tensorboard=False, cache_images=True, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    s = generate_synthetic(root / "data", num_ids=36, images_per_id_per_cam=2, num_cameras=3, gender_images=1000,
+                           image_size=(64, 32), num_distractors=4, num_junk=2, seed=3, progress=False)
+    gender = load_gender_list(s["gender_train_csv"])
+    return {"splits": load_market1501(s["reid_root"]), "gender_train": gender,
+            "gender_test": load_gender_list(s["gender_test_csv"]), "root": root}
+
+
+def _trainer(data, out, **kw):
+    cfg = TrainConfig(out=str(out), **{**SMALL, **kw})
+    return Trainer(cfg, data["splits"], data["gender_train"], data["gender_test"])
+
+
+def test_training_learns_reid_and_gender(data, tmp_path):
+    """Thresholds and why they hold.
+
+    Re-ID: 18 test identities with ~6 gallery images each, so a random ranking puts a true match first with
+    probability ~1/18 (rank-1 ~0.06); the untrained network (random conv features still see colour) scores
+    ~0.19-0.24. Observed after this run: rank-1 0.63-0.69, mAP 0.63-0.66. We require rank-1 >= 0.45 and both
+    rank-1 and mAP at least 0.2 above the untrained model.
+    Gender: 250 balanced test images, chance 0.5 (std of a coin-flip accuracy 0.032); at 64x32 pixels the
+    cue (hair, skirt, shoulders) is a few pixels, so this short run reaches ~0.65 (observed 0.656). We require
+    >= 0.58 (2.5 std above chance) and 0.05 above the untrained model. The quickstart, at the real 256x128
+    size and with more steps, is where the 0.8 target applies.
+    """
+    tr = _trainer(data, tmp_path / "run", epochs=14, stage2_epochs=2, eval_every=14, gender_ratio=3.0, lr_gender=1e-3,
+                  stage2_lr=1e-4)
+    before = tr.evaluate()
+    tr.fit()
+    after = tr.best_metrics  # what best_reid.pt / best_gender.pt hold
+    assert after["reid"]["rank1"] >= 0.45, (before, after)
+    assert after["reid"]["rank1"] >= before["reid"]["rank1"] + 0.2
+    assert after["reid"]["mAP"] >= before["reid"]["mAP"] + 0.2
+    assert after["gender"]["accuracy"] >= 0.58, (before, after)
+    assert after["gender"]["accuracy"] >= before["gender"]["accuracy"] + 0.05
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"best_reid.pt", "best_gender.pt", "last.pt", "metrics.jsonl", "config.yaml"} <= names
+
+
+def test_resume_after_interrupt_continues_from_saved_step(data, tmp_path):
+    kw = dict(epochs=2, stage2_epochs=0)
+    full = _trainer(data, tmp_path / "full", **kw)
+    full.fit()
+    steps_per_epoch = len(full.stage1)
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def interrupt(tr):
+        if tr.state["step"] == steps_per_epoch + 2:  # in the middle of epoch 2
+            raise Stop
+
+    broken = _trainer(data, tmp_path / "cut", **kw)
+    with pytest.raises(Stop):
+        broken.fit(on_step=interrupt)
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["trainer_state"]
+    assert saved["epoch"] == 1 and saved["step"] == steps_per_epoch  # last good checkpoint: end of epoch 1
+
+    resumed = _trainer(data, tmp_path / "cut", **kw)
+    resumed.fit(resume=True)
+    assert resumed.state["step"] == full.state["step"] == 2 * steps_per_epoch
+    # Same data order, augmentations and optimizer moments: the weights match the uninterrupted run.
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
+
+
+def test_lr_schedule_warmup_and_decay():
+    cfg = TrainConfig(warmup_epochs=10, warmup_factor=0.01, lr_schedule="step", lr_steps=[40, 70], lr_gamma=0.1)
+    assert lr_factor(cfg, 0, 120) == pytest.approx(0.01)
+    assert lr_factor(cfg, 5, 120) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert [lr_factor(cfg, e, 120) for e in (10, 39.9, 40, 70)] == pytest.approx([1, 1, 0.1, 0.01])
+    cfg.lr_schedule = "cosine"
+    assert lr_factor(cfg, 65, 120) == pytest.approx(0.5)
+    assert lr_factor(cfg, 120, 120) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_config_overrides_and_yaml_roundtrip(tmp_path):
+    from edgereid.errors import InvalidInputError
+
+    cfg = TrainConfig().apply_overrides(["lr_reid=1e-4", "lr_steps=[30, 60]", "tensorboard=false", "reid_p=8"])
+    assert (cfg.lr_reid, cfg.lr_steps, cfg.tensorboard, cfg.reid_p) == (1e-4, [30, 60], False, 8)
+    assert TrainConfig.load(cfg.save(tmp_path / "c.yaml")) == cfg
+    with pytest.raises(InvalidInputError, match="unknown training option"):
+        cfg.apply_overrides(["lr=1"])
+    with pytest.raises(InvalidInputError, match="not a valid int"):
+        cfg.apply_overrides(["reid_p=abc"])
+
+
+def test_second_stage_freezes_backbone(data, tmp_path):
+    tr = _trainer(data, tmp_path / "s2", epochs=0, stage2_epochs=1)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.fit()
+    after = tr.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("gender_head.") for k in changed), sorted(changed)[:5]
+    assert np.isfinite([v.float().sum().item() for v in after.values()]).all()

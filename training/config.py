@@ -1,0 +1,160 @@
+"""The training configuration: one dataclass, saved/loaded as YAML, every field overridable as key=value."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgereid._optional import require
+from edgereid.errors import InvalidInputError
+
+
+@dataclass
+class TrainConfig:
+    """Defaults follow the seed release's Market-1501 recipe (BoT-style re-ID + a gender branch)."""
+
+    # data
+    reid_data: str = ""  # re-ID data-set root
+    reid_dataset: str = "market1501"  # market1501 | dukemtmc | msmt17 | folder
+    gender_data: str = ""  # gender list (path,label) or attribute table for training
+    gender_test_data: str = ""  # held-out gender list; empty = hold out gender_val_fraction of gender_data
+    gender_val_fraction: float = 0.2
+    out: str = "runs/exp"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 = torch default
+    num_workers: int = 0
+    cache_images: bool = False  # keep decoded images in memory (small data sets)
+    # model
+    embedding_dim: int = 128
+    gender_channels: int = 256
+    last_stride: int = 2
+    # The model contract is 256x128; another size is stored in the model config and the exported metadata,
+    # so the runtime resizes to what the model was trained on.
+    image_height: int = 256
+    image_width: int = 128
+    pretrained: str = ""  # local ImageNet backbone weights (torchvision or IBN-Net state dict)
+    # batches and multi-task schedule
+    reid_p: int = 16  # identities per re-ID batch
+    reid_k: int = 4  # images per identity
+    gender_batch: int = 64
+    gender_ratio: float = 0.5  # gender batches per re-ID batch
+    max_reid_batches: int = 0  # per epoch; 0 = one pass over the identities
+    # optimisation (stage 1: both tasks, each with its own optimizer)
+    epochs: int = 120
+    optimizer: str = "adam"  # adam | sgd
+    lr_reid: float = 3.5e-4
+    lr_gender: float = 3.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 10
+    warmup_factor: float = 0.01
+    lr_schedule: str = "step"  # step | cosine
+    lr_steps: list = field(default_factory=lambda: [40, 70])
+    lr_gamma: float = 0.1
+    # losses
+    metric_loss: str = "triplet"  # triplet | circle
+    triplet_margin: float = 0.3  # <= 0 selects the soft-margin triplet
+    label_smoothing: float = 0.1
+    center_weight: float = 5e-4
+    center_lr: float = 0.5
+    circle_margin: float = 0.25
+    circle_gamma: float = 64.0
+    gender_triplet_weight: float = 1.0
+    # stage 2: backbone frozen, gender branch fine-tuned
+    stage2_epochs: int = 10
+    stage2_lr: float = 1e-4
+    # augmentation
+    flip_p: float = 0.5
+    pad: int = 10
+    jitter_p: float = 0.5
+    erase_p: float = 0.5
+    # evaluation and logging
+    eval_every: int = 10  # epochs; the last epoch of each stage is always evaluated; 0 = never
+    eval_batch: int = 64
+    max_eval_query: int = 0  # 0 = all query images
+    eval_rerank: bool = False  # also score k-reciprocal re-ranked distances (edgereid.rerank)
+    tensorboard: bool = True
+    progress: bool = True
+
+    # -- (de)serialisation -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain dict (YAML-safe)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Build from a dict; unknown keys are an error naming them."""
+        cfg = cls()
+        cfg.update({k: v for k, v in (data or {}).items()})
+        return cfg
+
+    def update(self, values: dict) -> "TrainConfig":
+        """Set fields from a dict, coercing each value to the field's type."""
+        known = {f.name: f for f in fields(self)}
+        for key, value in values.items():
+            if key not in known:
+                raise InvalidInputError(f"unknown training option {key!r}; known options: {', '.join(sorted(known))}")
+            setattr(self, key, _coerce(key, value, getattr(TrainConfig(), key)))
+        return self
+
+    def apply_overrides(self, pairs: Sequence[str]) -> "TrainConfig":
+        """Apply `key=value` strings (values parsed as YAML: 1e-4, true, [30, 60])."""
+        yaml = require("yaml")
+        values = {}
+        for pair in pairs:
+            if "=" not in pair:
+                raise InvalidInputError(f"--set expects key=value, got {pair!r} (e.g. --set epochs=60)")
+            key, raw = pair.split("=", 1)
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        return self.update(values)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write YAML atomically."""
+        yaml = require("yaml")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a YAML config (missing keys keep their defaults)."""
+        yaml = require("yaml")
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInputError(f"config file not found: {path}")
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"{path} must hold a YAML mapping of option: value")
+        return cls.from_dict(data)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Cast `value` to the type of the field's default (bool from strings, lists from scalars)."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"option {key}={value!r} is not a valid {type(default).__name__}") from exc

@@ -1,0 +1,64 @@
+"""torch Datasets over the reader records (ImageRecord / GenderRecord), with optional in-memory caching."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from edgereid.imageio import read_image
+
+
+class _ImageDataset(Dataset):
+    def __init__(self, paths: Sequence[str], transform: Callable, seed: int = 0, cache: bool = False) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        # One generator for the augmentations; its state is saved with the trainer's so a resumed
+        # run (num_workers=0) draws the same augmentations as an uninterrupted one.
+        self.rng = np.random.default_rng(seed)
+        self._cache: dict | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, i: int) -> np.ndarray:
+        """The uint8 BGR image of item i (decoded once when caching)."""
+        if self._cache is None:
+            return read_image(self.paths[i])
+        img = self._cache.get(i)
+        if img is None:
+            img = self._cache[i] = read_image(self.paths[i])
+        return img
+
+    def tensor(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.transform(self.image(i), self.rng)))
+
+
+class ReidDataset(_ImageDataset):
+    """Items (image 3xHxW float32, pid, camid) from ImageRecords (train pids are already 0..N-1)."""
+
+    def __init__(self, records: Sequence, transform: Callable, seed: int = 0, cache: bool = False) -> None:
+        super().__init__([r.path for r in records], transform, seed, cache)
+        self.pids = [int(r.pid) for r in records]
+        self.camids = [int(r.camid) for r in records]
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.tensor(i), self.pids[i], self.camids[i]
+
+
+class GenderDataset(_ImageDataset):
+    """Items (image 3xHxW float32, label) from GenderRecords (1 = female)."""
+
+    def __init__(self, records: Sequence, transform: Callable, seed: int = 0, cache: bool = False) -> None:
+        super().__init__([r.path for r in records], transform, seed, cache)
+        self.labels = [int(r.label) for r in records]
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.tensor(i), self.labels[i]
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker init: give each worker's augmentation generator its own seed."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**32)

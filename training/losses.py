@@ -1,0 +1,158 @@
+"""Training losses: label-smoothed CE, batch-hard triplet, center, circle, and the per-task combinations.
+
+The re-ID recipe is the "Bag of Tricks" one (Luo et al., 2019): identity CE with label smoothing on the
+BN-neck output, batch-hard triplet and center loss on the pre-BN feature; circle loss (Sun et al., 2020)
+can replace the triplet term. Gender = BCE-with-logits on the logit + triplet on the gender feature.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CrossEntropyLabelSmooth(nn.Module):
+    """CE against targets (1 - eps) * onehot + eps / K (Szegedy et al., 2016)."""
+
+    def __init__(self, num_classes: int, epsilon: float = 0.1) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.epsilon = epsilon
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_probs = F.log_softmax(logits, dim=1)
+        smooth = torch.full_like(log_probs, self.epsilon / self.num_classes)
+        smooth.scatter_(1, targets.unsqueeze(1), 1.0 - self.epsilon + self.epsilon / self.num_classes)
+        return -(smooth * log_probs).sum(dim=1).mean()
+
+
+def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
+    """(N,N) euclidean distances; clamped before sqrt so the gradient at 0 stays finite."""
+    sq = (x * x).sum(dim=1, keepdim=True)
+    d2 = sq + sq.t() - 2.0 * x @ x.t()
+    return d2.clamp_min(1e-12).sqrt()
+
+
+class TripletLoss(nn.Module):
+    """Batch-hard triplet (Hermans et al., 2017): per anchor, the farthest positive and the nearest negative.
+
+    `margin=None` gives the soft-margin form log(1 + exp(d_ap - d_an)). Anchors without a positive or a
+    negative in the batch are skipped (a P x K batch with K >= 2 always has both).
+    """
+
+    def __init__(self, margin: float | None = 0.3, normalize: bool = False) -> None:
+        super().__init__()
+        self.margin = margin
+        self.normalize = normalize
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            feats = F.normalize(feats, dim=1)
+        dist = pairwise_euclidean(feats)
+        same = labels.unsqueeze(0) == labels.unsqueeze(1)
+        eye = torch.eye(len(labels), dtype=torch.bool, device=feats.device)
+        pos = same & ~eye
+        neg = ~same
+        valid = pos.any(dim=1) & neg.any(dim=1)
+        if not valid.any():
+            return feats.sum() * 0.0
+        d_ap = dist.masked_fill(~pos, float("-inf")).max(dim=1).values[valid]
+        d_an = dist.masked_fill(~neg, float("inf")).min(dim=1).values[valid]
+        if self.margin is None:
+            return F.softplus(d_ap - d_an).mean()
+        return F.relu(d_ap - d_an + self.margin).mean()
+
+
+class CenterLoss(nn.Module):
+    """Mean squared distance of each feature to its class centre (Wen et al., 2016; BoT's form).
+
+    The centres are parameters; give them their own optimizer group (BoT: SGD, lr 0.5).
+    """
+
+    def __init__(self, num_classes: int, feat_dim: int) -> None:
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        diff = feats - self.centers[labels]
+        return (diff * diff).sum(dim=1).clamp(1e-12, 1e12).mean()
+
+
+class CircleLoss(nn.Module):
+    """Pair-wise circle loss (Sun et al., 2020) on cosine similarities, averaged over anchors.
+
+    For anchor i: s_p over its positives, s_n over its negatives,
+    loss_i = softplus(logsumexp_n(gamma * a_n * (s_n - m)) + logsumexp_p(-gamma * a_p * (s_p - 1 + m)))
+    with a_p = relu(1 + m - s_p), a_n = relu(s_n + m) (detached weights, as in the paper's reference code).
+    """
+
+    def __init__(self, margin: float = 0.25, gamma: float = 64.0) -> None:
+        super().__init__()
+        self.margin = margin
+        self.gamma = gamma
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(feats, dim=1)
+        sim = x @ x.t()
+        same = labels.unsqueeze(0) == labels.unsqueeze(1)
+        eye = torch.eye(len(labels), dtype=torch.bool, device=feats.device)
+        pos, neg = same & ~eye, ~same
+        valid = pos.any(dim=1) & neg.any(dim=1)
+        if not valid.any():
+            return feats.sum() * 0.0
+        m = self.margin
+        a_p = F.relu(1.0 + m - sim.detach())
+        a_n = F.relu(sim.detach() + m)
+        logit_p = (-self.gamma * a_p * (sim - (1.0 - m))).masked_fill(~pos, float("-inf"))
+        logit_n = (self.gamma * a_n * (sim - m)).masked_fill(~neg, float("-inf"))
+        loss = F.softplus(torch.logsumexp(logit_n, dim=1) + torch.logsumexp(logit_p, dim=1))
+        return loss[valid].mean()
+
+
+class ReidLoss(nn.Module):
+    """ce_weight * smoothed CE(id_logits) + metric_weight * (triplet | circle)(feature) + center_weight * center."""
+
+    def __init__(self, num_classes: int, feat_dim: int, metric: str = "triplet", margin: float | None = 0.3,
+                 label_smoothing: float = 0.1, ce_weight: float = 1.0, metric_weight: float = 1.0,
+                 center_weight: float = 5e-4, circle_margin: float = 0.25, circle_gamma: float = 64.0) -> None:
+        super().__init__()
+        if metric not in ("triplet", "circle"):
+            raise ValueError(f"metric loss must be 'triplet' or 'circle', got {metric!r}")
+        self.ce = CrossEntropyLabelSmooth(num_classes, label_smoothing)
+        self.metric = TripletLoss(margin) if metric == "triplet" else CircleLoss(circle_margin, circle_gamma)
+        self.center = CenterLoss(num_classes, feat_dim) if center_weight > 0 else None
+        self.ce_weight, self.metric_weight, self.center_weight = ce_weight, metric_weight, center_weight
+
+    def forward(self, out: dict, labels: torch.Tensor) -> tuple:
+        """(total loss, {part name: float}) from the model's re-ID training outputs."""
+        parts = {"ce": self.ce(out["id_logits"], labels), "metric": self.metric(out["reid_feature"], labels)}
+        total = self.ce_weight * parts["ce"] + self.metric_weight * parts["metric"]
+        if self.center is not None:
+            parts["center"] = self.center(out["reid_feature"], labels)
+            total = total + self.center_weight * parts["center"]
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+class GenderLoss(nn.Module):
+    """BCE-with-logits on gender_logit (1 = female) + triplet_weight * batch-hard triplet on gender_feature.
+
+    The triplet sees the raw pooled feature: with L2-normalised features we saw the triplet settle at the
+    margin (gender features collapsed to one point) while BCE stalled at log 2 on the synthetic set.
+    """
+
+    def __init__(self, triplet_weight: float = 1.0, margin: float | None = 0.3, pos_weight: float | None = None) -> None:
+        super().__init__()
+        self.triplet = TripletLoss(margin)
+        self.triplet_weight = triplet_weight
+        self.register_buffer("pos_weight", torch.tensor([pos_weight]) if pos_weight else None)
+
+    def forward(self, out: dict, labels: torch.Tensor) -> tuple:
+        """(total loss, {part name: float}) from the model's gender training outputs."""
+        logit = out["gender_logit"].reshape(-1)
+        bce = F.binary_cross_entropy_with_logits(logit, labels.float(), pos_weight=self.pos_weight)
+        total = bce
+        parts = {"bce": bce}
+        if self.triplet_weight > 0 and "gender_feature" in out:
+            parts["triplet"] = self.triplet(out["gender_feature"], labels)
+            total = total + self.triplet_weight * parts["triplet"]
+        return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -1,0 +1,318 @@
+"""Concurrent multi-task training: re-ID and gender batches interleaved, one optimizer per task.
+
+Stage 1: each step takes the next batch of one task (random order, configured ratio); a re-ID batch
+(P x K) steps the re-ID optimizer (backbone + re-ID head; centres by their own SGD), a gender batch steps
+the gender optimizer (backbone + gender head). Stage 2: backbone frozen, only the gender branch trains.
+Every epoch ends with an atomic `last.pt` (weights, optimizers, RNG states, step) so Ctrl-C loses at most
+the running epoch and `resume=True` continues exactly where the checkpoint was taken.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from edgereid.metadata import ModelMetadata
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import GenderDataset, ReidDataset, seed_worker
+from .losses import GenderLoss, ReidLoss
+from .model import DualHeadReID
+from .samplers import MultiTaskLoader, MultiTaskSchedule, PKSampler, ShuffleBatchSampler, ratio_counts
+from .transforms import AugmentConfig, TrainTransform
+from .validate import evaluate_model
+
+log = logging.getLogger(__name__)
+
+
+def lr_factor(cfg: TrainConfig, epoch: float, total: int) -> float:
+    """LR multiplier at fractional `epoch`: linear warm-up from warmup_factor, then step or cosine decay."""
+    if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
+        return cfg.warmup_factor + (1.0 - cfg.warmup_factor) * epoch / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        span = max(total - cfg.warmup_epochs, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min((epoch - cfg.warmup_epochs) / span, 1.0)))
+    return cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_steps)
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def split_gender(records: list, fraction: float, seed: int) -> tuple:
+    """(train, held-out) with `fraction` held out, stratified by label and seeded."""
+    rng = random.Random(seed)
+    train, test = [], []
+    for label in (0, 1):
+        group = [r for r in records if r.label == label]
+        rng.shuffle(group)
+        n = int(round(len(group) * fraction))
+        test += group[:n]
+        train += group[n:]
+    return train, test
+
+
+class Trainer:
+    """Builds model, data, losses and optimizers from a TrainConfig; `fit()` runs both stages."""
+
+    def __init__(self, cfg: TrainConfig, reid_splits=None, gender_train: list | None = None,
+                 gender_test: list | None = None, model: DualHeadReID | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self._seed_everything(cfg.seed)
+        self.splits = reid_splits if reid_splits is not None else self._load_reid()
+        if gender_train is None:
+            gender_train, gender_test = self._load_gender()
+        self.gender_train, self.gender_test = gender_train, gender_test or []
+        num_classes = self.splits.num_train_pids
+        self.model = model or DualHeadReID(num_classes=num_classes, embedding_dim=cfg.embedding_dim,
+                                           gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
+                                           input_size=(cfg.image_height, cfg.image_width))
+        if model is None and cfg.pretrained:
+            from .pretrained import load_backbone_weights
+
+            log.info("%s", load_backbone_weights(self.model.backbone, cfg.pretrained))
+        self.model.to(self.device)
+        margin = cfg.triplet_margin if cfg.triplet_margin > 0 else None
+        self.reid_loss = ReidLoss(num_classes, cfg.embedding_dim, cfg.metric_loss, margin, cfg.label_smoothing,
+                                  center_weight=cfg.center_weight, circle_margin=cfg.circle_margin,
+                                  circle_gamma=cfg.circle_gamma).to(self.device)
+        self.gender_loss = GenderLoss(cfg.gender_triplet_weight, margin).to(self.device)
+        self._build_loaders()
+        self._build_optimizers()
+        self.state = {"stage": 1, "epoch": 0, "step": 0, "best_reid": -1.0, "best_gender": -1.0}
+        self.writer = None
+
+    # -- setup -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _load_reid(self):
+        from .datasets import load_reid_dataset
+
+        return load_reid_dataset(self.cfg.reid_dataset, self.cfg.reid_data)
+
+    def _load_gender(self) -> tuple:
+        from .datasets import load_gender_dataset
+
+        train = load_gender_dataset(self.cfg.gender_data)
+        if self.cfg.gender_test_data:
+            return train, load_gender_dataset(self.cfg.gender_test_data)
+        return split_gender(train, self.cfg.gender_val_fraction, self.cfg.seed)
+
+    def _build_loaders(self) -> None:
+        cfg = self.cfg
+        aug = AugmentConfig(flip_p=cfg.flip_p, pad=cfg.pad, jitter_p=cfg.jitter_p, erase_p=cfg.erase_p)
+        self.metadata = ModelMetadata(height=cfg.image_height, width=cfg.image_width)
+        tf = TrainTransform(self.metadata, aug)
+        self.reid_data = ReidDataset(self.splits.train, tf, seed=cfg.seed, cache=cfg.cache_images)
+        self.gender_data = GenderDataset(self.gender_train, tf, seed=cfg.seed + 1, cache=cfg.cache_images)
+        common = dict(num_workers=cfg.num_workers, worker_init_fn=seed_worker if cfg.num_workers else None,
+                      pin_memory=self.device.startswith("cuda"))
+        pk = PKSampler(self.reid_data.pids, cfg.reid_p, cfg.reid_k, seed=cfg.seed)
+        gb = ShuffleBatchSampler(len(self.gender_data), min(cfg.gender_batch, len(self.gender_data)), seed=cfg.seed)
+        self.loaders = {"reid": DataLoader(self.reid_data, batch_sampler=pk, **common),
+                        "gender": DataLoader(self.gender_data, batch_sampler=gb, **common)}
+        reid_batches = min(len(pk), cfg.max_reid_batches) if cfg.max_reid_batches else len(pk)
+        counts = ratio_counts(reid_batches, len(gb), cfg.gender_ratio)
+        self.stage1 = MultiTaskLoader(self.loaders, MultiTaskSchedule(counts, seed=cfg.seed))
+        self.stage2 = MultiTaskLoader(self.loaders, MultiTaskSchedule({"gender": len(gb)}, seed=cfg.seed))
+
+    def _optimizer(self, params: list, lr: float) -> torch.optim.Optimizer:
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=self.cfg.weight_decay)
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.cfg.optimizer!r}")
+
+    def _build_optimizers(self) -> None:
+        m, cfg = self.model, self.cfg
+        self.opt = {"reid": self._optimizer(m.backbone_parameters() + m.reid_parameters(), cfg.lr_reid),
+                    "gender": self._optimizer(m.backbone_parameters() + m.gender_parameters(), cfg.lr_gender)}
+        if self.reid_loss.center is not None:  # BoT: centres by plain SGD at their own rate
+            self.opt["center"] = torch.optim.SGD(self.reid_loss.center.parameters(), lr=cfg.center_lr)
+        self.opt["stage2"] = self._optimizer(m.gender_parameters(), cfg.stage2_lr)
+        self.base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in self.opt.items()}
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def _set_lr(self, name: str, factor: float) -> None:
+        for group, base in zip(self.opt[name].param_groups, self.base_lr[name]):
+            group["lr"] = base * factor
+
+    def train_step(self, task: str, batch: tuple, stage: int) -> dict:
+        """One optimizer step of `task` on `batch`; returns the loss parts."""
+        images = batch[0].to(self.device, non_blocking=True)
+        labels = batch[1].to(self.device, non_blocking=True)
+        if task == "reid":
+            loss, parts = self.reid_loss(self.model.forward_reid(images), labels)
+            names = ["reid"] + (["center"] if "center" in self.opt else [])
+        else:
+            loss, parts = self.gender_loss(self.model.forward_gender(images), labels)
+            names = ["gender" if stage == 1 else "stage2"]
+        for n in names:
+            self.opt[n].zero_grad(set_to_none=True)
+        loss.backward()
+        if "center" in names:
+            for p in self.reid_loss.center.parameters():  # undo the loss weight for the centres (BoT)
+                p.grad.mul_(1.0 / self.cfg.center_weight)
+        for n in names:
+            self.opt[n].step()
+        parts["loss"] = float(loss.detach())
+        return parts
+
+    # -- epochs ------------------------------------------------------------------------------------------
+    def _run_epoch(self, stage: int, epoch: int, on_step: Callable | None) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        loader, total = (self.stage1, cfg.epochs) if stage == 1 else (self.stage2, cfg.stage2_epochs)
+        n = len(loader)
+        self.model.train()
+        if stage == 2:
+            self.model.backbone.eval()  # frozen backbone: BN statistics frozen too
+        sums: dict = {}
+        bar = tqdm(loader.epoch(epoch), total=n, desc=f"stage {stage} epoch {epoch + 1}/{total}",
+                   disable=not cfg.progress, leave=False)
+        for i, (task, batch) in enumerate(bar):
+            factor = lr_factor(cfg, epoch + i / n, total) if stage == 1 else \
+                0.5 * (1 + math.cos(math.pi * (epoch + i / n) / max(total, 1)))
+            for name in (("reid", "center", "gender") if stage == 1 else ("stage2",)):
+                if name in self.opt:
+                    self._set_lr(name, factor)
+            parts = self.train_step(task, batch, stage)
+            self.state["step"] += 1
+            for k, v in parts.items():
+                key = f"{task}/{k}"
+                sums[key] = sums.get(key, 0.0) + v
+                sums[f"{task}/n"] = sums.get(f"{task}/n", 0) + (k == "loss")
+            if self.writer is not None:
+                self.writer.add_scalar(f"{task}/loss", parts["loss"], self.state["step"])
+            bar.set_postfix({t: f"{sums[f'{t}/loss'] / sums[f'{t}/n']:.3f}" for t in ("reid", "gender")
+                             if f"{t}/n" in sums})
+            if on_step is not None:
+                on_step(self)
+        return {k: v / max(sums.get(k.split("/")[0] + "/n", 1), 1) for k, v in sums.items() if not k.endswith("/n")}
+
+    def _should_eval(self, stage: int, epoch: int) -> bool:
+        if self.cfg.eval_every <= 0:  # evaluation switched off (the quickstart scores the exported file)
+            return False
+        total = self.cfg.epochs if stage == 1 else self.cfg.stage2_epochs
+        every = self.cfg.eval_every
+        return (epoch + 1) % every == 0 or epoch + 1 == total
+
+    def evaluate(self, reid: bool = True) -> dict:
+        """Re-ID rank-1/mAP and gender accuracy on the held-out splits (edgereid.evaluate metrics)."""
+        return evaluate_model(self.model, self.splits if reid else None, self.gender_test, self.cfg.eval_batch,
+                              self.device, self.cfg.max_eval_query, self.cfg.progress, self.metadata,
+                              rerank=self.cfg.eval_rerank)
+
+    last_metrics: dict = {}
+    best_metrics: dict = {}  # metrics of best_reid.pt ("reid") and best_gender.pt ("gender") in this run
+
+    def _after_epoch(self, stage: int, epoch: int, losses: dict) -> None:
+        self.state.update(stage=stage, epoch=epoch + 1)
+        record = {"stage": stage, "epoch": epoch + 1, "step": self.state["step"], "train": losses}
+        if self._should_eval(stage, epoch):
+            metrics = self.evaluate(reid=(stage == 1))
+            record.update(metrics)
+            if "reid" in metrics and metrics["reid"]["mAP"] > self.state["best_reid"]:
+                self.state["best_reid"] = metrics["reid"]["mAP"]
+                self.best_metrics["reid"] = metrics["reid"]
+                self._save("best_reid.pt", metrics)
+            if "gender" in metrics and metrics["gender"]["accuracy"] > self.state["best_gender"]:
+                self.state["best_gender"] = metrics["gender"]["accuracy"]
+                self.best_metrics["gender"] = metrics["gender"]
+                self._save("best_gender.pt", metrics)
+            if self.writer is not None:
+                for task, vals in metrics.items():
+                    for k, v in vals.items():
+                        self.writer.add_scalar(f"eval/{task}_{k}", v, self.state["step"])
+            self.last_metrics.update(metrics)  # stage 2 re-scores gender only; keep stage 1's re-ID
+        self._save("last.pt", record)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _save(self, name: str, metrics: dict) -> Path:
+        return save_checkpoint(
+            self.out / name, self.model, trainer_state=dict(self.state), metrics=metrics,
+            config=self.cfg.to_dict(),
+            optimizers={k: o.state_dict() for k, o in self.opt.items()},
+            losses={"reid": self.reid_loss.state_dict(), "gender": self.gender_loss.state_dict()},
+            rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                 "reid_data": self.reid_data.rng.bit_generator.state,
+                 "gender_data": self.gender_data.rng.bit_generator.state})
+
+    def resume(self, path: str | Path | None = None) -> dict:
+        """Restore weights, optimizers, loss centres, RNG states and the step from `last.pt`."""
+        ckpt = read_checkpoint(path or self.out / "last.pt")
+        self.model.load_state_dict(ckpt["state_dict"])
+        for k, o in self.opt.items():
+            o.load_state_dict(ckpt["optimizers"][k])
+        self.reid_loss.load_state_dict(ckpt["losses"]["reid"])
+        self.gender_loss.load_state_dict(ckpt["losses"]["gender"])
+        rng = ckpt["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.reid_data.rng.bit_generator.state = rng["reid_data"]
+        self.gender_data.rng.bit_generator.state = rng["gender_data"]
+        self.state = dict(ckpt["trainer_state"])
+        return self.state
+
+    # -- main loop ---------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False, on_step: Callable | None = None) -> dict:
+        """Run stage 1 then stage 2 (from the saved step when `resume`); returns the last evaluation."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(self.out / "config.yaml")
+        if resume:
+            self.resume()
+            log.info("resumed at stage %d epoch %d step %d", self.state["stage"], self.state["epoch"],
+                     self.state["step"])
+        self.writer = self._tensorboard()
+        self.last_metrics: dict = {}
+        self.best_metrics: dict = {}
+        try:
+            stage, start = self.state["stage"], self.state["epoch"]
+            if stage == 1 and start >= self.cfg.epochs:
+                stage, start = 2, 0
+            if stage == 1:
+                for epoch in range(start, self.cfg.epochs):
+                    self._after_epoch(1, epoch, self._run_epoch(1, epoch, on_step))
+                stage, start = 2, 0
+            if self.cfg.stage2_epochs > 0:
+                for p in self.model.backbone.parameters():
+                    p.requires_grad_(False)
+                for epoch in range(start, self.cfg.stage2_epochs):
+                    self._after_epoch(2, epoch, self._run_epoch(2, epoch, on_step))
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return self.last_metrics
+
+    def _tensorboard(self):
+        if not self.cfg.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional: the JSONL log always exists
+            log.info("tensorboard not installed; metrics only in metrics.jsonl (pip install \"edgereid[tensorboard]\")")
+            return None
+        return SummaryWriter(str(self.out / "tb"))

@@ -1,0 +1,82 @@
+"""Validation during training: embed with the torch model (shared preprocessing), score with edgereid.evaluate.
+
+The metrics themselves (CMC / mAP) come from `edgereid.evaluate`, the same code that scores an exported
+model; this module only turns records into model outputs.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data import GenderDataset, ReidDataset
+from .transforms import EvalTransform
+
+
+@torch.no_grad()
+def model_outputs(model: torch.nn.Module, dataset, batch_size: int = 64, device: str = "cpu",
+                  progress: bool = False, desc: str = "embed") -> dict:
+    """{"embedding": (N,D), "gender_prob": (N,)} for every item of `dataset` (eval mode, then restored)."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    embs, probs = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            out = model(batch[0].to(device))
+            embs.append(out["embedding"].float().cpu().numpy())
+            probs.append(torch.sigmoid(out["gender_logit"].float()).reshape(-1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return {"embedding": np.concatenate(embs), "gender_prob": np.concatenate(probs)}
+
+
+def reid_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, q_pids: Sequence[int], g_pids: Sequence[int],
+                q_camids: Sequence[int], g_camids: Sequence[int], rerank: bool = False) -> dict:
+    """{"rank1", "rank5", "mAP"} as fractions from edgereid.evaluate (Market-1501 protocol, euclidean).
+
+    `rerank=True` scores k-reciprocal re-ranked distances (edgereid.rerank) instead.
+    """
+    import edgereid
+    from edgereid.distances import pairwise_distance
+
+    if rerank:
+        dist = edgereid.rerank(query_emb, gallery_emb)
+    else:
+        dist = pairwise_distance(query_emb, gallery_emb, metric="euclidean")
+    res = edgereid.evaluate(dist, np.asarray(q_pids), np.asarray(g_pids), np.asarray(q_camids), np.asarray(g_camids))
+    return {"rank1": res.rank(1), "rank5": res.rank(5), "mAP": float(res.mAP)}
+
+
+def gender_accuracy(prob: np.ndarray, labels: Sequence[int], threshold: float = 0.5) -> float:
+    """Fraction of images whose thresholded P(female) matches the label (1 = female)."""
+    labels = np.asarray(labels)
+    return float(np.mean((np.asarray(prob) >= threshold).astype(int) == labels)) if len(labels) else float("nan")
+
+
+def evaluate_model(model: torch.nn.Module, splits=None, gender_records: Sequence | None = None,
+                   batch_size: int = 64, device: str = "cpu", max_query: int = 0, progress: bool = False,
+                   metadata=None, rerank: bool = False) -> dict:
+    """Re-ID rank-1/mAP on splits.query vs splits.gallery (also re-ranked when `rerank`) and gender accuracy."""
+    results: dict = {}
+    tf = EvalTransform(metadata)
+    if splits is not None and splits.query and splits.gallery:
+        query = list(splits.query)
+        if max_query and len(query) > max_query:
+            step = len(query) / max_query  # an even subsample keeps every identity's share
+            query = [query[int(i * step)] for i in range(max_query)]
+        q = model_outputs(model, ReidDataset(query, tf), batch_size, device, progress, "query")
+        g = model_outputs(model, ReidDataset(splits.gallery, tf), batch_size, device, progress, "gallery")
+        ids = ([r.pid for r in query], [r.pid for r in splits.gallery], [r.camid for r in query],
+               [r.camid for r in splits.gallery])
+        results["reid"] = reid_scores(q["embedding"], g["embedding"], *ids)
+        if rerank:
+            results["reid_reranked"] = reid_scores(q["embedding"], g["embedding"], *ids, rerank=True)
+    if gender_records:
+        out = model_outputs(model, GenderDataset(gender_records, tf), batch_size, device, progress, "gender")
+        results["gender"] = {"accuracy": gender_accuracy(out["gender_prob"], [r.label for r in gender_records])}
+    return results
