@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 from edgereid._optional import require
+from edgereid.atomic import write_text_atomic
 from edgereid.errors import InvalidInputError
 
 
@@ -114,13 +114,7 @@ class TrainConfig:
     def save(self, path: str | os.PathLike) -> Path:
         """Write YAML atomically."""
         yaml = require("yaml")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":

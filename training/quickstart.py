@@ -5,35 +5,32 @@ path), scored by `edgereid.evaluate`; the PyTorch model is only used to train an
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-# Sized for "under 10 minutes on a 2-core CPU" at the fixed 256x128 model input: a small synthetic set
-# (75 training identities), P8 x K4 re-ID batches, 1.5 gender batches per re-ID batch, a high Adam LR with
-# cosine decay, then one gender-only pass. Estimated from per-step costs measured on an idle 2-core machine
-# (re-ID step ~2 s, gender step ~1.5 s): generation ~5 s, training ~6 min, export + evaluation < 1 min.
+from edgereid.atomic import write_json_atomic, write_text_atomic
+
+# Sized for "under 10 minutes on a 2-core CPU": a small synthetic set (75 training identities) at its native
+# 128x64, P8 x K4 re-ID batches, 3 gender batches per re-ID batch (gender learns slower than identity on
+# this data), a high Adam LR with cosine decay, then four gender-only epochs on the frozen backbone.
+# Measured on the 2-core machine: generation 4 s, training 339 s, export + evaluation 7 s
+# (rank-1 0.87, gender accuracy 0.86).
 QUICKSTART_DATA = dict(num_ids=150, images_per_id_per_cam=3, num_cameras=4, gender_images=1200, seed=0)
 QUICKSTART_TRAIN = dict(
-    epochs=10, stage2_epochs=1, reid_p=8, reid_k=4, gender_batch=32, gender_ratio=1.5,
+    # The synthetic crops are drawn at 128x64; training and exporting at that size (stored in the model
+    # config and the ONNX metadata, so the runtime resizes to it) buys 4x the steps of 256x128 in the budget.
+    image_height=128, image_width=64, pad=5,
+    epochs=20, stage2_epochs=4, reid_p=8, reid_k=4, gender_batch=32, gender_ratio=3.0,
     lr_reid=1e-3, lr_gender=1e-3, stage2_lr=1e-4, warmup_epochs=1, lr_schedule="cosine",
     eval_every=0, cache_images=True, device="cpu", tensorboard=False,
     # In the short CPU run the gender triplet term collapsed the gender features (BCE stuck at log 2,
     # accuracy 0.48); BCE alone reached 0.66. The full recipe (TrainConfig default) keeps the triplet.
     gender_triplet_weight=0.0,
 )
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def evaluate_onnx(model_path: str | os.PathLike, splits, gender_records: list, threads: int | None = None) -> dict:
@@ -154,8 +151,8 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int 
         "train_config": cfg.to_dict(), "files": {"onnx": str(onnx_path), "grid": str(grid),
                                                  "checkpoints": str(out / "train")},
     }
-    _write_text(out / "report.json", json.dumps(report, indent=2, default=str))
-    _write_text(out / "report.md", render_markdown(report, grid.name))
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", render_markdown(report, grid.name))
     echo(f"re-ID rank-1 {main['reid']['rank1']:.3f}, mAP {main['reid']['mAP']:.3f}; "
          f"gender accuracy {main['gender']['accuracy']:.3f} ({timings['total_s']:.0f} s in all)")
     echo(f"report: {out / 'report.md'} (and report.json); model: {onnx_path}; search grid: {grid}")

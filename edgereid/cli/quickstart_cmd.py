@@ -12,8 +12,9 @@ import click
 @click.option("--threads", type=int, default=2, show_default=True, help="CPU threads for training and inference.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, help="Override the quickstart's stage-1 epochs (more = better, slower).")
+@click.option("--no-quantize", is_flag=True, help="Skip the FP16 / INT8 Q/DQ models and their evaluation.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def quickstart(out, threads, seed, epochs, no_progress) -> None:
+def quickstart(out, threads, seed, epochs, no_quantize, no_progress) -> None:
     """Run the whole pipeline end to end on CPU (about 5-10 minutes on 2 cores) and write a report."""
     from edgereid._optional import require
 
@@ -21,6 +22,10 @@ def quickstart(out, threads, seed, epochs, no_progress) -> None:
     require("onnx")
     from edgereid.training.quickstart import run_quickstart
 
+    quantize = None
+    if not no_quantize:
+        # The calibration stage plugs in here (the CLI may import any stage; training/ must not).
+        from edgereid.calibration.int8 import quantize_for_quickstart as quantize
     overrides = {"epochs": epochs} if epochs else None
     run_quickstart(out, threads=threads, seed=seed, progress=not no_progress, train_overrides=overrides,
-                   echo=click.echo)
+                   quantize=quantize, echo=click.echo)
