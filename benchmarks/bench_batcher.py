@@ -13,7 +13,6 @@ Without --model a random-init model is exported to a temp dir (needs the export 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
+from edgereid.atomic import write_json_atomic  # noqa: E402
 from edgereid.batcher import DynamicBatcher  # noqa: E402
 from edgereid.bench import synthetic_crops  # noqa: E402
 from edgereid.runtime import Runtime  # noqa: E402
@@ -128,10 +128,7 @@ def main(argv: list | None = None) -> int:
               f"p99 {v['latency']['p99_ms']:7.1f} ms")
     print(f"batcher / per-crop throughput: {ratio:.2f}x (mean batch {results['batcher']['mean_batch_size']:.1f}); "
           f"added p50 latency vs a single call: {added_p50:+.1f} ms")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_name(args.output.name + ".tmp")
-    tmp_out.write_text(json.dumps(out, indent=2))
-    os.replace(tmp_out, args.output)
+    write_json_atomic(args.output, out)
     print(f"wrote {args.output}")
     return 0
 

@@ -11,7 +11,6 @@ slows both alike; the quoted speed-up is the median of the per-round ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_batcher import export_random_model  # noqa: E402
 from machine import describe_machine  # noqa: E402
 
+from edgereid.atomic import write_json_atomic  # noqa: E402
 from edgereid.bench import run_benchmark, synthetic_crops  # noqa: E402
 from edgereid.gallery import Gallery  # noqa: E402
 from edgereid.imageio import read_image  # noqa: E402
@@ -190,10 +190,7 @@ def main(argv: list | None = None) -> int:
     print(f"fused / float end-to-end at batch {args.batch}: {speedup:.3f}x over {len(ratios)} rounds (per round "
           f"{min(ratios):.2f}-{max(ratios):.2f}); fusing removes {saved_ms:.2f} ms of host preprocessing per batch, "
           f"worth {bound:.3f}x on its own; stage coverage >= {coverage:.4f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_name(args.output.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, args.output)
+    write_json_atomic(args.output, result)
     print(f"wrote {args.output}")
     return 0
 

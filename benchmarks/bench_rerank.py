@@ -20,6 +20,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from machine import gemm_peak_gflops  # noqa: E402
 from retrieval_common import MARKET, MSMT17, clustered_set, measure, run_worker, write_result  # noqa: E402
 
 
@@ -78,21 +79,9 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     # how busy the machine was: a shared 2-core box gives a fraction of its quiet GEMM rate
     summary["load_average_1_5_15"] = os.getloadavg()
-    summary["gemm_gflops_now"] = gemm_gflops()
+    summary["gemm_gflops_now"] = gemm_peak_gflops()
     write_result(Path(a.output), {"benchmark": "rerank k1=20 k2=6 lambda=0.3 euclidean, 128-d clustered",
                                   "runs": runs, "summary": summary})
-
-
-def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """float32 GEMM GFLOP/s right now: pass 1 of re-ranking is GEMM-bound, so this calibrates its time."""
-    import time
-    x = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x @ x
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best / 1e9
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ busy machine slows both alike, and the ratio (ONNX Runtime / PyTorch) is what th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from machine import describe_machine, gemm_peak_gflops  # noqa: E402
 
 
 def count_flops(model, height: int = 256, width: int = 128) -> float:
@@ -45,18 +44,6 @@ def count_flops(model, height: int = 256, width: int = 128) -> float:
     for h in hooks:
         h.remove()
     return 2.0 * sum(macs)
-
-
-def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Single-precision GEMM GFLOP/s of numpy's BLAS on this machine: the roof a conv net can approach."""
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    a @ a
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
 
 
 def timed_rounds(fns: dict, seconds: float, warmup: int) -> dict:
@@ -86,6 +73,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
+    from edgereid.atomic import write_json_atomic
     from edgereid.export.onnx_export import export_onnx
     from edgereid.training.model import DualHeadReID
 
@@ -138,9 +126,7 @@ def main() -> None:
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_json_atomic(out, result)
     print(f"wrote {out}")
 
 

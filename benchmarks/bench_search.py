@@ -50,8 +50,8 @@ def main() -> None:
             g = Gallery(128, dtype)
             for s in range(0, n, 100000):
                 g.add(emb[s:s + 100000], ids=np.arange(s, min(n, s + 100000)))
-            one = timed(lambda: g.search(q1, k=10), repeats)
-            batch = timed(lambda: g.search(q32, k=10), max(3, repeats // 4))
+            one = timed(lambda g=g: g.search(q1, k=10), repeats)
+            batch = timed(lambda g=g: g.search(q32, k=10), max(3, repeats // 4))
             rows.append({"gallery": n, "dtype": dtype, "bytes_per_entry": g.bytes_per_entry,
                          "embedding_bytes_per_entry": g.embedding_bytes_per_entry,
                          "latency_1_query_ms": one * 1e3, "latency_32_queries_ms": batch * 1e3,

@@ -61,7 +61,7 @@ def trained(tmp_path_factory):
                            image_size=(H, W), num_distractors=4, num_junk=2, seed=5, progress=False,
                            gender_test_fraction=0.5)
     splits = load_market1501(s["reid_root"])
-    gender_train, gender_test = load_gender_list(s["gender_train_csv"]), load_gender_list(s["gender_test_csv"])
+    gender_test = load_gender_list(s["gender_test_csv"])
     if os.environ.get("EDGEREID_INT8_CHECKPOINT"):
         model = load_checkpoint(os.environ["EDGEREID_INT8_CHECKPOINT"], with_classifier=False)[0]
     else:
