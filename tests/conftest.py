@@ -61,3 +61,74 @@ def model_files(reference_model, tmp_path_factory):
         "onnx": export_onnx(reference_model, root / "model.onnx"),
         "fused_onnx": export_onnx(reference_model, root / "model.fused.onnx", fuse_preprocessing=True),
     }
+
+
+def export_small(model, path, height: int = 64, width: int = 32):
+    """ONNX export at a small input size, with the metadata saying that size (so every stage agrees)."""
+    import io
+
+    import onnx
+    import torch
+
+    from edgereid.export.metadata import save_onnx, set_metadata
+    from edgereid.training.checkpoint import model_metadata
+    from edgereid.training.model import ExportWrapper
+
+    buf = io.BytesIO()
+    with torch.no_grad():
+        # the wrapper in eval mode too: the exporter restores its mode afterwards, recursively into `model`
+        torch.onnx.export(ExportWrapper(model.eval()).eval(), (torch.randn(2, 3, height, width),), buf, dynamo=False,
+                          opset_version=17, input_names=["images"], output_names=["embedding", "gender_logit"],
+                          dynamic_axes={"images": {0: "b"}, "embedding": {0: "b"}, "gender_logit": {0: "b"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    # simplified like `edgereid export` does (constant Slice bounds let the IBN BatchNorm fold apply)
+    from edgereid.export.simplify import simplify_checked
+
+    probe = np.random.default_rng(0).standard_normal((2, 3, height, width)).astype(np.float32)
+    proto = simplify_checked(proto, {"images": probe})
+    set_metadata(proto, model_metadata(model, height=height, width=width))
+    return save_onnx(proto, path)
+
+
+# One short training recipe at 64x32 input (the model is fully convolutional with global pooling, so a small
+# size trains the same network 16x cheaper than the exported 256x128 contract).
+SMALL_TRAIN = dict(image_height=64, image_width=32, pad=2, erase_p=0.3, reid_p=6, reid_k=4, gender_batch=24,
+                   gender_ratio=0.5, lr_reid=2e-3, lr_gender=2e-3, stage2_lr=1e-3, warmup_epochs=1,
+                   lr_schedule="cosine", threads=2, eval_every=0, progress=False, tensorboard=False,
+                   cache_images=True, device="cpu")
+# The run that the learning test judges and whose model the FP16/INT8 accuracy tests quantize.
+LEARNING_RUN = dict(epochs=10, stage2_epochs=2, eval_every=10, gender_ratio=3.0, lr_gender=1e-3, stage2_lr=1e-4)
+
+
+@pytest.fixture(scope="session")
+def small_synthetic(tmp_path_factory):
+    """A small synthetic Market-1501 + gender set at 64x32: 48 train / 48 test identities, 1000 gender images."""
+    pytest.importorskip("edgereid.training.synthetic")
+    from edgereid.training.datasets import load_gender_list, load_market1501
+    from edgereid.training.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    s = generate_synthetic(root / "data", num_ids=96, images_per_id_per_cam=2, num_cameras=3, gender_images=1000,
+                           image_size=(64, 32), num_distractors=4, num_junk=2, seed=3, progress=False)
+    return {"splits": load_market1501(s["reid_root"]), "gender_train": load_gender_list(s["gender_train_csv"]),
+            "gender_test": load_gender_list(s["gender_test_csv"]), "root": root}
+
+
+@pytest.fixture(scope="session")
+def trained_small(small_synthetic, tmp_path_factory):
+    """One short real training run (40 s to 2 min), shared by the learning test and the quantization tests.
+
+    Returns the metrics before and after training, the run folder and the final model (last.pt) in eval mode.
+    """
+    pytest.importorskip("torch")
+    from edgereid.training.checkpoint import load_checkpoint
+    from edgereid.training.config import TrainConfig
+    from edgereid.training.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = TrainConfig(out=str(out), **{**SMALL_TRAIN, **LEARNING_RUN})
+    tr = Trainer(cfg, small_synthetic["splits"], small_synthetic["gender_train"], small_synthetic["gender_test"])
+    before = tr.evaluate()
+    tr.fit()
+    model = load_checkpoint(out / "last.pt", with_classifier=False)[0].eval()
+    return {"before": before, "after": tr.best_metrics, "out": out, "model": model}

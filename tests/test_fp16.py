@@ -39,6 +39,33 @@ def test_fp16_embeddings_match_pytorch(reference_model, fp16_files):
     assert np.abs(got.gender_prob - prob).max() < 5e-3
 
 
+def test_fp16_on_the_trained_model_keeps_cosine_0999(trained_small, small_synthetic, tmp_path):
+    """The issue's check on a trained synthetic model: FP16 ONNX embeddings cosine >= 0.999 to PyTorch."""
+    from conftest import export_small
+    from edgereid import Runtime
+    from edgereid.calibration.fp16 import quantize_fp16
+
+    model = trained_small["model"]
+    fp16 = quantize_fp16(export_small(model, tmp_path / "trained.onnx"), tmp_path / "trained.fp16.onnx")
+    paths = small_synthetic["splits"].paths("query")[:64]
+    with Runtime(fp16) as rt:
+        got = rt.infer_files(paths)
+        batch = rt.preprocessor.prepare([_read(p) for p in paths])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(batch))
+    emb = ref["embedding"].numpy()
+    cosine = (got.embeddings * emb).sum(1) / np.linalg.norm(got.embeddings, axis=1) / np.linalg.norm(emb, axis=1)
+    assert cosine.min() >= 0.999, cosine.min()
+    prob = torch.sigmoid(ref["gender_logit"]).numpy().reshape(-1)
+    assert np.abs(got.gender_prob - prob).max() < 5e-3
+
+
+def _read(path):
+    from edgereid.imageio import read_image
+
+    return read_image(path)
+
+
 def test_fp16_graph_keeps_boundary_and_sensitive_ops_in_fp32(fp16_files):
     from onnx import TensorProto
 

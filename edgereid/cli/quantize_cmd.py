@@ -12,8 +12,9 @@ import click
 @click.option("--int8", "precision", flag_value="int8", help="INT8 Q/DQ from a calibration set (--calib).")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Calibration set from `edgereid calibrate` (INT8).")
-@click.option("--method", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
-              show_default=True, help="INT8 activation range calibration.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="INT8 activation ranges: min-max, entropy (TensorRT's KL histogram), "
+                                      "or a percentile of |x|.")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="With --method percentile.")
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
               help="INT8 activations: symmetric int8 (TensorRT) or uint8 (fastest in ONNX Runtime on x86).")
