@@ -21,49 +21,40 @@ def fp16_files(reference_model, tmp_path_factory):
     return fp32, quantize_fp16(fp32, root / "model.fp16.onnx")
 
 
-def test_fp16_embeddings_match_pytorch(reference_model, fp16_files):
+def against_pytorch(model, fp16_path, crops) -> tuple:
+    """(Runtime output of the fp16 file, embedding cosine to PyTorch, |gender prob difference|) on `crops`."""
     from edgereid import Runtime
 
-    crops = make_crops(6, seed=11)
-    with Runtime(fp16_files[1]) as rt:
+    with Runtime(fp16_path) as rt:
         assert rt.metadata.precision == "fp16"
         got = rt.infer(crops)
         batch = rt.preprocessor.prepare(crops)
     with torch.no_grad():
-        ref = reference_model(torch.from_numpy(batch))
+        ref = model(torch.from_numpy(batch))
     emb = ref["embedding"].numpy()
     prob = torch.sigmoid(ref["gender_logit"]).numpy().reshape(-1)
     cosine = (got.embeddings * emb).sum(1) / np.linalg.norm(got.embeddings, axis=1) / np.linalg.norm(emb, axis=1)
+    return got, cosine, np.abs(got.gender_prob - prob)
+
+
+def test_fp16_embeddings_match_pytorch(reference_model, fp16_files):
+    got, cosine, prob_err = against_pytorch(reference_model, fp16_files[1], make_crops(6, seed=11))
     assert cosine.min() >= 0.999, cosine
     np.testing.assert_allclose(np.linalg.norm(got.embeddings, axis=1), 1.0, atol=1e-5)  # norm applied in fp32
-    assert np.abs(got.gender_prob - prob).max() < 5e-3
+    assert prob_err.max() < 5e-3
 
 
 def test_fp16_on_the_trained_model_keeps_cosine_0999(trained_small, small_synthetic, tmp_path):
     """The issue's check on a trained synthetic model: FP16 ONNX embeddings cosine >= 0.999 to PyTorch."""
     from conftest import export_small
-    from edgereid import Runtime
     from edgereid.calibration.fp16 import quantize_fp16
+    from edgereid.imageio import read_images
 
     model = trained_small["model"]
     fp16 = quantize_fp16(export_small(model, tmp_path / "trained.onnx"), tmp_path / "trained.fp16.onnx")
-    paths = small_synthetic["splits"].paths("query")[:64]
-    with Runtime(fp16) as rt:
-        got = rt.infer_files(paths)
-        batch = rt.preprocessor.prepare([_read(p) for p in paths])
-    with torch.no_grad():
-        ref = model(torch.from_numpy(batch))
-    emb = ref["embedding"].numpy()
-    cosine = (got.embeddings * emb).sum(1) / np.linalg.norm(got.embeddings, axis=1) / np.linalg.norm(emb, axis=1)
+    _, cosine, prob_err = against_pytorch(model, fp16, read_images(small_synthetic["splits"].paths("query")[:64]))
     assert cosine.min() >= 0.999, cosine.min()
-    prob = torch.sigmoid(ref["gender_logit"]).numpy().reshape(-1)
-    assert np.abs(got.gender_prob - prob).max() < 5e-3
-
-
-def _read(path):
-    from edgereid.imageio import read_image
-
-    return read_image(path)
+    assert prob_err.max() < 5e-3
 
 
 def test_fp16_graph_keeps_boundary_and_sensitive_ops_in_fp32(fp16_files):

@@ -15,11 +15,6 @@ from edgereid.training.trainer import Trainer, lr_factor  # noqa: E402
 from conftest import SMALL_TRAIN as SMALL  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def data(small_synthetic):
-    return small_synthetic
-
-
 def _trainer(data, out, **kw):
     cfg = TrainConfig(out=str(out), **{**SMALL, **kw})
     return Trainer(cfg, data["splits"], data["gender_train"], data["gender_test"])
@@ -48,9 +43,9 @@ def test_training_learns_reid_and_gender(trained_small):
     assert {"best_reid.pt", "best_gender.pt", "last.pt", "metrics.jsonl", "config.yaml"} <= names
 
 
-def test_resume_after_interrupt_continues_from_saved_step(data, tmp_path):
+def test_resume_after_interrupt_continues_from_saved_step(small_synthetic, tmp_path):
     kw = dict(epochs=2, stage2_epochs=0)
-    full = _trainer(data, tmp_path / "full", **kw)
+    full = _trainer(small_synthetic, tmp_path / "full", **kw)
     full.fit()
     steps_per_epoch = len(full.stage1)
 
@@ -61,13 +56,13 @@ def test_resume_after_interrupt_continues_from_saved_step(data, tmp_path):
         if tr.state["step"] == steps_per_epoch + 2:  # in the middle of epoch 2
             raise Stop
 
-    broken = _trainer(data, tmp_path / "cut", **kw)
+    broken = _trainer(small_synthetic, tmp_path / "cut", **kw)
     with pytest.raises(Stop):
         broken.fit(on_step=interrupt)
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["trainer_state"]
     assert saved["epoch"] == 1 and saved["step"] == steps_per_epoch  # last good checkpoint: end of epoch 1
 
-    resumed = _trainer(data, tmp_path / "cut", **kw)
+    resumed = _trainer(small_synthetic, tmp_path / "cut", **kw)
     resumed.fit(resume=True)
     assert resumed.state["step"] == full.state["step"] == 2 * steps_per_epoch
     # Same data order, augmentations and optimizer moments: the weights match the uninterrupted run.
@@ -98,8 +93,8 @@ def test_config_overrides_and_yaml_roundtrip(tmp_path):
         cfg.apply_overrides(["reid_p=abc"])
 
 
-def test_second_stage_freezes_backbone(data, tmp_path):
-    tr = _trainer(data, tmp_path / "s2", epochs=0, stage2_epochs=1)
+def test_second_stage_freezes_backbone(small_synthetic, tmp_path):
+    tr = _trainer(small_synthetic, tmp_path / "s2", epochs=0, stage2_epochs=1)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     tr.fit()
     after = tr.model.state_dict()
