@@ -11,7 +11,6 @@ alternate between models so a busy machine slows all alike; speeds are quoted as
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from machine import describe_machine  # noqa: E402
+
+from edgereid.atomic import write_json_atomic  # noqa: E402
 
 
 def synthetic_crops(n: int, seed: int) -> list:
@@ -111,12 +112,8 @@ def main() -> None:
                                "speedup_vs_fp32": base / med, "embedding_cosine_min": float(cos.min()),
                                "file_mib": sizes[k]}
         print(f"{k:14s} {args.batch / med:7.1f} img/s  x{base / med:.2f} vs fp32   cosine min {cos.min():.4f}")
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    tmp_out.replace(out)
-    print(f"wrote {out}")
+    write_json_atomic(args.output, result)
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,9 @@ def quantize_int8(onnx_path: str | os.PathLike, calib: CalibrationSet | str | os
         raise ModelFileError(f"{onnx_path} is {meta.precision}; quantize the fp32 model from `edgereid export`.")
     calib.check_compatible(meta, str(onnx_path))
     folded = fold_sliced_batchnorm(proto) if fold_ibn_bn else 0
+    if fold_ibn_bn and not folded and any(n.op_type == "InstanceNormalization" for n in proto.graph.node):
+        warnings.warn(f"{onnx_path}: the BatchNorm halves of the IBN layers could not be folded into their convs, "
+                      "so the INT8 file keeps fp32 round trips there; re-export it with `edgereid export`.")
     # DedicatedQDQPair: a DQ shared by two consumers (a residual fork) stops ONNX Runtime from fusing the
     # consuming Conv into QLinearConv; one DQ per consumer keeps every Conv in INT8 (TensorRT is indifferent).
     extra = {"ActivationSymmetric": target == "tensorrt", "WeightSymmetric": True, "DedicatedQDQPair": True}

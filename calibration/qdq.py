@@ -62,6 +62,28 @@ def _disjoint(slices: list, consts: dict) -> bool:
     return all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
 
 
+def inline_initializer_identities(graph) -> int:
+    """Point consumers of `Identity(initializer)` at the initializer itself; returns how many were removed.
+
+    PyTorch's exporter shares equal initializers through Identity nodes (e.g. the zero biases of several
+    convs); onnx-simplifier removes them, and without it the folding below would not see the weights.
+    """
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    if not alias:
+        return 0
+    for node in graph.node:
+        for j, name in enumerate(node.input):
+            if name in alias:
+                node.input[j] = alias[name]
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(alias)
+
+
 def fold_sliced_batchnorm(model) -> int:
     """Fold `Conv -> Slice(axis 1) -> BatchNormalization` into the Conv's weights; returns how many were folded.
 
@@ -72,6 +94,7 @@ def fold_sliced_batchnorm(model) -> int:
     from onnx import numpy_helper
 
     g = model.graph
+    inline_initializer_identities(g)
     inits = {i.name: i for i in g.initializer}
     consts = _constants(g)
     producers, consumers = _producers(g), _consumers(g)

@@ -201,22 +201,64 @@ def test_cpu_target_uses_uint8_activations_and_agrees(trained, int8_file, tmp_pa
     assert ((a * b).sum(1) > 0.99).all()
 
 
-def test_folding_ibn_batchnorm_into_conv_keeps_outputs(trained):
+@pytest.mark.parametrize("simplified", [True, False], ids=["simplified", "unsimplified"])
+def test_folding_ibn_batchnorm_into_conv_keeps_outputs(trained, simplified, tmp_path):
+    """The fold works on what `edgereid export` writes with onnxsim and without it (the export extra is optional)."""
     import onnxruntime as ort
 
     from edgereid.calibration.qdq import fold_sliced_batchnorm
 
-    proto = onnx.load(str(trained["fp32"]))
+    path = trained["fp32"] if simplified else export_small(trained["model"], tmp_path / "raw.onnx", simplify=False)
+    proto = onnx.load(str(path))
     n_bn = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
     folded = fold_sliced_batchnorm(proto)
     assert folded == 6  # one per IBN block (layer1-3 x 2 blocks)
     assert sum(n.op_type == "BatchNormalization" for n in proto.graph.node) == n_bn - 6
     onnx.checker.check_model(proto)
     x = trained["calib"].array()[:4]
-    ref = ort.InferenceSession(str(trained["fp32"]), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
     got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})
     for a, b in zip(ref, got):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_folding_sees_weights_shared_through_identity(tmp_path):
+    """A random-init export shares its equal initializers (zero biases, unit BN scales) through Identity nodes."""
+    import torch
+
+    from edgereid.calibration.qdq import fold_sliced_batchnorm
+    from edgereid.training.model import DualHeadReID
+
+    torch.manual_seed(0)
+    proto = onnx.load(str(export_small(DualHeadReID().eval(), tmp_path / "raw.onnx", simplify=False)))
+    assert any(n.op_type == "Identity" for n in proto.graph.node)
+    assert fold_sliced_batchnorm(proto) == 6
+    assert not any(n.op_type == "Identity" and n.input[0] in {i.name for i in proto.graph.initializer}
+                   for n in proto.graph.node)
+    onnx.checker.check_model(proto)
+
+
+def test_unfoldable_export_still_quantizes_with_a_warning(trained, tmp_path, monkeypatch):
+    """An unsimplified export from before the IBN slices had constant bounds (bounds from x.shape) cannot be
+    folded: it still quantizes, and the user is told to re-export."""
+    import torch
+
+    from edgereid.calibration.calibset import build_calibration_set
+    from edgereid.calibration.int8 import quantize_int8
+    from edgereid.export.metadata import get_metadata, load_onnx
+    from edgereid.training.layers import IBN
+
+    def shape_bound_forward(self, x):
+        a, b = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        return torch.cat((self.IN(a.contiguous()), self.BN(b.contiguous())), dim=1)
+
+    monkeypatch.setattr(IBN, "forward", shape_bound_forward)
+    old = export_small(trained["model"], tmp_path / "old.onnx", simplify=False)
+    calib = build_calibration_set(trained["splits"].paths("gallery"), get_metadata(load_onnx(old)),
+                                  tmp_path / "calib", num=4, seed=0, progress=False)
+    with pytest.warns(UserWarning, match="re-export"):
+        out = quantize_int8(old, calib, tmp_path / "old.int8.onnx")
+    assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node) > 0
 
 
 def test_calibration_batches_divide_the_set():

@@ -1,7 +1,10 @@
-"""TensorRTBackend on fake `tensorrt`/`pycuda` modules: sidecar checks, batch splitting at the profile's max,
-buffer reuse and growth, context push/pop from worker threads. A real-engine test lives in test_trt_build."""
+"""TensorRTBackend on a fake `tensorrt`: sidecar checks, batch splitting at the profile's max, buffer reuse and
+growth, context push/pop from worker threads. Each test runs twice: on a fake `pycuda.driver` everywhere, and on the
+real pycuda with a GPU where one exists (the fake engine's network then runs as async copies on the backend's own
+stream, as a TensorRT engine would). A real-engine test lives in test_trt_build."""
 from __future__ import annotations
 
+import ctypes
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -16,11 +19,14 @@ from edgereid.export.trt_build import optimization_profile
 from edgereid.metadata import ModelMetadata
 
 META = ModelMetadata(height=4, width=2, embedding_dim=3)
+D = META.embedding_dim
 
 
 def _model(x: np.ndarray) -> dict:
-    """The fake engine's network: embedding = per-channel means, gender_logit = sum of the input."""
-    return {"embedding": x.mean(axis=(2, 3)), "gender_logit": x.sum(axis=(1, 2, 3)).reshape(-1, 1)}
+    """The fake engine's network, simple enough for a GPU to run as copies: the first D values of each sample
+    are its embedding, the next one its gender logit."""
+    flat = x.reshape(len(x), -1)
+    return {"embedding": flat[:, :D], "gender_logit": flat[:, D:D + 1]}
 
 
 class FakeCuda:
@@ -86,8 +92,8 @@ class FakeCuda:
 
 
 class FakeEngine:
-    def __init__(self, cuda, max_batch):
-        self.cuda, self.max_batch, self.runs = cuda, max_batch, []
+    def __init__(self, execute, max_batch):
+        self.execute, self.max_batch, self.runs = execute, max_batch, []
         self.names = ["images", "embedding", "gender_logit"]
         self.num_io_tensors = 3
 
@@ -119,39 +125,127 @@ class FakeEngine:
                 self.addr[name] = addr
 
             def execute_async_v3(self, handle):
-                n = int(np.prod(self.shape))
-                x = engine.cuda.mem[self.addr["images"]][:n * 4].view(np.float32).reshape(self.shape)
                 engine.runs.append(self.shape[0])
-                for name, value in _model(x).items():
-                    b = value.astype(np.float32).view(np.uint8).reshape(-1)
-                    engine.cuda.mem[self.addr[name]][:b.size] = b
+                engine.execute(self.shape, self.addr, handle)
                 return True
 
         return Context()
 
 
-def fake_trt(cuda, max_batch, version="10.3.0"):
-    engine = FakeEngine(cuda, max_batch)
+def fake_memory_network(cuda):
+    """_model on FakeCuda's memory."""
+    def execute(shape, addr, stream):
+        n = int(np.prod(shape))
+        x = cuda.mem[addr["images"]][:n * 4].view(np.float32).reshape(shape)
+        for name, value in _model(x).items():
+            b = np.ascontiguousarray(value, np.float32).view(np.uint8).reshape(-1)
+            cuda.mem[addr[name]][:b.size] = b
+    return execute
+
+
+def gpu_copy_network():
+    """_model on a GPU: device-to-device copies queued on the stream handle the backend passes, as TensorRT's
+    enqueue would be; any ordering or address mistake in the backend shows up as wrong numbers."""
+    lib = ctypes.CDLL("libcuda.so.1")
+    copy = lib.cuMemcpyDtoDAsync_v2
+    copy.argtypes, copy.restype = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p], ctypes.c_int
+
+    def execute(shape, addr, stream):
+        sample = int(np.prod(shape[1:])) * 4
+        for i in range(shape[0]):
+            src = addr["images"] + i * sample
+            for dst, offset, nbytes in ((addr["embedding"] + i * D * 4, 0, D * 4),
+                                        (addr["gender_logit"] + i * 4, D * 4, 4)):
+                err = copy(dst, src + offset, nbytes, stream)
+                assert err == 0, f"cuMemcpyDtoDAsync failed with CUDA error {err}"
+    return execute
+
+
+def fake_trt(execute, max_batch, version="10.3.0"):
+    engine = FakeEngine(execute, max_batch)
     return SimpleNamespace(
         __version__=version, Logger=type("L", (), {"WARNING": 0, "__init__": lambda self, level: None}),
         Runtime=lambda logger: SimpleNamespace(deserialize_cuda_engine=lambda blob: engine),
         TensorIOMode=SimpleNamespace(INPUT="IN"), nptype=lambda t: np.float32, engine=engine)
 
 
-@pytest.fixture()
-def engine_file(tmp_path):
-    path = tmp_path / "m.engine"
-    path.write_bytes(b"serialized")
-    write_sidecar(path, make_sidecar(META, "10.3.0", "FakeGPU", (8, 7), optimization_profile(META, 1, 2, 4), "fp16"))
-    return path
+class CountingCuda:
+    """The real pycuda.driver, counting allocations and context pushes/pops like FakeCuda does."""
+
+    def __init__(self, drv):
+        self._drv, self.allocs, self.ctx_depth, self.detached = drv, 0, {}, False
+        counting = self
+
+        class Ctx:
+            def __init__(self, real):
+                self.real = real
+
+            def push(self):
+                self.real.push()
+                t = threading.get_ident()
+                counting.ctx_depth[t] = counting.ctx_depth.get(t, 0) + 1
+
+            def detach(self):
+                self.real.detach()
+                counting.detached = True
+
+        class Context:
+            @staticmethod
+            def pop():
+                t = threading.get_ident()
+                assert counting.ctx_depth.get(t, 0) > 0, "pop without push on this thread"
+                drv.Context.pop()
+                counting.ctx_depth[t] -= 1
+
+        self.Ctx, self.Context = Ctx, Context
+
+    def __getattr__(self, name):
+        return getattr(self._drv, name)
+
+    def Device(self, i):
+        dev = self._drv.Device(i)
+        return SimpleNamespace(name=dev.name, compute_capability=dev.compute_capability,
+                               retain_primary_context=lambda: self.Ctx(dev.retain_primary_context()))
+
+    def mem_alloc(self, nbytes):
+        self.allocs += 1
+        return self._drv.mem_alloc(nbytes)
 
 
-@pytest.fixture()
-def libs(monkeypatch):
-    cuda = FakeCuda()
-    trt = fake_trt(cuda, max_batch=4)
+def real_cuda():
+    """pycuda.driver with a GPU, or a skip that says which is missing."""
+    drv = pytest.importorskip("pycuda.driver", reason="pycuda is not installed (pip install 'edgereid[trt]')")
+    try:
+        drv.init()
+        if drv.Device.count() == 0:
+            pytest.skip("no CUDA GPU")
+    except drv.Error as exc:
+        pytest.skip(f"CUDA is not usable here: {exc}")
+    return CountingCuda(drv)
+
+
+@pytest.fixture(params=["fake-cuda", "pycuda-gpu"])
+def libs(request, monkeypatch):
+    if request.param == "fake-cuda":
+        cuda = FakeCuda()
+        trt = fake_trt(fake_memory_network(cuda), max_batch=4)
+    else:
+        cuda = real_cuda()
+        trt = fake_trt(gpu_copy_network(), max_batch=4)
     monkeypatch.setattr(tb, "_load_libs", lambda: (trt, cuda))
     return trt, cuda
+
+
+@pytest.fixture()
+def engine_file(tmp_path, libs):
+    """An engine whose sidecar names the GPU the test runs on (the fake one or the real one)."""
+    _, cuda = libs
+    dev = cuda.Device(0)
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"serialized")
+    write_sidecar(path, make_sidecar(META, "10.3.0", dev.name(), tuple(dev.compute_capability()),
+                                     optimization_profile(META, 1, 2, 4), "fp16"))
+    return path
 
 
 def test_infer_splits_above_profile_max_and_reuses_buffers(engine_file, libs):
@@ -180,7 +274,7 @@ def test_buffers_grow_on_demand(engine_file, libs):
         assert cuda.allocs == first  # same size: no new allocation
         out = be.infer({"images": x})  # 3 > capacity 1: grown once (to 4, the profile max)
         assert cuda.allocs == 2 * first and be._capacity == 4
-        np.testing.assert_allclose(out["gender_logit"].ravel(), [8 * 3] * 3)
+        np.testing.assert_allclose(out["gender_logit"].ravel(), [1.0] * 3)
 
 
 def test_user_max_batch_lowers_the_split(engine_file, libs):
@@ -199,13 +293,13 @@ def test_worker_threads_share_one_backend(engine_file, libs):
         np.testing.assert_allclose(o["embedding"], _model(b)["embedding"], rtol=1e-6)
 
 
-def test_engine_from_other_version_or_gpu_is_refused(engine_file, monkeypatch):
-    cuda = FakeCuda()
-    monkeypatch.setattr(tb, "_load_libs", lambda: (fake_trt(cuda, 4, version="10.4.1"), cuda))
+def test_engine_from_other_version_or_gpu_is_refused(engine_file, libs, monkeypatch):
+    _, cuda = libs
+    monkeypatch.setattr(tb, "_load_libs", lambda: (fake_trt(None, 4, version="10.4.1"), cuda))
     with pytest.raises(ModelVersionError, match="Rebuild"):
         tb.TensorRTBackend(engine_file)
     other = FakeCuda(name="Orin", cc=(8, 7))
-    monkeypatch.setattr(tb, "_load_libs", lambda: (fake_trt(other, 4), other))
+    monkeypatch.setattr(tb, "_load_libs", lambda: (fake_trt(None, 4), other))
     with pytest.raises(ModelVersionError, match="specific to a GPU"):
         tb.TensorRTBackend(engine_file)
 

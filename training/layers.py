@@ -15,7 +15,9 @@ class IBN(nn.Module):
         self.BN = nn.BatchNorm2d(planes - self.half)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        # Constant slice bounds (not x.shape arithmetic) export as constant Slices, which the INT8 placement
+        # needs to fold the BN half into the conv even when the graph is not simplified.
+        a, b = x[:, :self.half], x[:, self.half:]
         return torch.cat((self.IN(a.contiguous()), self.BN(b.contiguous())), dim=1)
 
 
