@@ -76,13 +76,17 @@ def activation_ranges(model_path: str | os.PathLike, reader, method: str, symmet
     require("onnxruntime.quantization", "INT8 quantization")
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    options = {"symmetric": symmetric, "max_intermediate_outputs": 16}
+    # No max_intermediate_outputs: ONNX Runtime's min-max calibrator drops (not merges) every full block of
+    # them, and raises "No data is collected" when the batch count is a multiple; its per-batch outputs are
+    # per-tensor scalars, so keeping all of them costs nothing.
+    options = {"symmetric": symmetric}
     if method == "entropy":
         options.update(num_bins=2048, num_quantized_bins=128)
     elif method == "percentile":
         options.update(num_bins=2048, percentile=float(percentile))
     with tempfile.TemporaryDirectory(prefix="edgereid-calib-") as tmp:
-        calibrator = create_calibrator(Path(model_path), list(op_types), augmented_model_path=str(Path(tmp) / "aug.onnx"),
+        calibrator = create_calibrator(Path(model_path), list(op_types),
+                                       augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                        calibrate_method=_calibration_method(method), extra_options=options)
         calibrator.collect_data(reader)
         data = calibrator.compute_data()

@@ -261,6 +261,24 @@ def test_unfoldable_export_still_quantizes_with_a_warning(trained, tmp_path, mon
     assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node) > 0
 
 
+def test_every_calibration_batch_counts(trained, tmp_path):
+    """Min-max ranges from 32 one-image batches equal those from one 32-image batch (a 512-image set at batch 8
+    once lost all but its last batches, or failed with "No data is collected"; the histogram methods keep every
+    batch by construction)."""
+    from edgereid.calibration.calibset import build_calibration_set
+    from edgereid.calibration.int8 import activation_ranges
+    from edgereid.export.metadata import get_metadata, load_onnx
+
+    meta = get_metadata(load_onnx(trained["fp32"]))
+    calib = build_calibration_set(trained["splits"].paths("gallery"), meta, tmp_path / "c", num=32, seed=2,
+                                  progress=False)
+    one, many = (activation_ranges(trained["fp32"], calib.reader(b, meta.input_name), "minmax", symmetric=False)
+                 for b in (32, 1))
+    assert one.keys() == many.keys() and len(one) > 20
+    for name in one:
+        np.testing.assert_allclose(many[name], one[name], rtol=2e-3, atol=1e-4, err_msg=name)
+
+
 def test_calibration_batches_divide_the_set():
     from edgereid.calibration.int8 import calibration_batch_size
 
