@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from edgereid.atomic import temp_dir_beside
 from edgereid.errors import DatasetError, InvalidInputError
 from edgereid.metadata import ModelMetadata
 from edgereid.preprocess import Preprocessor
@@ -88,7 +88,7 @@ def build_calibration_set(source, metadata: ModelMetadata, out_dir: str | os.Pat
     pre = Preprocessor(metadata)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", suffix=".tmp", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     shards, images, shape, dtype = [], [], None, None
     try:
         bar = tqdm(total=len(chosen), desc="calibration set", unit="img", disable=not progress)

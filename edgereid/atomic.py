@@ -1,20 +1,49 @@
-"""Atomic file writes: a temp file in the same folder, then os.replace, so Ctrl-C never leaves half a file."""
+"""Atomic file writes: a temp file in the same folder, then os.replace, so Ctrl-C never leaves half a file.
+
+Temp files and folders get the mode a plain open()/mkdir() would give (0666/0777 less the umask), not
+tempfile's private 0600/0700, so a model, gallery or calibration set stays readable by the service that
+deploys it.
+"""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def temp_file_beside(path: str | os.PathLike) -> tuple:
+    """(fd open for writing, temp path) for a new file in `path`'s folder, created with the umask's mode."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def temp_dir_beside(path: str | os.PathLike) -> Path:
+    """A new empty folder in `path`'s folder, created with the umask's mode, to be renamed into `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            tmp.mkdir(0o777)
+            return tmp
+        except FileExistsError:
+            continue
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; it replaces `path` only if the block finishes without error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         yield Path(tmp)

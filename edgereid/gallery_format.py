@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import temp_file_beside
 from .errors import GalleryFileError
 
 MAGIC = b"EDGEREID-GALLERY\0"
@@ -36,8 +36,7 @@ def write_gallery_file(path: str | os.PathLike, header: dict, arrays: dict) -> P
         offset += arr.nbytes
     head = json.dumps({**header, "sections": sections, "payload_nbytes": offset}).encode("utf-8")
     digest = hashlib.sha256()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in (MAGIC, _FIXED.pack(VERSION, len(head)), head,

@@ -86,6 +86,10 @@ def test_compare_metrics_against_hand_computed_values():
     checks = judge(m, "int8")
     assert not checks["rank1_delta"]["pass"] and not checks["gender_agreement"]["pass"]
     assert judge({k: 0.0 if "delta" in k or "abs" in k else 1.0 for k in m}, "int8")["cosine_min"]["pass"]
+    # Budgets are inclusive, also where float division lands a hair above: 3 of 300 queries = 1 point.
+    at_budget = {**m, "rank1_delta": abs(244 / 300 - 241 / 300)}
+    assert at_budget["rank1_delta"] > 0.01 and judge(at_budget, "int8")["rank1_delta"]["pass"]
+    assert not judge({**m, "rank1_delta": 4 / 300}, "int8")["rank1_delta"]["pass"]
 
 
 def test_calibration_images_are_excluded_from_evaluation(setup, tmp_path):

@@ -11,12 +11,12 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edgereid.atomic import temp_dir_beside
 from edgereid.errors import DatasetError
 
 MAX_CAMERAS = 6  # Market-1501 names carry cameras c1..c6
@@ -104,7 +104,7 @@ def generate_synthetic(out_dir, num_ids: int = 150, images_per_id_per_cam: int =
     test_ids = set(split_rng.choice(num_ids, size=n_test, replace=False).tolist())
     n_reid = num_ids * num_cameras * images_per_id_per_cam + num_distractors + num_junk
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         reid, gender = tmp / "market1501", tmp / "gender"
         for sub in ("bounding_box_train", "query", "bounding_box_test"):

@@ -1,0 +1,54 @@
+"""Atomic writes: nothing half-written on failure, and outputs get the umask's mode (not tempfile's private one)."""
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from conftest import make_crops
+from edgereid.atomic import atomic_path, temp_dir_beside, write_bytes_atomic, write_json_atomic
+from edgereid.gallery_format import write_gallery_file
+from edgereid.metadata import ModelMetadata
+
+
+@pytest.fixture()
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_files_and_folders_get_the_umask_mode(tmp_path, umask_022):
+    from edgereid.calibration.calibset import build_calibration_set
+
+    assert mode(write_bytes_atomic(tmp_path / "model.onnx", b"x")) == 0o644
+    assert mode(write_json_atomic(tmp_path / "a" / "report.json", {"k": 1})) == 0o644
+    assert mode(write_gallery_file(tmp_path / "site.gallery", {"v": 1}, {"e": np.zeros((2, 4), np.float32)})) == 0o644
+    assert mode(temp_dir_beside(tmp_path / "out")) == 0o755
+    calib = build_calibration_set(make_crops(4), ModelMetadata(height=32, width=16), tmp_path / "calib", num=4,
+                                  progress=False)
+    assert mode(calib.folder) == 0o755 and all(mode(f) == 0o644 for f in calib.folder.iterdir())
+
+
+def test_a_stricter_umask_is_respected(tmp_path):
+    old = os.umask(0o077)
+    try:
+        assert mode(write_bytes_atomic(tmp_path / "secret.bin", b"x")) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = write_bytes_atomic(tmp_path / "m.onnx", b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
