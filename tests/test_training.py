@@ -71,6 +71,37 @@ def test_resume_after_interrupt_continues_from_saved_step(small_synthetic, tmp_p
         assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
 
 
+def test_train_cli_trains_and_resume_takes_new_epoch_counts(small_synthetic, tmp_path):
+    """`edgereid train`, then `--resume` with only --out and a larger --stage2-epochs: the run's config.yaml
+    supplies the rest, the command line still wins, and a finished run says there is nothing left."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgereid.cli.main import cli
+
+    data, out = small_synthetic["root"] / "data", tmp_path / "run"
+    settings = [f"--set={k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in SMALL.items()
+                if k not in ("device",)]
+    first = CliRunner().invoke(cli, ["train", "--reid-data", str(data / "market1501"),
+                                      "--gender-data", str(data / "gender" / "gender_train.csv"),
+                                      "--gender-test-data", str(data / "gender" / "gender_test.csv"),
+                                      "--out", str(out), "--epochs", "1", "--stage2-epochs", "1", "--device", "cpu",
+                                      *settings])
+    assert first.exit_code == 0, first.output
+    lines = lambda: [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [(r["stage"], r["epoch"]) for r in lines()] == [(1, 1), (2, 1)]
+
+    more = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--stage2-epochs", "2"])
+    assert more.exit_code == 0, more.output
+    assert [(r["stage"], r["epoch"]) for r in lines()] == [(1, 1), (2, 1), (2, 2)]
+    assert "image_height: 64" in (out / "config.yaml").read_text()  # the run's own settings were kept
+
+    again = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume"])
+    assert again.exit_code == 0 and "nothing left to train" in again.output, again.output
+    assert len(lines()) == 3
+
+
 def test_lr_schedule_warmup_and_decay():
     cfg = TrainConfig(warmup_epochs=10, warmup_factor=0.01, lr_schedule="step", lr_steps=[40, 70], lr_gamma=0.1)
     assert lr_factor(cfg, 0, 120) == pytest.approx(0.01)

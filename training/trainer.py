@@ -223,10 +223,12 @@ class Trainer:
                               self.device, self.cfg.max_eval_query, self.cfg.progress, self.metadata,
                               rerank=self.cfg.eval_rerank)
 
+    epochs_run = 0  # epochs completed by the last fit() (0 when a resumed run had nothing left)
     last_metrics: dict = {}
     best_metrics: dict = {}  # metrics of best_reid.pt ("reid") and best_gender.pt ("gender") in this run
 
     def _after_epoch(self, stage: int, epoch: int, losses: dict) -> None:
+        self.epochs_run += 1
         self.state.update(stage=stage, epoch=epoch + 1)
         record = {"stage": stage, "epoch": epoch + 1, "step": self.state["step"], "train": losses}
         if self._should_eval(stage, epoch):
@@ -287,6 +289,7 @@ class Trainer:
             log.info("resumed at stage %d epoch %d step %d", self.state["stage"], self.state["epoch"],
                      self.state["step"])
         self.writer = self._tensorboard()
+        self.epochs_run = 0
         self.last_metrics: dict = {}
         self.best_metrics: dict = {}
         try:

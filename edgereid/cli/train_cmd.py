@@ -39,7 +39,13 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, out, config_pa
     require("torch")
     from edgereid.training.config import TrainConfig
 
-    cfg = TrainConfig.load(config_path) if config_path else TrainConfig()
+    run_config = Path(out or TrainConfig().out) / "config.yaml"
+    if config_path:
+        cfg = TrainConfig.load(config_path)
+    elif resume and run_config.is_file():
+        cfg = TrainConfig.load(run_config)  # the run's own settings; what the command line gives still wins
+    else:
+        cfg = TrainConfig()
     explicit = {"reid_data": reid_data, "reid_dataset": reid_dataset, "gender_data": gender_data,
                 "gender_test_data": gender_test_data, "out": out, "epochs": epochs,
                 "stage2_epochs": stage2_epochs, "device": device, "pretrained": pretrained}
@@ -48,8 +54,6 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, out, config_pa
     if print_config:
         click.echo(require("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
         return
-    if resume and config_path is None and (Path(cfg.out) / "config.yaml").is_file() and not overrides:
-        cfg = TrainConfig.load(Path(cfg.out) / "config.yaml")  # resume with the run's own settings
     if not cfg.reid_data or not cfg.gender_data:
         raise click.UsageError("give --reid-data and --gender-data (or set them in --config).")
     from edgereid.training.trainer import Trainer
@@ -65,4 +69,9 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, out, config_pa
                    f"(epoch {trainer.state['epoch']} of stage {trainer.state['stage']}). Continue with --resume.",
                    err=True)
         raise SystemExit(130)
+    if resume and trainer.epochs_run == 0:
+        click.echo(f"nothing left to train: {Path(cfg.out) / 'last.pt'} already holds epoch "
+                   f"{trainer.state['epoch']} of stage {trainer.state['stage']} ({cfg.epochs} + {cfg.stage2_epochs} "
+                   "epochs configured); raise --stage2-epochs (or --epochs before stage 2 began) to continue.")
+        return
     click.echo(f"done: {metrics}; checkpoints in {cfg.out}")
