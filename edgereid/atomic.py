@@ -11,32 +11,28 @@ import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
-def temp_file_beside(path: str | os.PathLike) -> tuple:
-    """(fd open for writing, temp path) for a new file in `path`'s folder, created with the umask's mode."""
-    path = Path(path)
+def _create_beside(path: Path, create: Callable[[Path], Any]) -> tuple:
+    """(create(tmp), tmp) for an unused hidden name beside `path`; `create` must fail if the name exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            return create(tmp), tmp
         except FileExistsError:
             continue
+
+
+def temp_file_beside(path: str | os.PathLike) -> tuple[int, Path]:
+    """(fd open for writing, temp path) for a new file in `path`'s folder, created with the umask's mode."""
+    return _create_beside(Path(path), lambda tmp: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 def temp_dir_beside(path: str | os.PathLike) -> Path:
     """A new empty folder in `path`'s folder, created with the umask's mode, to be renamed into `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            tmp.mkdir(0o777)
-            return tmp
-        except FileExistsError:
-            continue
+    return _create_beside(Path(path), lambda tmp: tmp.mkdir(0o777))[1]
 
 
 @contextmanager
