@@ -46,7 +46,10 @@ def test_pk_epochs_differ_and_repeat_deterministically():
 
 
 def test_pk_too_few_ids_is_an_error():
-    with pytest.raises(ValueError, match="at least P"):
+    from edgereid.errors import DatasetError
+
+    # An edgereid error, so `edgereid train` prints it as one line with the fix instead of a traceback.
+    with pytest.raises(DatasetError, match="at least P=3 .* --set reid_p=2"):
         PKSampler([0, 0, 1], p=3, k=2)
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgereid.errors import DatasetError
+from edgereid.errors import DatasetError, InvalidInputError
 from edgereid.training import synthetic
 from edgereid.training.datasets import load_gender_list, load_market1501
 from edgereid.training.synthetic import generate_synthetic
@@ -171,5 +171,5 @@ def test_reuse_overwrite_and_atomic_failure(tmp_path, monkeypatch):
     new = generate_synthetic(tmp_path / "d", overwrite=True, **dict(small, seed=1))
     assert not new["reused"] and digest(tmp_path / "d") != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
-    with pytest.raises(ValueError, match="num_cameras"):
+    with pytest.raises(InvalidInputError, match="num_cameras"):
         generate_synthetic(tmp_path / "e", **dict(small, num_cameras=7))

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgereid.errors import InvalidInputError
+
 
 class CrossEntropyLabelSmooth(nn.Module):
     """CE against targets (1 - eps) * onehot + eps / K (Szegedy et al., 2016)."""
@@ -117,7 +119,7 @@ class ReidLoss(nn.Module):
                  center_weight: float = 5e-4, circle_margin: float = 0.25, circle_gamma: float = 64.0) -> None:
         super().__init__()
         if metric not in ("triplet", "circle"):
-            raise ValueError(f"metric loss must be 'triplet' or 'circle', got {metric!r}")
+            raise InvalidInputError(f"metric loss must be 'triplet' or 'circle', got {metric!r}")
         self.ce = CrossEntropyLabelSmooth(num_classes, label_smoothing)
         self.metric = TripletLoss(margin) if metric == "triplet" else CircleLoss(circle_margin, circle_gamma)
         self.center = CenterLoss(num_classes, feat_dim) if center_weight > 0 else None

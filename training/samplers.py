@@ -5,6 +5,8 @@ import random
 from collections import defaultdict
 from typing import Iterator, Sequence
 
+from edgereid.errors import DatasetError, InvalidInputError
+
 
 class PKSampler:
     """Yields batches of exactly P identities x K indices each (a batch sampler for DataLoader).
@@ -20,10 +22,10 @@ class PKSampler:
             self.index[int(label)].append(i)
         self.pids = sorted(self.index)
         if p < 1 or k < 1:
-            raise ValueError(f"P and K must be >= 1, got P={p}, K={k}")
+            raise InvalidInputError(f"P and K must be >= 1, got P={p}, K={k}")
         if len(self.pids) < p:
-            raise ValueError(f"P x K sampling needs at least P={p} identities; the data set has {len(self.pids)}. "
-                             f"Lower P (e.g. --set reid_p={max(1, len(self.pids))}).")
+            raise DatasetError(f"P x K sampling needs at least P={p} identities; the data set has {len(self.pids)}. "
+                               f"Lower P (e.g. --set reid_p={max(1, len(self.pids))}).")
         self.p, self.k, self.seed, self.epoch = p, k, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -81,7 +83,7 @@ class ShuffleBatchSampler:
 
     def __init__(self, n: int, batch_size: int, seed: int = 0) -> None:
         if n < batch_size:
-            raise ValueError(f"need at least batch_size={batch_size} samples, got {n}")
+            raise DatasetError(f"need at least batch_size={batch_size} samples, got {n}")
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -124,7 +126,7 @@ class MultiTaskLoader:
                 empty = False
                 yield batch
             if empty:
-                raise ValueError(f"the {task} loader yields no batches; it needs at least one full batch")
+                raise DatasetError(f"the {task} loader yields no batches; it needs at least one full batch")
 
     def epoch(self, epoch: int) -> Iterator[tuple]:
         """(task, batch) for each step of `epoch`, in the schedule's order for that epoch."""

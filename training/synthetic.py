@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgereid.atomic import temp_dir_beside
-from edgereid.errors import DatasetError
+from edgereid.errors import DatasetError, InvalidInputError
 
 MAX_CAMERAS = 6  # Market-1501 names carry cameras c1..c6
 _CAM, _ID, _COMBO, _REID, _GENDER, _DISTRACT, _SPLIT = range(7)
@@ -82,9 +82,9 @@ def generate_synthetic(out_dir, num_ids: int = 150, images_per_id_per_cam: int =
                      test_id_fraction=test_id_fraction, gender_test_fraction=gender_test_fraction,
                      num_distractors=num_distractors, num_junk=num_junk)
     if not 2 <= num_cameras <= MAX_CAMERAS:
-        raise ValueError(f"num_cameras must be 2..{MAX_CAMERAS} (Market-1501 names cameras c1..c6)")
+        raise InvalidInputError(f"num_cameras must be 2..{MAX_CAMERAS} (Market-1501 names cameras c1..c6)")
     if num_ids < 4 or images_per_id_per_cam < 1 or not 0 < test_id_fraction < 1:
-        raise ValueError("need num_ids >= 4, images_per_id_per_cam >= 1 and 0 < test_id_fraction < 1")
+        raise InvalidInputError("need num_ids >= 4, images_per_id_per_cam >= 1 and 0 < test_id_fraction < 1")
     out_dir = Path(out_dir).expanduser().resolve()
     summary_path = out_dir / "summary.json"
     if out_dir.exists():

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from edgereid.errors import InvalidInputError
 from edgereid.metadata import ModelMetadata
 
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -140,7 +141,7 @@ class Trainer:
             return torch.optim.SGD(params, lr=lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
         if self.cfg.optimizer == "adam":
             return torch.optim.Adam(params, lr=lr, weight_decay=self.cfg.weight_decay)
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.cfg.optimizer!r}")
+        raise InvalidInputError(f"optimizer must be 'adam' or 'sgd', got {self.cfg.optimizer!r}")
 
     def _build_optimizers(self) -> None:
         m, cfg = self.model, self.cfg
