@@ -87,7 +87,6 @@ def build_calibration_set(source, metadata: ModelMetadata, out_dir: str | os.Pat
     chosen = [items[i] for i in sample_indices(keys, num, seed)]
     pre = Preprocessor(metadata)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(out_dir)
     shards, images, shape, dtype = [], [], None, None
     try:

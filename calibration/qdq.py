@@ -62,6 +62,13 @@ def _disjoint(slices: list, consts: dict) -> bool:
     return all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
 
 
+def _drop_nodes(graph, drop) -> None:
+    """Remove the nodes for which `drop(node)` is true, keeping the others in order."""
+    keep = [n for n in graph.node if not drop(n)]
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
 def inline_initializer_identities(graph) -> int:
     """Point consumers of `Identity(initializer)` at the initializer itself; returns how many were removed.
 
@@ -78,9 +85,7 @@ def inline_initializer_identities(graph) -> int:
         for j, name in enumerate(node.input):
             if name in alias:
                 node.input[j] = alias[name]
-    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
-    del graph.node[:]
-    graph.node.extend(keep)
+    _drop_nodes(graph, lambda n: n.op_type == "Identity" and n.output[0] in alias)
     return len(alias)
 
 
@@ -148,9 +153,7 @@ def fold_sliced_batchnorm(model) -> int:
         dead.add(id(bn))
         folded += 1
     if dead:
-        keep = [n for n in g.node if id(n) not in dead]
-        del g.node[:]
-        g.node.extend(keep)
+        _drop_nodes(g, lambda n: id(n) in dead)
         used = {name for n in g.node for name in n.input}
         unused = [i for i in g.initializer if i.name not in used]
         for i in unused:

@@ -29,11 +29,49 @@ def _model(x: np.ndarray) -> dict:
     return {"embedding": flat[:, :D], "gender_logit": flat[:, D:D + 1]}
 
 
-class FakeCuda:
+class ContextDepth:
+    """Per-thread context push depth and detach, the observables the tests check on both CUDA stand-ins.
+
+    `Ctx(real)` forwards push/detach to a real context when given one; `Context.pop()` forwards to `real_pop`.
+    """
+
+    def __init__(self, real_pop=None):
+        self.ctx_depth, self.detached = {}, False
+        tracker = self
+
+        class Ctx:
+            def __init__(self, real=None):
+                self.real = real
+
+            def push(self):
+                if self.real is not None:
+                    self.real.push()
+                t = threading.get_ident()
+                tracker.ctx_depth[t] = tracker.ctx_depth.get(t, 0) + 1
+
+            def detach(self):
+                if self.real is not None:
+                    self.real.detach()
+                tracker.detached = True
+
+        class Context:
+            @staticmethod
+            def pop():
+                t = threading.get_ident()
+                assert tracker.ctx_depth.get(t, 0) > 0, "pop without push on this thread"
+                if real_pop is not None:
+                    real_pop()
+                tracker.ctx_depth[t] -= 1
+
+        self.Ctx, self.Context = Ctx, Context
+
+
+class FakeCuda(ContextDepth):
     """Enough of pycuda.driver: memory is a dict of numpy byte arrays keyed by fake addresses."""
 
     def __init__(self, name="FakeGPU", cc=(8, 7)):
-        self.mem, self.next, self.allocs, self.ctx_depth, self.max_depth = {}, 4096, 0, {}, 0
+        super().__init__()
+        self.mem, self.next, self.allocs = {}, 4096, 0
         self.name, self.cc, self.lock = name, cc, threading.Lock()
         fake = self
 
@@ -51,22 +89,7 @@ class FakeCuda:
             def free(self):
                 fake.mem.pop(self.addr, None)
 
-        class Ctx:
-            def push(self):
-                t = threading.get_ident()
-                fake.ctx_depth[t] = fake.ctx_depth.get(t, 0) + 1
-
-            def detach(self):
-                fake.detached = True
-
-        class Context:
-            @staticmethod
-            def pop():
-                t = threading.get_ident()
-                assert fake.ctx_depth.get(t, 0) > 0, "pop without push on this thread"
-                fake.ctx_depth[t] -= 1
-
-        self.Alloc, self.Context, self._ctx = Alloc, Context, Ctx()
+        self.Alloc, self._ctx = Alloc, self.Ctx()
         self.Stream = lambda: SimpleNamespace(handle=1, synchronize=lambda: None)
 
     def init(self):
@@ -169,35 +192,12 @@ def fake_trt(execute, max_batch, version="10.3.0"):
         TensorIOMode=SimpleNamespace(INPUT="IN"), nptype=lambda t: np.float32, engine=engine)
 
 
-class CountingCuda:
+class CountingCuda(ContextDepth):
     """The real pycuda.driver, counting allocations and context pushes/pops like FakeCuda does."""
 
     def __init__(self, drv):
-        self._drv, self.allocs, self.ctx_depth, self.detached = drv, 0, {}, False
-        counting = self
-
-        class Ctx:
-            def __init__(self, real):
-                self.real = real
-
-            def push(self):
-                self.real.push()
-                t = threading.get_ident()
-                counting.ctx_depth[t] = counting.ctx_depth.get(t, 0) + 1
-
-            def detach(self):
-                self.real.detach()
-                counting.detached = True
-
-        class Context:
-            @staticmethod
-            def pop():
-                t = threading.get_ident()
-                assert counting.ctx_depth.get(t, 0) > 0, "pop without push on this thread"
-                drv.Context.pop()
-                counting.ctx_depth[t] -= 1
-
-        self.Ctx, self.Context = Ctx, Context
+        super().__init__(real_pop=drv.Context.pop)
+        self._drv, self.allocs = drv, 0
 
     def __getattr__(self, name):
         return getattr(self._drv, name)

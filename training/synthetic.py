@@ -103,7 +103,6 @@ def generate_synthetic(out_dir, num_ids: int = 150, images_per_id_per_cam: int =
     n_test = max(2, min(num_ids - 2, int(round(num_ids * test_id_fraction))))
     test_ids = set(split_rng.choice(num_ids, size=n_test, replace=False).tolist())
     n_reid = num_ids * num_cameras * images_per_id_per_cam + num_distractors + num_junk
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(out_dir)
     try:
         reid, gender = tmp / "market1501", tmp / "gender"
