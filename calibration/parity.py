@@ -68,14 +68,19 @@ def load_eval_set(data: str | os.PathLike, exclude: Sequence[str] = (), max_quer
 
 
 def raw_outputs(model_path: str | os.PathLike, paths: Sequence[str], batch: int = 16,
-                threads: int | None = None) -> dict:
-    """{"embedding": (N,D), "gender_logit": (N,)} straight from the backend (named outputs, raw logits)."""
+                threads: int | None = None, emulate_tensorrt: bool = True) -> dict:
+    """{"embedding": (N,D), "gender_logit": (N,)} straight from the backend (named outputs, raw logits).
+
+    With `emulate_tensorrt`, a TensorRT-form INT8 ONNX file computes as TensorRT does (`Runtime.for_checking`),
+    not with ONNX Runtime's CPU kernels, so the verdict does not depend on the CPU that checks it.
+    """
     from tqdm import tqdm
 
     from edgereid import Runtime
     from edgereid.imageio import read_image
 
-    with Runtime(model_path, max_batch=batch, threads=threads) as rt:
+    opener = Runtime.for_checking if emulate_tensorrt else Runtime
+    with opener(model_path, max_batch=batch, threads=threads) as rt:
         meta = rt.metadata
         emb, logit = [], []
         for lo in tqdm(range(0, len(paths), rt.max_batch), desc=Path(model_path).name, leave=False):
@@ -83,7 +88,8 @@ def raw_outputs(model_path: str | os.PathLike, paths: Sequence[str], batch: int 
             out = rt.backend.infer({meta.input_name: rt.preprocessor.prepare(crops, start_index=lo)})
             emb.append(np.asarray(out[meta.embedding_output], dtype=np.float32))
             logit.append(np.asarray(out[meta.gender_output], dtype=np.float32).reshape(-1))
-        return {"embedding": np.concatenate(emb), "gender_logit": np.concatenate(logit), "precision": meta.precision}
+        return {"embedding": np.concatenate(emb), "gender_logit": np.concatenate(logit), "precision": meta.precision,
+                "arithmetic": rt.int8_arithmetic}
 
 
 def retrieval(emb: np.ndarray, ev: EvalSet) -> dict:
@@ -167,6 +173,9 @@ class ParityReport:
                 c = self.models[n]["checks"].get(check)
                 cells.append("-" if c is None else f"{c['value']:.4g} {'ok' if c['pass'] else 'FAIL'}")
             lines.append(f"{check:<22}" + "".join(f"{c:>{width + 2}}" for c in cells))
+        for n in names:
+            if self.models[n].get("arithmetic"):
+                lines.append(f"{n}: {self.models[n]['arithmetic']}")
         ref = self.reference
         lines.append(f"reference {ref['path']}: rank-1 {ref['rank1']:.4f}, mAP {ref['mAP']:.4f} "
                      f"({self.num_query} queries, {self.num_gallery} gallery, "
@@ -185,8 +194,13 @@ class ParityReport:
 
 def run_parity(reference: str | os.PathLike, models: Sequence[str | os.PathLike], data: str | os.PathLike,
                calib: str | os.PathLike | None = None, max_query: int = 0, batch: int = 16,
-               threads: int | None = None, budgets: dict | None = None) -> ParityReport:
-    """Compare every model file with the reference (a .pt checkpoint or any model file) on `data`."""
+               threads: int | None = None, budgets: dict | None = None,
+               emulate_tensorrt: bool = True) -> ParityReport:
+    """Compare every model file with the reference (a .pt checkpoint or any model file) on `data`.
+
+    TensorRT-form INT8 ONNX files are run with TensorRT's arithmetic emulated unless `emulate_tensorrt` is False
+    (then ONNX Runtime's own INT8 kernels, as a CPU deployment of that file would run).
+    """
     exclude = []
     if calib is not None:
         from .manifest import CalibrationManifest
@@ -198,9 +212,10 @@ def run_parity(reference: str | os.PathLike, models: Sequence[str | os.PathLike]
     report = ParityReport(reference={"path": str(reference), "rank1": ref_ret["rank1"], "mAP": ref_ret["mAP"]},
                           num_query=len(ev.query), num_gallery=len(ev.gallery), excluded_calibration_images=ev.excluded)
     for path in models:
-        got = raw_outputs(path, ev.paths, batch, threads)
+        got = raw_outputs(path, ev.paths, batch, threads, emulate_tensorrt)
         metrics = compare(ref, got, ev, ref_ret)
         name = Path(path).name
-        report.models[name] = {"path": str(path), "precision": got["precision"], "metrics": metrics,
+        report.models[name] = {"path": str(path), "precision": got["precision"], "arithmetic": got["arithmetic"],
+                               "metrics": metrics,
                                "checks": judge(metrics, got["precision"], budgets)}
     return report

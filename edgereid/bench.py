@@ -52,6 +52,7 @@ class BenchResult:
     peak_rss_mib: float | None = None
     rss_before_mib: float | None = None
     samples_s: list = field(default_factory=list, repr=False)  # per-call seconds, for merge_results
+    int8_arithmetic: str | None = None  # how an INT8 file computed (Runtime.int8_arithmetic)
 
     @property
     def stage_sum_ms(self) -> float:
@@ -68,6 +69,7 @@ class BenchResult:
             "stages_ms": dict(self.stages_ms), "stage_sum_ms": self.stage_sum_ms,
             "stage_coverage": self.stage_sum_ms / self.latency.mean_ms if self.latency.mean_ms else None,
             "peak_rss_mib": self.peak_rss_mib, "rss_before_mib": self.rss_before_mib,
+            "int8_arithmetic": self.int8_arithmetic,
         }
 
     def row(self) -> dict:
@@ -166,7 +168,7 @@ def run_benchmark(runtime, batch: int, warmup: int = 20, iters: int = 200, durat
         iterations=i, wall_s=wall, latency=LatencyStats.from_seconds(latencies),
         images_per_s=batch * i / float(np.sum(latencies)), stages_ms=ordered,
         peak_rss_mib=peak_rss_bytes() / MIB, rss_before_mib=rss_before / MIB if rss_before is not None else None,
-        samples_s=latencies,
+        samples_s=latencies, int8_arithmetic=getattr(runtime, "int8_arithmetic", None),
     )
 
 
@@ -187,7 +189,8 @@ def merge_results(results: Sequence[BenchResult]) -> BenchResult:
         batch=first.batch, threads=first.threads, mode=first.mode, warmup=first.warmup, iterations=total,
         wall_s=sum(r.wall_s for r in results), latency=LatencyStats.from_seconds(samples),
         images_per_s=first.batch * len(samples) / float(np.sum(samples)), stages_ms=stages,
-        peak_rss_mib=max(peaks) if peaks else None, rss_before_mib=first.rss_before_mib, samples_s=samples)
+        peak_rss_mib=max(peaks) if peaks else None, rss_before_mib=first.rss_before_mib, samples_s=samples,
+        int8_arithmetic=first.int8_arithmetic)
 
 
 def _progress(enabled: bool, total: int | None, desc: str):
@@ -199,13 +202,18 @@ def _progress(enabled: bool, total: int | None, desc: str):
 
 
 def sweep(model: str | os.PathLike, batches: Sequence[int], threads: Sequence[int | None] = (None,),
-          backend: str | None = None, progress: bool = False, **kwargs) -> Iterator[BenchResult]:
-    """Open the model once per thread count and benchmark every batch size; yields one result per config."""
+          backend: str | None = None, progress: bool = False, runtime_options: dict | None = None,
+          **kwargs) -> Iterator[BenchResult]:
+    """Open the model once per thread count and benchmark every batch size; yields one result per config.
+
+    `runtime_options` go to `Runtime` (e.g. {"int8_kernels": "fast"}).
+    """
     from .runtime import Runtime
 
     batches = sorted({int(b) for b in batches})
     for n_threads in threads:
-        with Runtime(model, backend=backend, max_batch=max(batches), threads=n_threads) as runtime:
+        with Runtime(model, backend=backend, max_batch=max(batches), threads=n_threads,
+                     **(runtime_options or {})) as runtime:
             for batch in batches:
                 yield run_benchmark(runtime, batch, threads=n_threads, progress=progress, **kwargs)
 

@@ -8,6 +8,8 @@ from glob import glob
 from importlib import metadata
 from datetime import datetime, timezone
 
+from .cpu_features import cpu_features, describe_cpu_features
+
 
 def _cpu_model() -> str:
     try:
@@ -26,7 +28,8 @@ def _cpu_flags() -> list:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "fma"})
+                    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
+                                           "fma"})
     except OSError:
         pass
     return []
@@ -98,6 +101,9 @@ def describe_machine() -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cpu_flags": _cpu_flags(),
+        # as this process sees them (CPUID): what ONNX Runtime's INT8 kernels were chosen by
+        "cpu_features": cpu_features(),
+        "int8_kernels": describe_cpu_features(),
         "logical_cores": os.cpu_count(),
         "memory_gib": mem_gib,
         "gpu": _gpu(),
@@ -108,3 +114,8 @@ def describe_machine() -> dict:
     }
 
 
+
+
+def machine_line() -> str:
+    """One line for a terminal: CPU model, cores and the INT8-relevant features this process sees."""
+    return f"{_cpu_model()}, {os.cpu_count()} logical cores; {describe_cpu_features()}"

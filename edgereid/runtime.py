@@ -22,11 +22,17 @@ class Runtime:
 
     The backend is chosen from the file and configured from its metadata: input size, colour order,
     normalisation (in the runtime or fused in the graph) and output names.
+
+    INT8 ONNX files: `emulate="tensorrt"` computes as TensorRT does (int8 products without saturation, the
+    same on every CPU), for checking a TensorRT-form file on a CPU; deployment leaves it unset and gets ONNX
+    Runtime's INT8 kernels. `int8_kernels="exact"` (default) keeps those exact on x86 CPUs without VNNI,
+    where ONNX Runtime's fast u8s8 kernels saturate; "fast" accepts the saturation for speed.
     """
 
     def __init__(self, model: str | os.PathLike | Backend, backend: str | None = None, max_batch: int = 32,
                  threads: int | None = None, providers: Sequence[str] | None = None,
-                 device: str | int | None = None) -> None:
+                 device: str | int | None = None, emulate: str | None = None,
+                 int8_kernels: str = "exact") -> None:
         if max_batch < 1:
             raise InvalidInputError(f"max_batch must be >= 1, got {max_batch}")
         if isinstance(model, Backend):
@@ -35,12 +41,25 @@ class Runtime:
         else:
             self.path = Path(model)
             self.backend = open_backend(self.path, backend, threads=threads, providers=providers,
-                                        device=device, max_batch=max_batch)
+                                        device=device, max_batch=max_batch, emulate=emulate,
+                                        int8_kernels=int8_kernels)
         self.metadata: ModelMetadata = self.backend.metadata
         self.preprocessor = Preprocessor(self.metadata)
         limit = self.backend.max_batch
         self.max_batch = min(max_batch, limit) if limit else max_batch
         self.last_latency_s = 0.0
+
+    @classmethod
+    def for_checking(cls, model: str | os.PathLike, **options) -> "Runtime":
+        """A Runtime that computes as the file's target does: a TensorRT-form INT8 ONNX file with TensorRT's
+        arithmetic emulated (`emulate="tensorrt"`), any other file as `Runtime(model, **options)`."""
+        rt = cls(model, **options)
+        meta = rt.metadata
+        if (rt.backend_name == "onnxruntime" and meta.precision == "int8"
+                and meta.extra.get("int8_target", "tensorrt") == "tensorrt" and options.get("emulate") is None):
+            rt.close()
+            rt = cls(model, **{**options, "emulate": "tensorrt"})
+        return rt
 
     # -- inference ---------------------------------------------------------------------------------------
     def infer(self, crops: Sequence[np.ndarray] | np.ndarray) -> Output:
@@ -106,6 +125,11 @@ class Runtime:
         return Output.concat(parts, meta.embedding_dim, meta.gender_positive_class, meta.gender_negative_class)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
+    @property
+    def int8_arithmetic(self) -> str | None:
+        """How the backend computes the file's INT8 layers, in words; None for float files and other backends."""
+        return getattr(self.backend, "int8_arithmetic", None)
+
     @property
     def backend_name(self) -> str:
         """'onnxruntime', 'torch' or 'tensorrt'."""

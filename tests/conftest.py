@@ -1,6 +1,8 @@
 """Shared fixtures: a deterministic model with non-trivial statistics, its checkpoint and ONNX exports."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,58 @@ def trained_small(small_synthetic, tmp_path_factory):
     tr.fit()
     model = load_checkpoint(out / "last.pt", with_classifier=False)[0].eval()
     return {"before": before, "after": tr.best_metrics, "out": out, "model": model}
+
+
+# -- INT8: the trained small model, its fp32 ONNX, a synthetic evaluation set and a calibration set -------------
+INT8_HW = (64, 32)
+
+
+@pytest.fixture(scope="session")
+def int8_setup(trained_small, small_synthetic, tmp_path_factory):
+    """The trained model, its fp32 ONNX, a larger synthetic evaluation set and a calibration set of training
+    images (the model's own training split, as a user would calibrate)."""
+    from edgereid.calibration.calibset import build_calibration_set
+    from edgereid.export.metadata import get_metadata, load_onnx
+    from edgereid.training.checkpoint import load_checkpoint
+    from edgereid.training.datasets import load_gender_list, load_market1501
+    from edgereid.training.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("int8")
+    # Unseen people: 90 test identities x 6 cameras x 4 images, every image a query against all the others
+    # (2160 queries; the Market-1501 protocol drops same-camera matches, the query itself included), and 1000
+    # gender images: one flipped query moves rank-1 by 0.05 points, one gender call accuracy by 0.1 points.
+    s = generate_synthetic(root / "data", num_ids=100, images_per_id_per_cam=4, num_cameras=6, gender_images=2000,
+                           image_size=INT8_HW, num_distractors=4, num_junk=2, seed=11, progress=False,
+                           test_id_fraction=0.9, gender_test_fraction=0.5)
+    splits = load_market1501(s["reid_root"])
+    gender_test = load_gender_list(s["gender_test_csv"])
+    if os.environ.get("EDGEREID_INT8_CHECKPOINT"):
+        model = load_checkpoint(os.environ["EDGEREID_INT8_CHECKPOINT"], with_classifier=False)[0].eval()
+    else:
+        model = trained_small["model"]
+    fp32 = export_small(model, root / "model.onnx")
+    meta = get_metadata(load_onnx(fp32))
+    calib = build_calibration_set(small_synthetic["splits"].train, meta, root / "calib", num=96, seed=0,
+                                  progress=False)
+    return {"root": root, "splits": splits, "gender_test": gender_test, "fp32": fp32, "calib": calib, "model": model,
+            "reid_root": s["reid_root"]}
+
+
+def quantize_setup(setup: dict, target: str):
+    """The INT8 file of the trained small model for `target` (EDGEREID_INT8_METHOD picks the calibration)."""
+    from edgereid.calibration.int8 import quantize_int8
+
+    return quantize_int8(setup["fp32"], setup["calib"], setup["root"] / f"model.int8.{target}.onnx",
+                         method=os.environ.get("EDGEREID_INT8_METHOD", "minmax"), target=target)
+
+
+@pytest.fixture(scope="session")
+def int8_tensorrt_file(int8_setup):
+    """The TensorRT-form INT8 file (symmetric int8 activations) of the trained small model."""
+    return quantize_setup(int8_setup, "tensorrt")
+
+
+@pytest.fixture(scope="session")
+def int8_cpu_file(int8_setup):
+    """The `--target cpu` INT8 file (uint8 activations) of the trained small model."""
+    return quantize_setup(int8_setup, "cpu")

@@ -5,10 +5,10 @@ Model: the session's short training run (conftest.trained_small, shared with the
 a larger synthetic set of unseen people. Set EDGEREID_INT8_CHECKPOINT to another trained checkpoint (e.g.
 runs/quickstart/train/last.pt) to run the same checks on it.
 Speed: run at 64x32 input (the network is fully convolutional with global pooling).
+Arithmetic: the TensorRT form is scored with TensorRT's arithmetic emulated, the cpu form on ONNX Runtime's exact
+INT8 kernels, so both give the same numbers on CPUs with and without VNNI (tests/test_int8_arithmetic.py).
 """
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
@@ -20,37 +20,10 @@ pytest.importorskip("edgereid.training.trainer")
 
 from conftest import export_small  # noqa: E402
 
-H, W = 64, 32
-
 
 @pytest.fixture(scope="module")
-def trained(trained_small, small_synthetic, tmp_path_factory):
-    """The trained model, its fp32 ONNX, a larger synthetic evaluation set and a calibration set of training
-    images (the model's own training split, as a user would calibrate)."""
-    from edgereid.calibration.calibset import build_calibration_set
-    from edgereid.export.metadata import get_metadata, load_onnx
-    from edgereid.training.checkpoint import load_checkpoint
-    from edgereid.training.datasets import load_gender_list, load_market1501
-    from edgereid.training.synthetic import generate_synthetic
-
-    root = tmp_path_factory.mktemp("int8")
-    # Unseen people: 90 test identities x 6 cameras x 4 images, every image a query against all the others
-    # (2160 queries; the Market-1501 protocol drops same-camera matches, the query itself included), and 1000
-    # gender images: one flipped query moves rank-1 by 0.05 points, one gender call accuracy by 0.1 points.
-    s = generate_synthetic(root / "data", num_ids=100, images_per_id_per_cam=4, num_cameras=6, gender_images=2000,
-                           image_size=(H, W), num_distractors=4, num_junk=2, seed=11, progress=False,
-                           test_id_fraction=0.9, gender_test_fraction=0.5)
-    splits = load_market1501(s["reid_root"])
-    gender_test = load_gender_list(s["gender_test_csv"])
-    if os.environ.get("EDGEREID_INT8_CHECKPOINT"):
-        model = load_checkpoint(os.environ["EDGEREID_INT8_CHECKPOINT"], with_classifier=False)[0].eval()
-    else:
-        model = trained_small["model"]
-    fp32 = export_small(model, root / "model.onnx")
-    meta = get_metadata(load_onnx(fp32))
-    calib = build_calibration_set(small_synthetic["splits"].train, meta, root / "calib", num=96, seed=0,
-                                  progress=False)
-    return {"root": root, "splits": splits, "gender_test": gender_test, "fp32": fp32, "calib": calib, "model": model}
+def trained(int8_setup):
+    return int8_setup
 
 
 def scores(path, splits, gender_records) -> dict:
@@ -62,7 +35,9 @@ def scores(path, splits, gender_records) -> dict:
     pids = np.concatenate([splits.pids("query"), splits.pids("gallery")])
     cams = np.concatenate([splits.camids("query"), splits.camids("gallery")])
     keep = pids >= 0  # junk images are gallery-only
-    with edgereid.Runtime(path) as rt:
+    # for_checking: a TensorRT-form file computes as TensorRT does (the same on every CPU); the cpu form runs
+    # ONNX Runtime's INT8 kernels, exact on CPUs with and without VNNI (int8_kernels="exact").
+    with edgereid.Runtime.for_checking(path) as rt:
         emb = rt.infer_files(paths).embeddings[keep]
         gp = rt.infer_files([r.path for r in gender_records]).gender_prob
     res = edgereid.evaluate(1.0 - emb @ emb.T, pids[keep], pids[keep], cams[keep], cams[keep])
@@ -71,16 +46,9 @@ def scores(path, splits, gender_records) -> dict:
 
 
 @pytest.fixture(scope="module")
-def int8_file(trained):
+def int8_file(int8_tensorrt_file):
     """The TensorRT-form INT8 file (symmetric int8 activations), the default of `edgereid quantize --int8`."""
-    return _quantize(trained, "tensorrt")
-
-
-def _quantize(trained, target: str):
-    from edgereid.calibration.int8 import quantize_int8
-
-    return quantize_int8(trained["fp32"], trained["calib"], trained["root"] / f"model.int8.{target}.onnx",
-                         method=os.environ.get("EDGEREID_INT8_METHOD", "minmax"), target=target)
+    return int8_tensorrt_file
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +64,9 @@ RANK1_BUDGET = {"cpu": 0.01, "tensorrt": 0.02}
 
 
 @pytest.mark.parametrize("target", ["tensorrt", "cpu"])
-def test_int8_accuracy_within_one_point_of_fp32(trained, int8_file, fp32_scores, target):
+def test_int8_accuracy_within_one_point_of_fp32(trained, int8_file, int8_cpu_file, fp32_scores, target):
     ref = fp32_scores
-    got = scores(int8_file if target == "tensorrt" else _quantize(trained, target), trained["splits"],
-                 trained["gender_test"])
+    got = scores(int8_file if target == "tensorrt" else int8_cpu_file, trained["splits"], trained["gender_test"])
     print(f"int8 {target}: fp32 {ref['rank1']:.4f}/{ref['mAP']:.4f}/{ref['gender']:.4f}  "
           f"int8 {got['rank1']:.4f}/{got['mAP']:.4f}/{got['gender']:.4f}")
     cos = (got["emb"] * ref["emb"]).sum(1)
@@ -181,13 +148,14 @@ def test_int8_refuses_calibration_set_with_other_preprocessing(trained, tmp_path
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_cpu_target_uses_uint8_activations_and_agrees(trained, int8_file, tmp_path):
-    import onnxruntime as ort
+def test_cpu_target_uses_uint8_activations_and_agrees(trained, int8_cpu_file):
+    """Per-crop agreement of the cpu form on this CPU's INT8 kernels, run as a deployment runs them
+    (int8_kernels="exact": ONNX Runtime's U8U8 kernels on a CPU without VNNI, its u8s8 VNNI kernels with it)."""
     from onnx import numpy_helper
 
-    from edgereid.calibration.int8 import quantize_int8
+    from edgereid.backends import open_backend
 
-    cpu = quantize_int8(trained["fp32"], trained["calib"], tmp_path / "cpu.onnx", method="minmax", target="cpu")
+    cpu = int8_cpu_file
     model = onnx.load(str(cpu))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -196,8 +164,7 @@ def test_cpu_target_uses_uint8_activations_and_agrees(trained, int8_file, tmp_pa
         assert inits[x_dq.input[2]].dtype == np.uint8  # activations: uint8 with a zero point
         assert inits[w_dq.input[0]].dtype == np.int8 and not inits[w_dq.input[2]].any()  # weights symmetric
     x = trained["calib"].array()[:8]
-    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["embedding"], {"images": x})[0]
-            for p in (trained["fp32"], cpu))
+    a, b = (open_backend(p).infer({"images": x})["embedding"] for p in (trained["fp32"], cpu))
     assert ((a * b).sum(1) > 0.99).all()
 
 

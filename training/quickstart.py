@@ -34,12 +34,16 @@ QUICKSTART_TRAIN = dict(
 
 
 def evaluate_onnx(model_path: str | os.PathLike, splits, gender_records: list, threads: int | None = None) -> dict:
-    """Re-ID rank-1/mAP and gender accuracy of a model file run by edgereid.Runtime (fractions)."""
+    """Re-ID rank-1/mAP and gender accuracy of a model file run by edgereid.Runtime (fractions).
+
+    A TensorRT-form INT8 file is scored with TensorRT's arithmetic emulated (`Runtime.for_checking`), so its
+    numbers are the same on every CPU and describe the engine it is built for.
+    """
     from edgereid import Runtime
 
     from .validate import gender_accuracy, reid_scores
 
-    with Runtime(model_path, threads=threads) as rt:
+    with Runtime.for_checking(model_path, threads=threads) as rt:
         q = rt.infer_files([r.path for r in splits.query])
         g = rt.infer_files([r.path for r in splits.gallery])
         gp = rt.infer_files([r.path for r in gender_records])

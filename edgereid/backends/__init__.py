@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ModelFileError
+from ..errors import InvalidInputError, ModelFileError
 from .base import Backend
 
 # file suffix -> backend name; the file decides the backend, no boolean flags.
@@ -26,10 +26,15 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, **options)
     if not path.exists():
         raise ModelFileError(f"model file not found: {path}")
     name = backend or backend_for(path)
+    emulate, int8_kernels = options.get("emulate"), options.get("int8_kernels") or "exact"
     if name == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, providers=options.get("providers"), threads=options.get("threads"))
+        return OnnxRuntimeBackend(path, providers=options.get("providers"), threads=options.get("threads"),
+                                  emulate=emulate, int8_kernels=int8_kernels)
+    if emulate is not None:
+        raise InvalidInputError(f"{path}: emulate={emulate!r} applies to ONNX files run by ONNX Runtime on a CPU; "
+                                f"the {name} backend computes {path.name} itself. Drop emulate, or pass the .onnx file.")
     if name == "torch":
         from .torch_backend import TorchBackend
 

@@ -43,14 +43,18 @@ def parse_int_list(text: str, name: str, allow_auto: bool = False) -> list:
                    "Default: synthetic crops of varied sizes in memory.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default=None,
               help="Default: chosen from the model file's suffix.")
+@click.option("--int8-kernels", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
+              help="INT8 .onnx on x86 CPUs without VNNI: exact U8U8 kernels, or the faster saturating u8s8 ones "
+                   "(no difference where the CPU has VNNI).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write every result (and the host description) to this JSON file.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def bench(model, batches, threads, warmup, iters, duration, images, backend, json_out, progress) -> None:
+def bench(model, batches, threads, warmup, iters, duration, images, backend, int8_kernels, json_out,
+          progress) -> None:
     """Benchmark MODEL (.onnx, .engine or .pt) over batch sizes and thread counts."""
     from edgereid.bench import format_table, sweep
     from edgereid.atomic import write_json_atomic
-    from edgereid.machine import describe_machine
+    from edgereid.machine import describe_machine, machine_line
 
     batch_list = parse_int_list(batches, "--batch")
     thread_list = parse_int_list(threads, "--threads", allow_auto=True)
@@ -61,13 +65,17 @@ def bench(model, batches, threads, warmup, iters, duration, images, backend, jso
             files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise click.UsageError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {images}")
+    click.echo(f"machine: {machine_line()}", err=True)
+    options = {"int8_kernels": int8_kernels} if int8_kernels != "exact" else {}
     results = []
     for result in sweep(model, batch_list, thread_list, backend=backend, progress=progress, warmup=warmup,
-                        iters=iters, duration=duration, files=files):
+                        iters=iters, duration=duration, files=files, runtime_options=options):
         results.append(result)
         click.echo(f"batch {result.batch:3d} threads {result.threads or 'auto'}: p50 {result.latency.p50_ms:8.2f} ms"
                    f"  {result.images_per_s:8.1f} img/s", err=True)
     click.echo(format_table(results))
+    if results and results[0].int8_arithmetic:
+        click.echo(f"int8: {results[0].int8_arithmetic}")
     if json_out:
         write_json_atomic(json_out, {
             "benchmark": "edgereid bench",

@@ -17,11 +17,15 @@ import click
 @click.option("--max-query", type=int, default=0, help="Evaluate an even subsample of at most N queries.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
 @click.option("--threads", type=int, default=None)
-def parity(reference, models, data, calib, max_query, json_path, threads) -> None:
+@click.option("--emulate-tensorrt/--cpu-kernels", default=True, show_default=True,
+              help="TensorRT-form INT8 .onnx files: compute as TensorRT does (the same on every CPU), or with "
+                   "ONNX Runtime's INT8 kernels of this CPU.")
+def parity(reference, models, data, calib, max_query, json_path, threads, emulate_tensorrt) -> None:
     """Compare MODELS (.onnx fp32/fp16/int8, .engine) with REFERENCE (the .pt checkpoint)."""
     from edgereid.calibration.parity import run_parity
 
-    report = run_parity(reference, models, data, calib=calib, max_query=max_query, threads=threads)
+    report = run_parity(reference, models, data, calib=calib, max_query=max_query, threads=threads,
+                        emulate_tensorrt=emulate_tensorrt)
     click.echo(report.table())
     if json_path:
         report.save(json_path)
