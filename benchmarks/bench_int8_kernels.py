@@ -68,11 +68,9 @@ def prepare_files(model: Path, calib: Path, workdir: Path) -> dict:
 
 def eval_paths(data: Path, calib: Path, max_query: int, max_gallery: int):
     """The parity evaluation set (calibration images excluded), evenly thinned to at most the given sizes."""
-    from edgereid.calibration.manifest import CalibrationManifest
-    from edgereid.calibration.parity import load_eval_set
+    from edgereid.calibration.parity import calibration_images, load_eval_set
 
-    exclude = [p for p in CalibrationManifest.load(calib).images if not p.startswith("<array:")]
-    ev = load_eval_set(data, exclude, max_query)
+    ev = load_eval_set(data, calibration_images(calib), max_query)
     if max_gallery and len(ev.gallery) > max_gallery:
         pick = np.linspace(0, len(ev.gallery) - 1, max_gallery).astype(int)
         ev.gallery = [ev.gallery[i] for i in pick]
@@ -81,16 +79,12 @@ def eval_paths(data: Path, calib: Path, max_query: int, max_gallery: int):
 
 
 def outputs(path: Path, paths: list, options: dict) -> dict:
-    """Embeddings and gender logits of every path through `Runtime(path, **options)`."""
-    from edgereid import Runtime
+    """Raw embeddings and gender logits of every path through `Runtime(path, **options)` (parity's loop)."""
+    from edgereid.calibration.parity import raw_outputs
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # int8_kernels="fast" warns on a CPU without VNNI: that is the point
-        with Runtime(path, max_batch=16, threads=2, **options) as rt:
-            out = rt.infer_files(paths)
-            arithmetic = rt.int8_arithmetic
-    p = np.clip(out.gender_prob.astype(np.float64), 1e-7, 1 - 1e-7)
-    return {"embedding": out.embeddings, "gender_logit": np.log(p) - np.log1p(-p), "arithmetic": arithmetic}
+        return raw_outputs(path, paths, batch=16, threads=2, emulate_tensorrt=False, **options)
 
 
 def accuracy_child(args) -> None:

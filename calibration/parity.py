@@ -67,12 +67,20 @@ def load_eval_set(data: str | os.PathLike, exclude: Sequence[str] = (), max_quer
                    np.array([r.camid for r in gallery]), excluded)
 
 
+def calibration_images(calib: str | os.PathLike) -> list:
+    """The image paths a calibration set was built from (arrays passed in memory have no path)."""
+    from .manifest import CalibrationManifest
+
+    return [p for p in CalibrationManifest.load(calib).images if not p.startswith("<array:")]
+
+
 def raw_outputs(model_path: str | os.PathLike, paths: Sequence[str], batch: int = 16,
-                threads: int | None = None, emulate_tensorrt: bool = True) -> dict:
+                threads: int | None = None, emulate_tensorrt: bool = True, **runtime_options) -> dict:
     """{"embedding": (N,D), "gender_logit": (N,)} straight from the backend (named outputs, raw logits).
 
     With `emulate_tensorrt`, a TensorRT-form INT8 ONNX file computes as TensorRT does (`Runtime.for_checking`),
     not with ONNX Runtime's CPU kernels, so the verdict does not depend on the CPU that checks it.
+    `runtime_options` go to `Runtime` (e.g. int8_kernels="fast").
     """
     from tqdm import tqdm
 
@@ -80,7 +88,7 @@ def raw_outputs(model_path: str | os.PathLike, paths: Sequence[str], batch: int 
     from edgereid.imageio import read_image
 
     opener = Runtime.for_checking if emulate_tensorrt else Runtime
-    with opener(model_path, max_batch=batch, threads=threads) as rt:
+    with opener(model_path, max_batch=batch, threads=threads, **runtime_options) as rt:
         meta = rt.metadata
         emb, logit = [], []
         for lo in tqdm(range(0, len(paths), rt.max_batch), desc=Path(model_path).name, leave=False):
@@ -201,11 +209,7 @@ def run_parity(reference: str | os.PathLike, models: Sequence[str | os.PathLike]
     TensorRT-form INT8 ONNX files are run with TensorRT's arithmetic emulated unless `emulate_tensorrt` is False
     (then ONNX Runtime's own INT8 kernels, as a CPU deployment of that file would run).
     """
-    exclude = []
-    if calib is not None:
-        from .manifest import CalibrationManifest
-
-        exclude = [p for p in CalibrationManifest.load(calib).images if not p.startswith("<array:")]
+    exclude = calibration_images(calib) if calib is not None else []
     ev = load_eval_set(data, exclude, max_query)
     ref = raw_outputs(reference, ev.paths, batch, threads)
     ref_ret = retrieval(ref["embedding"], ev)

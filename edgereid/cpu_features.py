@@ -14,7 +14,8 @@ import functools
 import platform
 
 
-def _proc_flags() -> set:
+def proc_flags() -> set:
+    """The CPU flags /proc/cpuinfo lists (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -42,7 +43,7 @@ def cpu_features() -> dict:
     """{"x86": bool, "avx2", "avx512_vnni", "avx_vnni", "amx_int8": bool} for this process."""
     machine = platform.machine().lower()
     x86 = machine in ("x86_64", "amd64", "i386", "i686", "x86")
-    flags = _proc_flags()
+    flags = proc_flags()
     cpuid = _cpuid_view()
     if cpuid is None or not any(cpuid.get(k) is not None for k in ("AVX2", "AVX512VNNI")):
         avx2, avx512_vnni = "avx2" in flags, "avx512_vnni" in flags

@@ -8,7 +8,7 @@ from glob import glob
 from importlib import metadata
 from datetime import datetime, timezone
 
-from .cpu_features import cpu_features, describe_cpu_features
+from .cpu_features import cpu_features, describe_cpu_features, proc_flags
 
 
 def _cpu_model() -> str:
@@ -23,16 +23,7 @@ def _cpu_model() -> str:
 
 
 def _cpu_flags() -> list:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
-                                           "fma"})
-    except OSError:
-        pass
-    return []
+    return sorted(proc_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "fma"})
 
 
 def _version(distribution: str) -> str | None:
@@ -112,8 +103,6 @@ def describe_machine() -> dict:
         "libraries": {name: _version(dist) for name, dist in libs.items()},
         "jetson": jetson_info(),
     }
-
-
 
 
 def machine_line() -> str:

@@ -69,16 +69,17 @@ class OnnxRuntimeBackend(Backend):
         if not self.path.is_file():
             raise ModelFileError(f"model file not found: {self.path}")
         available = ort.get_available_providers()
-        providers = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
+        providers = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"])
+                     if p in available] or ["CPUExecutionProvider"]
         saturates = int8_saturates()
         self.session_config = int8_session_config(emulate, int8_kernels, saturates)
-        self.session = self._open(ort, threads, providers or ["CPUExecutionProvider"])
+        self.session = self._open(ort, threads, providers)
         props = self.session.get_modelmeta().custom_metadata_map
         self._metadata = ModelMetadata.from_props(props, source=str(self.path))
         if self.session_config.get(X64_QUANT_PRECISION) and self._metadata.extra.get("int8_weight_bits") == 7:
             # 7-bit weights cannot saturate the fast kernels: the slower exact ones would buy nothing
             self.session_config = {}
-            self.session = self._open(ort, threads, providers or ["CPUExecutionProvider"])
+            self.session = self._open(ort, threads, providers)
         self._check_io()
         self.int8_arithmetic = self._int8_arithmetic(emulate, int8_kernels, saturates)
 
