@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from common import describe_machine, export_random_model
 
-from edgereid.atomic import write_json_atomic  # noqa: E402
-from edgereid.batcher import DynamicBatcher  # noqa: E402
-from edgereid.bench import synthetic_crops  # noqa: E402
-from edgereid.runtime import Runtime  # noqa: E402
-from edgereid.timing import LatencyStats  # noqa: E402
+from edgereid.atomic import write_json_atomic
+from edgereid.bench.runner import synthetic_crops
+from edgereid.bench.timing import LatencyStats
+from edgereid.runtime import Runtime
+from edgereid.runtime.batcher import DynamicBatcher
 
 
 def run_cameras(n_cameras: int, crops: list, call) -> tuple:
@@ -140,18 +139,6 @@ def main(argv: list | None = None) -> int:
     write_json_atomic(args.output, out)
     print(f"wrote {args.output}")
     return 0
-
-
-def export_random_model(folder: Path, fuse: bool = False) -> Path:
-    """A seeded random-init model: timing depends on the architecture, not on trained weights."""
-    import torch
-
-    from edgereid.export.onnx_export import export_onnx
-    from edgereid.training.model import DualHeadReID
-
-    torch.manual_seed(0)
-    name = "model.fused.onnx" if fuse else "model.onnx"
-    return export_onnx(DualHeadReID().eval(), folder / name, fuse_preprocessing=fuse)
 
 
 if __name__ == "__main__":

@@ -19,16 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_batcher import export_random_model  # noqa: E402
-from machine import describe_machine  # noqa: E402
+from common import describe_machine, export_random_model
 
-from edgereid.atomic import write_json_atomic  # noqa: E402
-from edgereid.bench import run_benchmark, synthetic_crops  # noqa: E402
-from edgereid.gallery import Gallery  # noqa: E402
-from edgereid.imageio import read_image  # noqa: E402
-from edgereid.runtime import Runtime  # noqa: E402
-from edgereid.timing import LatencyStats, percentile  # noqa: E402
+from edgereid.atomic import write_json_atomic
+from edgereid.bench.runner import run_benchmark, synthetic_crops
+from edgereid.bench.timing import LatencyStats, percentile
+from edgereid.imageio import read_image
+from edgereid.retrieval.gallery import Gallery
+from edgereid.runtime import Runtime
 
 
 def write_jpegs(folder: Path, n: int, seed: int = 0) -> list:

@@ -8,14 +8,12 @@ implementations score the same matrix and must agree on mAP and CMC.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from common import MARKET, clustered_set, measure, write_result
+from references import slow_reference
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from retrieval_common import MARKET, clustered_set, measure, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -23,8 +21,7 @@ def main() -> None:
     ap.add_argument("-o", "--output", default=str(HERE / "results" / "eval.json"))
     a = ap.parse_args()
     from edgereid import evaluate
-    from edgereid.distances import pairwise_distance
-    from test_metrics import slow_reference
+    from edgereid.retrieval.distances import pairwise_distance
 
     q, g, qi, gi, qc, gc = clustered_set(MARKET["queries"], MARKET["gallery"], MARKET["ids"])
     dist = pairwise_distance(q, g)

@@ -12,31 +12,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from machine import describe_machine  # noqa: E402
+from common import describe_machine, export_random_model
 
-from edgereid.atomic import write_json_atomic  # noqa: E402
+from edgereid.atomic import write_json_atomic
+
+HERE = Path(__file__).resolve().parent
 
 
 def synthetic_crops(n: int, seed: int) -> list:
     """Smooth random crops of varied size (enough structure for activation ranges)."""
-    rng = np.random.default_rng(seed)
-    crops = []
-    for _ in range(n):
-        h, w = int(rng.integers(120, 300)), int(rng.integers(50, 150))
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([(yy * rng.uniform(0.5, 2) + xx * rng.uniform(0.5, 2) + rng.uniform(0, 255)) % 256
-                         for _ in range(3)], axis=-1)
-        crops.append(np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8))
-    return crops
+    from edgereid.bench.runner import synthetic_crops as crops
+
+    return crops(n, seed=seed, min_hw=(120, 50), max_hw=(300, 150))
 
 
 def prepare_models(workdir: Path, model: str | None, calib_dir: str | None, num_calib: int) -> tuple:
@@ -46,17 +39,7 @@ def prepare_models(workdir: Path, model: str | None, calib_dir: str | None, num_
     from edgereid.export.metadata import get_metadata, load_onnx
 
     if model is None:
-        import torch
-
-        sys.path.insert(0, str(HERE.parent / "tests"))
-        from conftest import randomize_norm_stats
-        from edgereid.export.onnx_export import export_onnx
-        from edgereid.training.model import DualHeadReID
-
-        torch.manual_seed(0)
-        net = DualHeadReID()
-        randomize_norm_stats(net)
-        model = export_onnx(net.eval(), workdir / "model.onnx")
+        model = export_random_model(workdir, realistic_norms=True)
     meta = get_metadata(load_onnx(model))
     calib = (CalibrationSet.load(calib_dir) if calib_dir else
              build_calibration_set(synthetic_crops(num_calib, 1), meta, workdir / "calib", num=num_calib,
@@ -82,7 +65,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from edgereid.preprocess import Preprocessor
+    from edgereid.runtime.preprocess import Preprocessor
 
     with tempfile.TemporaryDirectory(prefix="edgereid-bench-int8-") as tmp:
         files, meta, n_calib = prepare_models(Path(tmp), args.model, args.calib, args.num_calib)

@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 # name -> (file key, Runtime options)
 VARIANTS = {
@@ -89,7 +88,7 @@ def outputs(path: Path, paths: list, options: dict) -> dict:
 
 def accuracy_child(args) -> None:
     """Write every variant's outputs to --child-out (run natively or under qemu)."""
-    from edgereid.cpu_features import cpu_features, describe_cpu_features
+    from edgereid.backends.cpu_features import cpu_features, describe_cpu_features
 
     spec = json.loads(Path(args.child_spec).read_text())
     saved, arithmetic = {}, {}
@@ -134,7 +133,7 @@ def run_accuracy(files: dict, ev, variants: list, qemu_cpu: str | None, workdir:
 
 
 def run_speed(files: dict, paths: list, variants: list, batch: int, rounds: int, iters: int) -> dict:
-    """images/s of the backend call at `batch` (preprocessing done once), interleaved rounds, vs fp32."""
+    """images/s of the backend call at `batch` (the Runtime's "inference" stage), interleaved rounds, vs fp32."""
     from edgereid import Runtime
     from edgereid.imageio import read_image
 
@@ -145,16 +144,16 @@ def run_speed(files: dict, paths: list, variants: list, batch: int, rounds: int,
         for name in variants:
             key, options = VARIANTS[name]
             runtimes[name] = Runtime(files[key], threads=2, **options)
-    feeds = {n: {rt.metadata.input_name: rt.preprocessor.prepare(crops)} for n, rt in runtimes.items()}
-    for n, rt in runtimes.items():
-        rt.backend.infer(feeds[n])  # warm-up
+    for rt in runtimes.values():
+        rt.infer(crops)  # warm-up
     times = {n: [] for n in runtimes}
     for _ in range(rounds):
         for n, rt in runtimes.items():
-            t = time.perf_counter()
+            seconds = 0.0
             for _ in range(iters):
-                rt.backend.infer(feeds[n])
-            times[n].append((time.perf_counter() - t) / iters)
+                rt.infer(crops)
+                seconds += rt.last_stage_times["inference"]
+            times[n].append(seconds / iters)
     base = statistics.median(times["fp32"])
     speed = {n: {"images_per_s": batch / statistics.median(t), "speedup_vs_fp32": base / statistics.median(t)}
              for n, t in times.items()}
@@ -186,7 +185,7 @@ def main() -> None:
         ap.error("--model, --calib and --data are required (e.g. the files of `edgereid quickstart`)")
 
     from edgereid.atomic import write_json_atomic
-    from edgereid.machine import describe_machine, machine_line
+    from edgereid.bench.machine import describe_machine, machine_line
 
     print(f"machine: {machine_line()}", flush=True)
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
         [-o benchmarks/results/rerank.json]
 
 Each measurement runs in its own interpreter so the RSS high-water mark belongs to that call alone. The
-reference (the toolkits' re_ranking(), kept in tests/test_rerank.py) is timed on a smaller set in the same run,
+reference (the toolkits' re_ranking(), in benchmarks/references.py) is timed on a smaller set in the same run,
 on the same data as edgereid's rerank, and the ratio is what to quote; its N x N float32 matrices grow as
 (Nq + Ng)^2, which is why it cannot run at full scale here.
 """
@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from common import MARKET, MSMT17, clustered_set, gemm_peak_gflops, measure, run_worker, write_result
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from machine import gemm_peak_gflops  # noqa: E402
-from retrieval_common import MARKET, MSMT17, clustered_set, measure, run_worker, write_result  # noqa: E402
 
 
 def worker(kind: str, nq: int, ng: int, n_ids: int) -> None:
@@ -30,10 +28,9 @@ def worker(kind: str, nq: int, ng: int, n_ids: int) -> None:
         from edgereid import rerank
         d, rec = measure(rerank, q, g)
     else:
-        sys.path.insert(0, str(HERE.parent / "tests"))
-        from test_rerank import reference_re_ranking
+        from references import reference_re_ranking
 
-        from edgereid.distances import pairwise_distance
+        from edgereid.retrieval.distances import pairwise_distance
         mats = [pairwise_distance(a, b, "euclidean") for a, b in ((q, g), (q, q), (g, g))]
         d, rec = measure(reference_re_ranking, *mats)
     rec["checksum"] = float(d.sum(dtype=np.float64))

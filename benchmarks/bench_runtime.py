@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine, gemm_peak_gflops  # noqa: E402
+from common import describe_machine, gemm_peak_gflops
 
 
 def count_flops(model, height: int = 256, width: int = 128) -> float:

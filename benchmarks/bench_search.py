@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from common import write_result
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from retrieval_common import write_result  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:

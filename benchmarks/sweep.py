@@ -19,22 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from common import describe_machine, jetson_info
 
-from edgereid.bench import merge_results, run_benchmark  # noqa: E402
-from edgereid.cli.bench_cmd import parse_int_list  # noqa: E402
-from edgereid.runtime import Runtime  # noqa: E402
-from edgereid.machine import jetson_info  # noqa: E402
+from edgereid.atomic import write_bytes_atomic
+
+from edgereid.bench.runner import merge_results, run_benchmark
+from edgereid.cli.bench_cmd import parse_int_list
+from edgereid.runtime import Runtime
 
 ENGINE_SUFFIXES = {".engine", ".plan"}
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + rename, so an interrupted sweep never leaves a truncated result."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def label(row: dict, several_threads: bool) -> str:
@@ -100,7 +93,7 @@ def _batch_ticks(ax, rows: list) -> None:
 def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    write_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
     return path
 
 
@@ -170,12 +163,12 @@ def main(argv: list | None = None) -> int:
         "baseline": f"{args.models[0].name}: images/s ratios are against it at the same batch and threads",
         "results": [{**r.to_dict(), "images_per_s_vs_baseline": x} for r, x in zip(results, baseline_ratio)],
     }
-    write_atomic(args.output / "sweep.json", json.dumps(payload, indent=2).encode())
+    write_bytes_atomic(args.output / "sweep.json", json.dumps(payload, indent=2).encode())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["model"])
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(args.output / "sweep.csv", buf.getvalue().encode())
+    write_bytes_atomic(args.output / "sweep.csv", buf.getvalue().encode())
     written = [args.output / "sweep.json", args.output / "sweep.csv"] + plot(rows, args.output)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -17,8 +17,8 @@ import numpy as np
 from edgereid._optional import require
 from edgereid.errors import InvalidInputError, ModelFileError
 
-from .calibset import CalibrationSet
-from .qdq import QUANTIZED_OPS, fold_sliced_batchnorm, nodes_to_exclude
+from edgereid.calibration.qdq import QUANTIZED_OPS, fold_sliced_batchnorm, nodes_to_exclude
+from edgereid.datasets.calibration_set import CalibrationSet
 
 log = logging.getLogger(__name__)
 
@@ -173,51 +173,3 @@ def quantize_int8(onnx_path: str | os.PathLike, calib: CalibrationSet | str | os
     onnx.checker.check_model(out)
     log.info("int8: %s calibration on %d images, %d IBN BatchNorms folded", method, len(calib), folded)
     return save_onnx(out, out_path)
-
-
-def conv_qdq_report(model) -> list:
-    """For every Conv: its weight and input Q/DQ parameters (scale length, zero points), from the graph itself."""
-    from onnx import numpy_helper
-
-    g = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    producers = {o: n for n in g.node for o in n.output}
-    rows = []
-    for conv in (n for n in g.node if n.op_type == "Conv"):
-        row = {"conv": conv.name}
-        for role, name in (("input", conv.input[0]), ("weight", conv.input[1])):
-            dq = producers.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                row[role] = None
-                continue
-            scale = inits.get(dq.input[1])
-            zp = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
-            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-            quantized = inits.get(dq.input[0])
-            row[role] = {"scale_len": int(scale.size) if scale is not None else None,
-                         "zero_points": zp.reshape(-1).tolist() if zp is not None else [],
-                         "zero_point_dtype": str(zp.dtype) if zp is not None else None, "axis": int(axis),
-                         "const": quantized is not None,
-                         "weight_shape": list(quantized.shape) if quantized is not None else None}
-        rows.append(row)
-    return rows
-
-
-def quantize_for_quickstart(onnx_path: str | os.PathLike, calibration_paths: list, num: int = 128,
-                            method: str = "percentile") -> dict:
-    """The quickstart hook: {"fp16": path, "int8": path} next to `onnx_path`, calibrated on training images.
-
-    Percentile ranges: on the quickstart model trained on an AMD EPYC (Zen 4) min-max ranges cost the TensorRT
-    form 3.0 rank-1 points (2.3 with 512 calibration images), the 99.999th percentile 0.3 (README, INT8).
-    """
-    from edgereid.export.metadata import get_metadata, load_onnx
-
-    from .calibset import build_calibration_set
-    from .fp16 import quantize_fp16
-
-    onnx_path = Path(onnx_path)
-    meta = get_metadata(load_onnx(onnx_path), source=str(onnx_path))
-    calib = build_calibration_set(calibration_paths, meta, onnx_path.parent / "calib", num=num, progress=False)
-    stem = onnx_path.with_suffix("")
-    return {"fp16": quantize_fp16(onnx_path, f"{stem}.fp16.onnx"),
-            "int8": quantize_int8(onnx_path, calib, f"{stem}.int8.onnx", method=method)}

@@ -50,7 +50,7 @@ class EvalSet:
 
 def load_eval_set(data: str | os.PathLike, exclude: Sequence[str] = (), max_query: int = 0) -> EvalSet:
     """A Market-1501-layout folder (query/, bounding_box_test/) minus the excluded (calibration) images."""
-    from edgereid.training.datasets import load_market1501
+    from edgereid.datasets import load_market1501
 
     splits = load_market1501(data)
     drop = {str(Path(p).resolve()) for p in exclude}
@@ -69,7 +69,7 @@ def load_eval_set(data: str | os.PathLike, exclude: Sequence[str] = (), max_quer
 
 def calibration_images(calib: str | os.PathLike) -> list:
     """The image paths a calibration set was built from (arrays passed in memory have no path)."""
-    from .manifest import CalibrationManifest
+    from edgereid.datasets.calibration_set import CalibrationManifest
 
     return [p for p in CalibrationManifest.load(calib).images if not p.startswith("<array:")]
 
@@ -82,22 +82,15 @@ def raw_outputs(model_path: str | os.PathLike, paths: Sequence[str], batch: int 
     not with ONNX Runtime's CPU kernels, so the verdict does not depend on the CPU that checks it.
     `runtime_options` go to `Runtime` (e.g. int8_kernels="fast").
     """
-    from tqdm import tqdm
-
     from edgereid import Runtime
-    from edgereid.imageio import read_image
 
     opener = Runtime.for_checking if emulate_tensorrt else Runtime
     with opener(model_path, max_batch=batch, threads=threads, **runtime_options) as rt:
         meta = rt.metadata
-        emb, logit = [], []
-        for lo in tqdm(range(0, len(paths), rt.max_batch), desc=Path(model_path).name, leave=False):
-            crops = [read_image(p) for p in paths[lo:lo + rt.max_batch]]
-            out = rt.backend.infer({meta.input_name: rt.preprocessor.prepare(crops, start_index=lo)})
-            emb.append(np.asarray(out[meta.embedding_output], dtype=np.float32))
-            logit.append(np.asarray(out[meta.gender_output], dtype=np.float32).reshape(-1))
-        return {"embedding": np.concatenate(emb), "gender_logit": np.concatenate(logit), "precision": meta.precision,
-                "arithmetic": rt.int8_arithmetic}
+        out = rt.infer_raw(files=paths, progress=Path(model_path).name)
+        return {"embedding": out[meta.embedding_output].astype(np.float32),
+                "gender_logit": out[meta.gender_output].astype(np.float32).reshape(-1),
+                "precision": meta.precision, "arithmetic": rt.int8_arithmetic}
 
 
 def retrieval(emb: np.ndarray, ev: EvalSet) -> dict:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import __version__
-from .errors import (
+from edgereid._version import __version__
+from edgereid.errors import (
     BackendUnavailableError,
     DatasetError,
     EdgereidError,
@@ -21,17 +21,17 @@ from .errors import (
 
 # public name -> module that defines it; loaded lazily so `import edgereid` imports no backend.
 _LAZY = {
-    "Runtime": "edgereid.runtime",
-    "Output": "edgereid.output",
-    "Preprocessor": "edgereid.preprocess",
+    "Runtime": "edgereid.runtime.runtime",
+    "Output": "edgereid.runtime.output",
+    "Preprocessor": "edgereid.runtime.preprocess",
     "ModelMetadata": "edgereid.metadata",
     "read_image": "edgereid.imageio",
-    "Gallery": "edgereid.gallery",
-    "rerank": "edgereid.reranking",
-    "rerank_distances": "edgereid.reranking",
-    "evaluate": "edgereid.metrics",
-    "DynamicBatcher": "edgereid.batcher",
-    "ItemResult": "edgereid.batcher",
+    "Gallery": "edgereid.retrieval.gallery",
+    "rerank": "edgereid.retrieval.reranking",
+    "rerank_distances": "edgereid.retrieval.reranking",
+    "evaluate": "edgereid.retrieval.metrics",
+    "DynamicBatcher": "edgereid.runtime.batcher",
+    "ItemResult": "edgereid.runtime.batcher",
 }
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .errors import MissingDependencyError
+from edgereid.errors import MissingDependencyError
 
 # module -> (pip extra of edgereid, what it is needed for)
 _EXTRAS = {

@@ -66,3 +66,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2) -> Path:
     """Write JSON atomically (non-JSON values such as paths are written with str())."""
     return write_text_atomic(path, json.dumps(data, indent=indent, default=str))
+
+
+def read_json_file(path: str | os.PathLike, error: type, missing: str, fix: str) -> Any:
+    """The read side of write_json_atomic: the parsed file, or `error(missing)` when it is absent and
+    `error("<path> is not valid JSON (...); <fix>.")` when it does not parse."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON ({exc}); {fix}.") from exc

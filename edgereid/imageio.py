@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageReadError
+from edgereid.errors import ImageReadError
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -28,3 +28,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def read_images(paths) -> list:
     """Read several image files; the error names the first file that fails."""
     return [read_image(p) for p in paths]
+
+
+#: File suffixes edgereid reads as images (lower case); OpenCV decodes each of them.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list:
+    """Image files in `folder` (and its subfolders when `recursive`), sorted by path; other files are ignored."""
+    from edgereid.errors import DatasetError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} does not exist; pass a folder of person crops.")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

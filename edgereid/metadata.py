@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Mapping
 
-from ._version import __version__
-from .errors import ModelFileError, ModelVersionError
+from edgereid._version import __version__
+from edgereid.errors import ModelFileError, ModelVersionError
 
 PREFIX = "edgereid."
 # Bumped when a field changes meaning; readers refuse a newer major version.

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgereid import Runtime
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+from edgereid.imageio import IMAGE_SUFFIXES, list_images
 
 
 def main(argv: list | None = None) -> int:
@@ -26,9 +25,9 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args(argv)
 
-    files = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(args.folder)
     if not files:
-        parser.error(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.folder}")
+        parser.error(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.folder}")
     with Runtime(args.model, max_batch=args.batch) as rt:
         out = rt.infer_files(files)  # reads and runs max_batch files at a time
         positive = rt.metadata.gender_positive_class

@@ -10,11 +10,11 @@ import argparse
 from pathlib import Path
 
 from edgereid import Runtime
-from edgereid.gallery import Gallery
+from edgereid.retrieval.gallery import Gallery
 
 
 def search(model: Path, gallery_file: Path, query: Path, gender: str | None, k: int, rerank: bool) -> list:
-    """The hits (edgereid.gallery.Hit) for one query image, closest first."""
+    """The hits (edgereid.retrieval.gallery.Hit) for one query image, closest first."""
     gallery = Gallery.load(gallery_file)
     with Runtime(model, max_batch=1) as rt:
         embedding = rt.infer_files([query]).embeddings[0]

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from edgereid import DynamicBatcher, Runtime, read_image
-from edgereid.gallery import Gallery
+from edgereid.imageio import list_images
+from edgereid.retrieval.gallery import Gallery
 
-FRAME_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def read_detections(path: Path, min_conf: float) -> dict:
@@ -70,7 +70,7 @@ def run_camera(camera: int, folder: Path, batcher: DynamicBatcher, people: Cross
     """Feed one camera's frames through the batcher; returns how many crops it added."""
     detections = read_detections(folder / "det" / "det.txt", min_conf)
     added = 0
-    for frame_path in sorted(p for p in (folder / "img1").iterdir() if p.suffix.lower() in FRAME_SUFFIXES):
+    for frame_path in list_images(folder / "img1"):
         number = int(frame_path.stem)
         frame = read_image(frame_path)
         crops = [(box, crop(frame, box)) for box in detections.get(number, [])]

@@ -12,8 +12,8 @@ import numpy as np
 from edgereid._optional import require
 from edgereid.metadata import ModelMetadata
 
-from .metadata import save_onnx, set_metadata
-from .simplify import simplify_checked
+from edgereid.export.metadata import save_onnx, set_metadata
+from edgereid.export.simplify import simplify_checked
 
 log = logging.getLogger(__name__)
 

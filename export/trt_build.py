@@ -14,8 +14,8 @@ from edgereid.atomic import write_bytes_atomic
 from edgereid.errors import EdgereidError, InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
-from .engine_sidecar import make_sidecar, write_sidecar
-from .trt_compat import apply_builder_flags, network_flags, plan_build, set_workspace
+from edgereid.backends.tensorrt_engine import make_sidecar, write_sidecar
+from edgereid.export.trt_compat import apply_builder_flags, network_flags, plan_build, set_workspace
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, fp16
     config.add_optimization_profile(profile)
     calibrator = None
     if plan.needs_calibrator:
-        from edgereid.calibration.trt_calibrator import make_entropy_calibrator
+        from edgereid.export.trt_calibrator import make_entropy_calibrator
 
         calibrator = make_entropy_calibrator(trt, calib, meta, cache_path=calibration_cache
                                              or out_path.with_suffix(".calib.cache"), batch_size=opt_batch)

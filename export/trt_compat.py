@@ -10,30 +10,10 @@ execute_async_v3), which 8.6, 10.x and 11.x all have.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from edgereid.backends.tensorrt_engine import check_supported
 from edgereid.errors import BackendUnavailableError, InvalidInputError
-
-MIN_VERSION = (8, 6)
-
-
-def parse_version(text: str) -> tuple:
-    """'10.3.0.26' -> (10, 3, 0); a non-numeric version raises InvalidInputError."""
-    m = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", str(text).strip())
-    if not m:
-        raise InvalidInputError(f"cannot parse TensorRT version {text!r}")
-    return tuple(int(g or 0) for g in m.groups())
-
-
-def check_supported(version: str) -> tuple:
-    """The parsed version, or BackendUnavailableError for TensorRT older than 8.6."""
-    v = parse_version(version)
-    if v[:2] < MIN_VERSION:
-        raise BackendUnavailableError(f"TensorRT {version} is too old; edgereid needs TensorRT >= 8.6 "
-                                      f"(JetPack 6 / pip install 'tensorrt>=8.6').")
-    return v
-
 
 @dataclass(frozen=True)
 class BuildPlan:
@@ -106,10 +86,3 @@ def apply_builder_flags(trt, config, plan: BuildPlan) -> None:
             raise BackendUnavailableError(f"TensorRT {trt.__version__} has no BuilderFlag.{name}; quantize the "
                                           f"ONNX file with `edgereid quantize` and build without --fp16/--int8.")
         config.set_flag(flag)
-
-
-def io_tensors(engine, trt) -> tuple:
-    """(input names, output names) of an engine via the tensor-name API."""
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    return inputs, [n for n in names if n not in inputs]

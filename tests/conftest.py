@@ -6,21 +6,7 @@ import os
 import numpy as np
 import pytest
 
-
-def randomize_norm_stats(model, seed: int = 0) -> None:
-    """Give every BatchNorm/InstanceNorm random affine parameters and running stats (eval-mode parity
-    with all-default statistics would hide a folding or ordering bug)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)):
-            if m.weight is not None:
-                m.weight.data = 0.5 + torch.rand(m.weight.shape, generator=g)
-                m.bias.data = 0.2 * torch.randn(m.bias.shape, generator=g)
-            if getattr(m, "running_mean", None) is not None:
-                m.running_mean.data = 0.1 * torch.randn(m.running_mean.shape, generator=g)
-                m.running_var.data = 0.5 + torch.rand(m.running_var.shape, generator=g)
+from benchmarks.references import randomize_norm_stats
 
 
 def make_crops(n: int, seed: int = 0, min_hw=(40, 20), max_hw=(320, 160)) -> list:
@@ -107,7 +93,7 @@ LEARNING_RUN = dict(epochs=10, stage2_epochs=2, eval_every=10, gender_ratio=3.0,
 def small_synthetic(tmp_path_factory):
     """A small synthetic Market-1501 + gender set at 64x32: 48 train / 48 test identities, 1000 gender images."""
     pytest.importorskip("edgereid.training.synthetic")
-    from edgereid.training.datasets import load_gender_list, load_market1501
+    from edgereid.datasets import load_gender_list, load_market1501
     from edgereid.training.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("synthetic")
@@ -146,9 +132,9 @@ def int8_setup(trained_small, small_synthetic, tmp_path_factory):
     """The trained model, its fp32 ONNX, a larger synthetic evaluation set and a calibration set of training
     images (the model's own training split, as a user would calibrate)."""
     from edgereid.calibration.calibset import build_calibration_set
+    from edgereid.datasets import load_gender_list, load_market1501
     from edgereid.export.metadata import get_metadata, load_onnx
     from edgereid.training.checkpoint import load_checkpoint
-    from edgereid.training.datasets import load_gender_list, load_market1501
     from edgereid.training.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("int8")

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import make_crops
 from edgereid.atomic import atomic_path, temp_dir_beside, write_bytes_atomic, write_json_atomic
-from edgereid.gallery_format import write_gallery_file
 from edgereid.metadata import ModelMetadata
+from edgereid.retrieval.gallery_format import write_gallery_file
 
 
 @pytest.fixture()

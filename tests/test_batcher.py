@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from edgereid.batcher import DynamicBatcher, ItemResult
 from edgereid.errors import EdgereidError, InvalidInputError
-from edgereid.output import Output
+from edgereid.runtime.batcher import DynamicBatcher, ItemResult
+from edgereid.runtime.output import Output
 
 POISON = 13  # a crop whose first pixel is this value makes the fake model fail
 
@@ -175,7 +175,7 @@ def test_max_batch_defaults_to_and_never_exceeds_the_runtime_limit():
 
 
 def test_real_runtime_results_equal_direct_calls(model_files):
-    from edgereid.bench import synthetic_crops
+    from edgereid.bench.runner import synthetic_crops
     from edgereid.runtime import Runtime
 
     crops = synthetic_crops(12, seed=3, min_hw=(40, 20), max_hw=(200, 100))

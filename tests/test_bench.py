@@ -6,10 +6,10 @@ import mmap
 import numpy as np
 import pytest
 
-from edgereid.bench import BenchResult, format_table, run_benchmark, synthetic_crops
+from edgereid.bench.runner import BenchResult, format_table, run_benchmark, synthetic_crops
+from edgereid.bench.timing import LatencyStats, peak_rss_bytes, percentile, reset_peak_rss
 from edgereid.errors import InvalidInputError
-from edgereid.output import Output
-from edgereid.timing import LatencyStats, peak_rss_bytes, percentile, reset_peak_rss
+from edgereid.runtime.output import Output
 
 
 class CountingRuntime:
@@ -170,13 +170,14 @@ def test_bench_cli_writes_one_result_per_batch_and_thread_count(model_files, tmp
     assert bad.exit_code != 0 and "comma-separated" in bad.output
 
 
-def test_sweep_script_writes_json_csv_and_plots(model_files, tmp_path):
+def test_sweep_script_writes_json_csv_and_plots(model_files, tmp_path, monkeypatch):
     import csv
     import importlib.util
     import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "sweep.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python benchmarks/sweep.py` runs it
     spec = importlib.util.spec_from_file_location("bench_sweep", path)
     sweep_mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep_mod)
@@ -199,7 +200,7 @@ def test_sweep_script_writes_json_csv_and_plots(model_files, tmp_path):
 
 
 def test_merge_results_pools_samples_and_weights_stages_by_iterations():
-    from edgereid.bench import merge_results
+    from edgereid.bench.runner import merge_results
 
     def result(samples, stages):
         return BenchResult("m.onnx", "onnxruntime", "fp32", "float32", 4, 1, "count", 0, len(samples), sum(samples),

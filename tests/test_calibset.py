@@ -10,10 +10,10 @@ import pytest
 
 from conftest import make_crops
 from edgereid.calibration.calibset import CalibrationSet, build_calibration_set, sample_indices
-from edgereid.calibration.manifest import CalibrationManifest
+from edgereid.datasets.calibration_set import CalibrationManifest
 from edgereid.errors import DatasetError
 from edgereid.metadata import ModelMetadata
-from edgereid.preprocess import Preprocessor
+from edgereid.runtime.preprocess import Preprocessor
 
 META = ModelMetadata(height=32, width=16)
 

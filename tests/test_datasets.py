@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgereid.errors import DatasetError
-from edgereid.training.datasets import (
+from edgereid.datasets import (
     load_attribute_table, load_dukemtmc, load_folder, load_gender_dataset, load_gender_list, load_market1501,
     load_msmt17, load_reid_dataset,
 )
@@ -229,7 +229,7 @@ def test_attribute_tables_pick_column_by_name_and_invert(tmp_path):
 def test_unknown_dataset_and_no_torch_import():
     with pytest.raises(DatasetError, match="market1501"):
         load_reid_dataset("cuhk03", ".")
-    code = ("import sys, edgereid.training.datasets, edgereid.training.synthetic; "
+    code = ("import sys, edgereid.datasets, edgereid.training.synthetic; "
             "bad = [m for m in ('torch', 'onnx', 'tensorrt') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

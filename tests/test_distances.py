@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgereid.distances import iter_distance_blocks, pairwise_distance, stable_topk, topk
 from edgereid.errors import InvalidInputError
+from edgereid.retrieval.distances import iter_distance_blocks, pairwise_distance, stable_topk, topk
 
 
 def direct(a, b, metric):

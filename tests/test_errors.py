@@ -9,7 +9,7 @@ import pytest
 
 from edgereid import ImageReadError, InvalidInputError, ModelFileError, Runtime
 from edgereid.metadata import ModelMetadata
-from edgereid.preprocess import Preprocessor
+from edgereid.runtime.preprocess import Preprocessor
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgereid.bench import synthetic_crops
+from edgereid.bench.runner import synthetic_crops
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 cv2 = pytest.importorskip("cv2")
@@ -69,7 +69,7 @@ def write_camera(root: Path, frames: dict, dets: list, size=(160, 240)) -> Path:
 
 
 def test_multicam_loop_builds_a_cross_camera_gallery(model_files, runtime, tmp_path):
-    from edgereid.gallery import Gallery
+    from edgereid.retrieval.gallery import Gallery
 
     a, b, c = synthetic_crops(3, seed=11, min_hw=(90, 36), max_hw=(100, 40))
     cam0 = write_camera(tmp_path / "cam0", {1: {(10, 20): a, (100, 30): b}, 2: {(210, 40): a}}, [
@@ -109,7 +109,7 @@ def test_multicam_loop_builds_a_cross_camera_gallery(model_files, runtime, tmp_p
 
 
 def test_forensic_search_returns_the_closest_women(model_files, runtime, tmp_path, capsys):
-    from edgereid.gallery import Gallery
+    from edgereid.retrieval.gallery import Gallery
 
     crops = synthetic_crops(8, seed=21, min_hw=(60, 30), max_hw=(140, 70))
     out = runtime.infer(crops)

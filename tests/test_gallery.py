@@ -6,10 +6,10 @@ import struct
 import numpy as np
 import pytest
 
-import edgereid.gallery as gallery_mod
+import edgereid.retrieval.gallery as gallery_mod
 from edgereid.errors import GalleryFileError, InvalidInputError
-from edgereid.gallery import Gallery
-from edgereid.gallery_format import MAGIC
+from edgereid.retrieval.gallery import Gallery
+from edgereid.retrieval.gallery_format import MAGIC
 
 
 def unit(x):
@@ -130,7 +130,7 @@ def test_compact_storage_changes_rank1_by_at_most_half_a_point():
 
 
 def test_rerank_search_matches_rerank_function():
-    from edgereid.reranking import rerank
+    from edgereid.retrieval.reranking import rerank
     rng = np.random.default_rng(5)
     g, emb = make(rng, n=45)
     q = unit(rng.normal(size=(3, 16)))

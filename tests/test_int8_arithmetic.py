@@ -8,7 +8,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edgereid.cpu_features import cpu_features, describe_cpu_features, has_vnni, int8_saturates  # noqa: E402
+from edgereid.backends.cpu_features import cpu_features, describe_cpu_features, has_vnni, int8_saturates  # noqa: E402
 
 
 # -- the numpy reference: int8 x int8 products summed in int32, then the file's scales -------------------------
@@ -283,7 +283,7 @@ PROBE = '''
 import json, sys
 import numpy as np
 from edgereid.backends import open_backend
-from edgereid.cpu_features import cpu_features, int8_saturates
+from edgereid.backends.cpu_features import cpu_features, int8_saturates
 d = np.load(sys.argv[1])
 x = d["x"]
 out = {"cpu_exact": open_backend(d["cpu"].item()).infer({"images": x})["embedding"],

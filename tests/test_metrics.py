@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from edgereid.errors import InvalidInputError
-from edgereid.metrics import evaluate, gender_report
+from edgereid.retrieval.metrics import evaluate, gender_report
+from benchmarks.references import slow_reference
 
 # Gallery: g0 id1 cam1, g1 id2 cam2, g2 id1 cam2, g3 id0 (distractor) cam2, g4 id1 cam3, g5 id-1 (junk) cam2,
 #          g6 id3 cam1. Query 0 is id1 cam1, query 1 is id2 cam2.
@@ -39,29 +40,6 @@ def test_hand_worked_single_and_multi_camera_differ_as_defined():
     assert multi.mAP == pytest.approx((1 / 3 + 2 / 4) / 2)
     np.testing.assert_allclose(multi.cmc[:4], [0, 0, 1, 1])
     assert multi.rank(1) == 0 and single.rank(1) == 0.5
-
-
-def slow_reference(distmat, q_ids, g_ids, q_cams, g_cams, max_rank, mode):
-    """Per-query loop in the style of the toolkits' eval_market1501, with a stable sort."""
-    all_cmc, all_ap = [], []
-    for i in range(len(q_ids)):
-        order = np.argsort(distmat[i], kind="stable")
-        ids, cams = g_ids[order], g_cams[order]
-        keep = ids != -1
-        if mode == "market1501":
-            keep &= ~((ids == q_ids[i]) & (cams == q_cams[i]))
-        elif mode == "multi_camera":
-            keep &= cams != q_cams[i]
-        raw = (ids[keep] == q_ids[i]).astype(np.int32)
-        if not raw.any():
-            continue
-        cmc = raw.cumsum()
-        cmc[cmc > 1] = 1
-        cmc = np.concatenate([cmc, np.full(max(0, max_rank - len(cmc)), cmc[-1])])
-        all_cmc.append(cmc[:max_rank])
-        tmp = raw.cumsum() / (np.arange(len(raw)) + 1.0) * raw
-        all_ap.append(tmp.sum() / raw.sum())
-    return np.mean(all_cmc, axis=0), float(np.mean(all_ap)), len(all_ap)
 
 
 @pytest.mark.parametrize("mode", ["market1501", "single_camera", "multi_camera"])

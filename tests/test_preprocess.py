@@ -7,7 +7,7 @@ import pytest
 
 from conftest import make_crops
 from edgereid.metadata import IMAGENET_MEAN, IMAGENET_STD, ModelMetadata
-from edgereid.preprocess import Preprocessor
+from edgereid.runtime.preprocess import Preprocessor
 
 
 def reference(crop_bgr: np.ndarray) -> np.ndarray:

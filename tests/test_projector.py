@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgereid.errors import InvalidInputError
-from edgereid.projector import export_projector
+from edgereid.retrieval.projector import export_projector
 
 
 def test_projector_files_round_trip(tmp_path):

@@ -7,12 +7,11 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
-pytest.importorskip("edgereid.training.quickstart")
+pytest.importorskip("edgereid.pipelines.quickstart")
 
 
 def test_quickstart_pipeline_writes_report_models_and_grid(tmp_path):
-    from edgereid.calibration.int8 import quantize_for_quickstart
-    from edgereid.training.quickstart import run_quickstart
+    from edgereid.pipelines.quickstart import run_quickstart
 
     lines = []
     report = run_quickstart(
@@ -21,7 +20,7 @@ def test_quickstart_pipeline_writes_report_models_and_grid(tmp_path):
                             image_size=(64, 32), num_distractors=2, num_junk=1),
         train_overrides=dict(image_height=64, image_width=32, pad=2, epochs=1, stage2_epochs=1, reid_p=4,
                              reid_k=2, gender_batch=8),
-        quantize=lambda onnx_path, paths: quantize_for_quickstart(onnx_path, paths, num=16))
+        quantize=True, num_calibration=16)
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
     for r in (report, saved):
         assert 0.0 <= r["reid"]["rank1"] <= 1.0 and 0.0 <= r["reid"]["mAP"] <= 1.0

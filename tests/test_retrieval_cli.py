@@ -35,7 +35,7 @@ def market(tmp_path):
 
 def test_eval_matches_runtime_plus_evaluate(tmp_path, market, model_files):
     from edgereid import Runtime, evaluate
-    from edgereid.distances import pairwise_distance
+    from edgereid.retrieval.distances import pairwise_distance
 
     out = tmp_path / "eval.json"
     proc = run_cli("eval", model_files["onnx"], market, "--dataset", "market1501", "--json", out)

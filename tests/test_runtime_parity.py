@@ -15,7 +15,7 @@ def torch_reference(reference_model):
     import torch
 
     from edgereid.metadata import ModelMetadata
-    from edgereid.preprocess import Preprocessor
+    from edgereid.runtime.preprocess import Preprocessor
 
     def run(crops):
         x = torch.from_numpy(Preprocessor(ModelMetadata()).prepare(crops))
@@ -91,7 +91,7 @@ def test_metadata_configures_runtime(model_files, reference_model):
 
 
 def test_output_labels_follow_probability():
-    from edgereid.output import Output, sigmoid
+    from edgereid.runtime.output import Output, sigmoid
 
     out = Output(np.zeros((3, 4), np.float32), sigmoid(np.array([-3.0, 0.0, 2.0])))
     assert list(out.gender_labels) == ["male", "female", "female"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgereid.errors import InvalidInputError
-from edgereid.search_report import BLUE, BORDER, CAPTION, CELL, GREEN, GREY, RED, Tile, render_grid, render_html
+from edgereid.retrieval.search_report import BLUE, BORDER, CAPTION, CELL, GREEN, GREY, RED, Tile, render_grid, render_html
 
 
 def crop(v):

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edgereid.datasets import load_gender_list, load_market1501
 from edgereid.errors import DatasetError, InvalidInputError
 from edgereid.training import synthetic
-from edgereid.training.datasets import load_gender_list, load_market1501
 from edgereid.training.synthetic import generate_synthetic
 
 SMALL = dict(num_ids=40, images_per_id_per_cam=2, num_cameras=3, gender_images=1200, num_distractors=6,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from edgereid.backends import tensorrt_backend as tb
+from edgereid.backends.tensorrt_engine import make_sidecar, write_sidecar
 from edgereid.errors import ModelVersionError
-from edgereid.export.engine_sidecar import make_sidecar, write_sidecar
 from edgereid.export.trt_build import optimization_profile
 from edgereid.metadata import ModelMetadata
 
@@ -67,7 +67,10 @@ class ContextDepth:
 
 
 class FakeCuda(ContextDepth):
-    """Enough of pycuda.driver: memory is a dict of numpy byte arrays keyed by fake addresses."""
+    """Enough of pycuda.driver: memory is a dict of numpy byte arrays keyed by fake addresses. Time on the fake
+    stream is a clock the operations advance by fixed amounts, read by its CUDA events."""
+
+    HTOD_MS, EXECUTE_MS, DTOH_MS = 1.0, 5.0, 0.25  # per copy call / per execution
 
     def __init__(self, name="FakeGPU", cc=(8, 7)):
         super().__init__()
@@ -91,6 +94,16 @@ class FakeCuda(ContextDepth):
 
         self.Alloc, self._ctx = Alloc, self.Ctx()
         self.Stream = lambda: SimpleNamespace(handle=1, synchronize=lambda: None)
+        self.clock_ms = 0.0
+
+        class Event:
+            def record(self, stream=None):
+                self.t = fake.clock_ms
+
+            def time_since(self, other):
+                return self.t - other.t
+
+        self.Event = Event
 
     def init(self):
         pass
@@ -109,9 +122,11 @@ class FakeCuda(ContextDepth):
         assert self.ctx_depth.get(threading.get_ident(), 0) > 0, "CUDA call outside a pushed context"
         b = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
         self.mem[int(dst)][:b.size] = b
+        self.clock_ms += self.HTOD_MS
 
     def memcpy_dtoh_async(self, dst, src, stream):
         dst.view(np.uint8).reshape(-1)[:] = self.mem[int(src)][:dst.nbytes]
+        self.clock_ms += self.DTOH_MS
 
 
 class FakeEngine:
@@ -163,6 +178,7 @@ def fake_memory_network(cuda):
         for name, value in _model(x).items():
             b = np.ascontiguousarray(value, np.float32).view(np.uint8).reshape(-1)
             cuda.mem[addr[name]][:b.size] = b
+        cuda.clock_ms += cuda.EXECUTE_MS
     return execute
 
 
@@ -262,6 +278,35 @@ def test_infer_splits_above_profile_max_and_reuses_buffers(engine_file, libs):
         be.infer({"images": x[:4]})
         assert cuda.allocs == allocs  # buffers sized for the max batch are reused
     assert cuda.detached and all(d == 0 for d in cuda.ctx_depth.values())
+
+
+def test_each_call_times_its_copies_and_execution_with_stream_events(engine_file, libs):
+    _, cuda = libs
+    x = np.zeros((11, 3, 4, 2), np.float32)  # chunks of 4, 4, 3: three input copies, runs, 2 x 3 output copies
+    with tb.TensorRTBackend(engine_file) as be:
+        be.infer({"images": x})
+        stages = dict(be.last_stage_times)
+        be.infer({"images": x[:1]})  # the next call starts its own count
+        single = dict(be.last_stage_times)
+    assert list(stages) == ["host_to_device", "inference", "device_to_host"] == list(single)
+    if isinstance(cuda, FakeCuda):
+        ms = {k: 1e3 * v for k, v in stages.items()}
+        assert ms == pytest.approx({"host_to_device": 3 * cuda.HTOD_MS, "inference": 3 * cuda.EXECUTE_MS,
+                                    "device_to_host": 6 * cuda.DTOH_MS})
+        assert 1e3 * single["inference"] == pytest.approx(cuda.EXECUTE_MS)
+    else:
+        assert all(v >= 0 for v in stages.values())
+
+
+def test_runtime_reports_the_backends_stage_split(engine_file, libs):
+    from edgereid import Runtime
+
+    _, cuda = libs
+    with Runtime(engine_file) as rt:
+        _, stages = rt.infer_batch_timed([np.full((8, 4, 3), 100, np.uint8)] * 3)
+    assert list(stages) == ["preprocess", "host_to_device", "inference", "device_to_host", "postprocess"]
+    if isinstance(cuda, FakeCuda):
+        assert 1e3 * stages["inference"] == pytest.approx(cuda.EXECUTE_MS)
 
 
 def test_buffers_grow_on_demand(engine_file, libs):

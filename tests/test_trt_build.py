@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 
 from conftest import make_crops
+from edgereid.backends.tensorrt_engine import (
+    check_compatible,
+    make_sidecar,
+    parse_version,
+    read_sidecar,
+    sidecar_metadata,
+    write_sidecar,
+)
 from edgereid.errors import BackendUnavailableError, InvalidInputError, ModelFileError, ModelVersionError
-from edgereid.export.engine_sidecar import check_compatible, make_sidecar, read_sidecar, sidecar_metadata, write_sidecar
 from edgereid.export.trt_build import optimization_profile
-from edgereid.export.trt_compat import network_flags, parse_version, plan_build, set_workspace
+from edgereid.export.trt_compat import network_flags, plan_build, set_workspace
 from edgereid.metadata import ModelMetadata
 
 META = ModelMetadata(height=32, width=16)
@@ -105,7 +112,7 @@ def calib(tmp_path):
 
 
 def test_calibrator_core_streams_full_batches_and_caches(calib, tmp_path):
-    from edgereid.calibration.trt_calibrator import CalibratorCore
+    from edgereid.export.trt_calibrator import CalibratorCore
 
     uploaded = []
 
@@ -127,8 +134,8 @@ def test_calibrator_core_streams_full_batches_and_caches(calib, tmp_path):
 
 
 def test_entropy_calibrator_subclass_with_fake_trt(calib, tmp_path):
-    from edgereid.calibration.trt_calibrator import make_entropy_calibrator
     from edgereid.errors import DatasetError
+    from edgereid.export.trt_calibrator import make_entropy_calibrator
 
     class Base:
         def __init__(self):

@@ -12,7 +12,7 @@ from edgereid.atomic import atomic_path
 from edgereid.errors import ModelFileError
 from edgereid.metadata import ModelMetadata
 
-from .model import DualHeadReID
+from edgereid.training.model import DualHeadReID
 
 FORMAT = "edgereid-checkpoint"
 VERSION = 1

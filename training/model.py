@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNReLU, ResNetIBNa
+from edgereid.training.layers import ConvBNReLU, ResNetIBNa
 
 
 @dataclass
@@ -22,7 +22,6 @@ class ModelConfig:
     num_classes: int = 0  # identities for the training classifier; 0 = no classifier (inference)
     gender_channels: int = 256
     last_stride: int = 2
-    arch: str = "resnet18_ibn_a"
     # The input size travels with the weights (timm's pretrained_cfg idea): export and the runtime read it.
     input_height: int = 256
     input_width: int = 128
@@ -88,7 +87,10 @@ class DualHeadReID(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig | dict) -> "DualHeadReID":
         """Build from a ModelConfig or its dict form (as stored in checkpoints)."""
-        cfg = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+        if not isinstance(config, ModelConfig):
+            # Checkpoints written before the field went carry "arch" (always resnet18_ibn_a): not a choice.
+            config = ModelConfig(**{k: v for k, v in config.items() if k != "arch"})
+        cfg = config
         return cls(num_classes=cfg.num_classes, embedding_dim=cfg.embedding_dim,
                    gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
                    input_size=(cfg.input_height, cfg.input_width))

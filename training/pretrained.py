@@ -9,7 +9,7 @@ import torch
 
 from edgereid.errors import ModelFileError
 
-from .layers import IBN
+from edgereid.training.layers import IBN
 
 _PREFIXES = ("module.", "backbone.", "base.", "model.")
 

@@ -45,7 +45,7 @@ def _write_csv(path: Path, rows: list) -> None:
 
 def _identities(num_ids: int, seed: int) -> list:
     """num_ids people, half of them female, with distinct (top, bottom, pattern) palette combinations."""
-    from .synthetic_draw import BOTTOM_COLOURS, PATTERNS, TOP_COLOURS, random_person
+    from edgereid.training.synthetic_draw import BOTTOM_COLOURS, PATTERNS, TOP_COLOURS, random_person
 
     rng = _rng(seed, _COMBO)
     n_combo = len(TOP_COLOURS) * len(BOTTOM_COLOURS) * len(PATTERNS)
@@ -73,9 +73,8 @@ def generate_synthetic(out_dir, num_ids: int = 150, images_per_id_per_cam: int =
 
     Re-running with identical arguments reuses an existing set; different arguments need `overwrite`.
     """
-    from tqdm import tqdm
-
-    from .synthetic_draw import random_camera, random_person, render
+    from edgereid.progress import progress as progress_bar
+    from edgereid.training.synthetic_draw import random_camera, random_person, render
 
     params = _params(num_ids=num_ids, images_per_id_per_cam=images_per_id_per_cam, num_cameras=num_cameras,
                      gender_images=gender_images, seed=seed, image_size=tuple(image_size),
@@ -109,7 +108,7 @@ def generate_synthetic(out_dir, num_ids: int = 150, images_per_id_per_cam: int =
         for sub in ("bounding_box_train", "query", "bounding_box_test"):
             (reid / sub).mkdir(parents=True)
         (gender / "images").mkdir(parents=True)
-        bar = tqdm(total=n_reid + gender_images, desc="synthetic images", unit="img", disable=not progress)
+        bar = progress_bar(total=n_reid + gender_images, desc="synthetic images", unit="img", enabled=progress)
         reid_rows, reid_test_rows, counts = [], [], {"train": 0, "query": 0, "gallery": 0}
         frame = 0
         for i, person in enumerate(people):

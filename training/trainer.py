@@ -22,14 +22,14 @@ from torch.utils.data import DataLoader
 from edgereid.errors import InvalidInputError
 from edgereid.metadata import ModelMetadata
 
-from .checkpoint import read_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .data import GenderDataset, ReidDataset, seed_worker
-from .losses import GenderLoss, ReidLoss
-from .model import DualHeadReID
-from .samplers import MultiTaskLoader, MultiTaskSchedule, PKSampler, ShuffleBatchSampler, ratio_counts
-from .transforms import AugmentConfig, TrainTransform
-from .validate import evaluate_model
+from edgereid.training.checkpoint import read_checkpoint, save_checkpoint
+from edgereid.training.config import TrainConfig
+from edgereid.training.data import GenderDataset, ReidDataset, seed_worker
+from edgereid.training.losses import GenderLoss, ReidLoss
+from edgereid.training.model import DualHeadReID
+from edgereid.training.samplers import MultiTaskLoader, MultiTaskSchedule, PKSampler, ShuffleBatchSampler, ratio_counts
+from edgereid.training.transforms import AugmentConfig, TrainTransform
+from edgereid.training.validate import evaluate_model
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Trainer:
                                            gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
                                            input_size=(cfg.image_height, cfg.image_width))
         if model is None and cfg.pretrained:
-            from .pretrained import load_backbone_weights
+            from edgereid.training.pretrained import load_backbone_weights
 
             log.info("%s", load_backbone_weights(self.model.backbone, cfg.pretrained))
         self.model.to(self.device)
@@ -106,12 +106,12 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _load_reid(self):
-        from .datasets import load_reid_dataset
+        from edgereid.datasets import load_reid_dataset
 
         return load_reid_dataset(self.cfg.reid_dataset, self.cfg.reid_data)
 
     def _load_gender(self) -> tuple:
-        from .datasets import load_gender_dataset
+        from edgereid.datasets import load_gender_dataset
 
         train = load_gender_dataset(self.cfg.gender_data)
         if self.cfg.gender_test_data:
@@ -180,7 +180,7 @@ class Trainer:
 
     # -- epochs ------------------------------------------------------------------------------------------
     def _run_epoch(self, stage: int, epoch: int, on_step: Callable | None) -> dict:
-        from tqdm import tqdm
+        from edgereid.progress import progress as progress_bar
 
         cfg = self.cfg
         loader, total = (self.stage1, cfg.epochs) if stage == 1 else (self.stage2, cfg.stage2_epochs)
@@ -189,8 +189,9 @@ class Trainer:
         if stage == 2:
             self.model.backbone.eval()  # frozen backbone: BN statistics frozen too
         sums: dict = {}
-        bar = tqdm(loader.epoch(epoch), total=n, desc=f"stage {stage} epoch {epoch + 1}/{total}",
-                   disable=not cfg.progress, leave=False)
+        # Off a terminal (CI, nohup) each epoch prints one line with its mean losses.
+        bar = progress_bar(loader.epoch(epoch), total=n, desc=f"stage {stage} epoch {epoch + 1}/{total}",
+                           unit="step", enabled=cfg.progress, leave=False, summary=True)
         for i, (task, batch) in enumerate(bar):
             factor = lr_factor(cfg, epoch + i / n, total) if stage == 1 else \
                 0.5 * (1 + math.cos(math.pi * (epoch + i / n) / max(total, 1)))

@@ -1,6 +1,6 @@
 """Training augmentations on uint8 BGR crops, around the shared preprocessing.
 
-Order: shared resize (edgereid.preprocess.Preprocessor.resize, the runtime's own) -> horizontal flip ->
+Order: shared resize (edgereid.runtime.preprocess.Preprocessor.resize, the runtime's own) -> horizontal flip ->
 pad-and-random-crop at the model size -> mild colour jitter -> random erasing ("mask transformation",
 Zhong et al., 2020; filled with the mean colour) -> shared normalisation (Preprocessor.normalize).
 The resize and the normalisation are the runtime's, so training sees the tensors deployment sees; the
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgereid.metadata import ModelMetadata
-from edgereid.preprocess import Preprocessor
+from edgereid.runtime.preprocess import Preprocessor
 
 
 @dataclass

@@ -11,22 +11,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import GenderDataset, ReidDataset
-from .transforms import EvalTransform
+from edgereid.training.data import GenderDataset, ReidDataset
+from edgereid.training.transforms import EvalTransform
 
 
 @torch.no_grad()
 def model_outputs(model: torch.nn.Module, dataset, batch_size: int = 64, device: str = "cpu",
                   progress: bool = False, desc: str = "embed") -> dict:
     """{"embedding": (N,D), "gender_prob": (N,)} for every item of `dataset` (eval mode, then restored)."""
-    from tqdm import tqdm
+    from edgereid.progress import progress as progress_bar
 
     was_training = model.training
     model.eval()
     embs, probs = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     try:
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for batch in progress_bar(loader, desc=desc, enabled=progress, leave=False):
             out = model(batch[0].to(device))
             embs.append(out["embedding"].float().cpu().numpy())
             probs.append(torch.sigmoid(out["gender_logit"].float()).reshape(-1).cpu().numpy())
@@ -42,7 +42,7 @@ def reid_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, q_pids: Sequence
     `rerank=True` scores k-reciprocal re-ranked distances (edgereid.rerank) instead.
     """
     import edgereid
-    from edgereid.distances import pairwise_distance
+    from edgereid.retrieval.distances import pairwise_distance
 
     if rerank:
         dist = edgereid.rerank(query_emb, gallery_emb)

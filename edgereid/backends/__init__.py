@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import InvalidInputError, ModelFileError
-from .base import Backend
+from edgereid.backends.base import Backend
+from edgereid.errors import InvalidInputError, ModelFileError
 
 # file suffix -> backend name; the file decides the backend, no boolean flags.
 SUFFIXES = {".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -28,7 +28,7 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, **options)
     name = backend or backend_for(path)
     emulate, int8_kernels = options.get("emulate"), options.get("int8_kernels") or "exact"
     if name == "onnxruntime":
-        from .onnxruntime_backend import OnnxRuntimeBackend
+        from edgereid.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, providers=options.get("providers"), threads=options.get("threads"),
                                   emulate=emulate, int8_kernels=int8_kernels)
@@ -36,11 +36,11 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, **options)
         raise InvalidInputError(f"{path}: emulate={emulate!r} applies to ONNX files run by ONNX Runtime on a CPU; "
                                 f"the {name} backend computes {path.name} itself. Drop emulate, or pass the .onnx file.")
     if name == "torch":
-        from .torch_backend import TorchBackend
+        from edgereid.backends.torch_backend import TorchBackend
 
         return TorchBackend(path, device=options.get("device") or "cpu", threads=options.get("threads"))
     if name == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend
+        from edgereid.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(path, max_batch=options.get("max_batch"), device=options.get("device") or 0)
     raise ModelFileError(f"unknown backend {name!r}; choose one of onnxruntime, torch, tensorrt.")

@@ -6,17 +6,22 @@ from typing import Mapping
 
 import numpy as np
 
-from ..metadata import ModelMetadata
+from edgereid.metadata import ModelMetadata
 
 
 class Backend(abc.ABC):
-    """A loaded model: `infer(feed) -> {output name: array}`, with its metadata and last latency."""
+    """A loaded model: `infer(feed) -> {output name: array}`, with its metadata.
+
+    `last_stage_times`: seconds of the last `infer` call per stage, for a backend that can split its call
+    (TensorRT: "host_to_device", "inference", "device_to_host", timed by CUDA events on its stream); empty
+    for one that cannot (ONNX Runtime and PyTorch on a CPU), and the Runtime then times the call whole.
+    """
 
     #: short name shown to users ("onnxruntime", "torch", "tensorrt")
     name: str = "backend"
 
     def __init__(self) -> None:
-        self.last_latency_s: float = 0.0
+        self.last_stage_times: dict = {}
 
     @property
     @abc.abstractmethod

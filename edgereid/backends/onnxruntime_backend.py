@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from .._optional import require
-from ..cpu_features import describe_cpu_features, int8_saturates
-from ..errors import InvalidInputError, ModelFileError
-from ..metadata import ModelMetadata
-from .base import Backend
+from edgereid._optional import require
+from edgereid.backends.base import Backend
+from edgereid.backends.cpu_features import describe_cpu_features, int8_saturates
+from edgereid.errors import InvalidInputError, ModelFileError
+from edgereid.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +138,7 @@ class OnnxRuntimeBackend(Backend):
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict:
         names = list(self._metadata.output_names)
-        start = time.perf_counter()
         values = self.session.run(names, dict(feed))
-        self.last_latency_s = time.perf_counter() - start
         return dict(zip(names, values))
 
     def close(self) -> None:

@@ -3,22 +3,34 @@
 The engine's JSON sidecar supplies the model contract and the build's TensorRT version, GPU and profile;
 an engine built elsewhere is refused with a message to rebuild. Only the tensor-name API is used
 (set_input_shape / set_tensor_address / execute_async_v3), present in TensorRT 8.6, 10.x and 11.x.
+Each call times its host-to-device copy, execution and device-to-host copy with CUDA events on the stream
+(`last_stage_times`), so the timing adds no synchronisation.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from .._optional import require
-from ..errors import InvalidInputError, ModelFileError
-from ..metadata import ModelMetadata
-from .base import Backend
+from edgereid._optional import require
+from edgereid.backends.base import Backend
+from edgereid.errors import InvalidInputError, ModelFileError
+from edgereid.metadata import ModelMetadata
+from edgereid.backends.tensorrt_engine import (
+    check_compatible,
+    check_supported,
+    io_tensors,
+    read_sidecar,
+    sidecar_metadata,
+)
+
+
+# What the CUDA events between the steps of a call measure (seconds, summed over a call's chunks).
+STAGES = ("host_to_device", "inference", "device_to_host")
 
 
 def _load_libs() -> tuple:
@@ -59,9 +71,6 @@ class TensorRTBackend(Backend):
 
     def __init__(self, path: str | os.PathLike, max_batch: int | None = None, device: int = 0) -> None:
         super().__init__()
-        from edgereid.export.engine_sidecar import check_compatible, read_sidecar, sidecar_metadata
-        from edgereid.export.trt_compat import check_supported, io_tensors
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"engine file not found: {self.path}")
@@ -86,6 +95,8 @@ class TensorRTBackend(Backend):
                                      f"corrupt or was built elsewhere. Rebuild it with `edgereid build-engine`.")
             self._context = self._engine.create_execution_context()
             self._stream = cuda.Stream()
+            # start, after the input copy, after execution, after the output copies
+            self._events = [cuda.Event() for _ in range(4)]
         inputs, self._outputs = io_tensors(self._engine, trt)
         if inputs != [self._metadata.input_name]:
             raise ModelFileError(f"{self.path}: engine inputs {inputs} do not match the sidecar's "
@@ -138,29 +149,35 @@ class TensorRTBackend(Backend):
         self._ensure_capacity(n, shapes)
         host_in = self._host[name_in][:x.size]
         np.copyto(host_in, x.reshape(-1), casting="same_kind")
+        ev = self._events
+        ev[0].record(self._stream)
         cuda.memcpy_htod_async(self._dev[name_in], host_in, self._stream)
+        ev[1].record(self._stream)
         for name, mem in self._dev.items():
             ctx.set_tensor_address(name, int(mem))
         if not ctx.execute_async_v3(self._stream.handle):
             raise ModelFileError(f"TensorRT failed to run {self.path} on a batch of {n}.")
+        ev[2].record(self._stream)
         views = {}
         for o, shape in out_shapes.items():
             view = self._host[o][:int(np.prod(shape))]
             cuda.memcpy_dtoh_async(view, self._dev[o], self._stream)
             views[o] = (view, shape)
+        ev[3].record(self._stream)
         self._stream.synchronize()
+        for stage, (a, b) in zip(STAGES, zip(ev, ev[1:])):
+            self.last_stage_times[stage] = self.last_stage_times.get(stage, 0.0) + b.time_since(a) / 1e3
         return {o: view.reshape(shape).copy() for o, (view, shape) in views.items()}
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict:
         x = np.ascontiguousarray(feed[self._metadata.input_name], dtype=self._dtypes[self._metadata.input_name])
         if len(x) == 0:
             raise InvalidInputError("TensorRT infer() got an empty batch; pass at least one crop.")
-        start = time.perf_counter()
         parts = []
         with self._active():
+            self.last_stage_times = {}
             for lo, hi in chunk_ranges(len(x), self._max_batch):
                 parts.append(self._run_chunk(x[lo:hi]))
-        self.last_latency_s = time.perf_counter() - start
         return {o: np.concatenate([p[o] for p in parts]) for o in self._outputs}
 
     def close(self) -> None:
@@ -173,5 +190,6 @@ class TensorRTBackend(Backend):
                 mem.free()
             self._dev.clear()
             self._context = self._engine = self._runtime = self._stream = None
+            self._events = []
         self._ctx.detach()
         self._ctx = None

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from .._optional import require
-from ..metadata import ModelMetadata
-from .base import Backend
+from edgereid._optional import require
+from edgereid.backends.base import Backend
+from edgereid.metadata import ModelMetadata
 
 
 class TorchBackend(Backend):
@@ -43,9 +42,7 @@ class TorchBackend(Backend):
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict:
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(feed[self.input_name])).to(self.device)
-        start = time.perf_counter()
         with torch.inference_mode():
             out = self.model(x)
         result = {k: out[k].float().cpu().numpy() for k in self._metadata.output_names}
-        self.last_latency_s = time.perf_counter() - start
         return result

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
-
+from edgereid.cli.options import backend_option
 
 def parse_int_list(text: str, name: str, allow_auto: bool = False) -> list:
     """'1,2,4' -> [1, 2, 4]; 'auto' -> [None] where allowed (the backend picks its thread count)."""
@@ -41,8 +40,7 @@ def parse_int_list(text: str, name: str, allow_auto: bool = False) -> list:
 @click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
               help="A folder of crop images: each call decodes them from disk (adds the decode stage). "
                    "Default: synthetic crops of varied sizes in memory.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default=None,
-              help="Default: chosen from the model file's suffix.")
+@backend_option
 @click.option("--int8-kernels", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="INT8 .onnx on x86 CPUs without VNNI: exact U8U8 kernels, or the faster saturating u8s8 ones "
                    "(no difference where the CPU has VNNI).")
@@ -52,9 +50,10 @@ def parse_int_list(text: str, name: str, allow_auto: bool = False) -> list:
 def bench(model, batches, threads, warmup, iters, duration, images, backend, int8_kernels, json_out,
           progress) -> None:
     """Benchmark MODEL (.onnx, .engine or .pt) over batch sizes and thread counts."""
-    from edgereid.bench import format_table, sweep
     from edgereid.atomic import write_json_atomic
-    from edgereid.machine import describe_machine, machine_line
+    from edgereid.bench.machine import describe_machine, machine_line
+    from edgereid.bench.runner import format_table, sweep
+    from edgereid.imageio import IMAGE_SUFFIXES, list_images
 
     batch_list = parse_int_list(batches, "--batch")
     thread_list = parse_int_list(threads, "--threads", allow_auto=True)
@@ -62,9 +61,9 @@ def bench(model, batches, threads, warmup, iters, duration, images, backend, int
     if images is not None:
         files = [images]
         if images.is_dir():
-            files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = list_images(images)
         if not files:
-            raise click.UsageError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {images}")
+            raise click.UsageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {images}")
     click.echo(f"machine: {machine_line()}", err=True)
     options = {"int8_kernels": int8_kernels} if int8_kernels != "exact" else {}
     results = []

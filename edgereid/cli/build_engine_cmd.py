@@ -15,7 +15,7 @@ import click
 @click.option("--calib", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Calibration set (with --int8).")
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path),
-              help="Calibration cache file (default: <output>.calib.cache); reused when present.")
+              help="Calibration cache file (default: the output path with suffix .calib.cache); reused when present.")
 @click.option("--min-batch", type=int, default=1, show_default=True)
 @click.option("--opt-batch", type=int, default=8, show_default=True)
 @click.option("--max-batch", type=int, default=32, show_default=True)
@@ -31,7 +31,7 @@ def build_engine(model, output, fp16, int8, calib, calib_cache, min_batch, opt_b
 
     calib_set = None
     if calib is not None:
-        from edgereid.calibration.calibset import CalibrationSet
+        from edgereid.datasets.calibration_set import CalibrationSet
 
         calib_set = CalibrationSet.load(calib)
     path = build(model, output, fp16=fp16, int8=int8, calib=calib_set, min_batch=min_batch, opt_batch=opt_batch,

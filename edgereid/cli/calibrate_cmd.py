@@ -33,7 +33,9 @@ def _records_or_folder(folder: Path):
     import re
 
     pattern = re.compile(r"^(-?\d+)_c(\d+)")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+    from edgereid.imageio import list_images
+
+    files = list_images(folder, recursive=True)
     parsed = [pattern.match(p.name) for p in files]
     if files and all(parsed):
         from types import SimpleNamespace

@@ -5,19 +5,9 @@ from pathlib import Path
 
 import click
 
+from edgereid.cli.options import runtime_options
+
 MODES = ["market1501", "single_camera", "multi_camera", "cuhk03"]
-
-
-def embed_files(rt, paths: list, desc: str):
-    """Run the runtime over files in max_batch chunks with a progress bar; returns one Output."""
-    from tqdm import tqdm
-
-    from edgereid.output import Output
-
-    parts = [rt.infer_files(paths[lo:lo + rt.max_batch])
-             for lo in tqdm(range(0, len(paths), rt.max_batch), desc=desc, unit="batch")]
-    return Output.concat(parts, rt.metadata.embedding_dim, rt.metadata.gender_positive_class,
-                         rt.metadata.gender_negative_class)
 
 
 @click.command("eval")
@@ -28,35 +18,33 @@ def embed_files(rt, paths: list, desc: str):
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")
 @click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="market1501", show_default=True,
-              help="Evaluation protocol (see edgereid.metrics).")
+              help="Evaluation protocol (see edgereid.retrieval.metrics).")
 @click.option("--gender-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Gender labels (list or attribute table) to score the gender head on.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the numbers to this JSON file.")
-@click.option("--max-batch", type=int, default=32, show_default=True)
-@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default=None)
-@click.option("--threads", type=int, default=None)
+@runtime_options
 def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, json_out, max_batch, backend,
                  threads) -> None:
     """Evaluate MODEL on the query / gallery split of the data set at DATA_ROOT."""
     import numpy as np
 
-    from edgereid.distances import pairwise_distance
-    from edgereid.metrics import evaluate, gender_report
-    from edgereid.reranking import rerank as rerank_fn
+    from edgereid.datasets import load_gender_dataset, load_reid_dataset
+    from edgereid.retrieval.distances import pairwise_distance
+    from edgereid.retrieval.metrics import evaluate, gender_report
+    from edgereid.retrieval.reranking import rerank as rerank_fn
     from edgereid.runtime import Runtime
-    from edgereid.training.datasets import load_gender_dataset, load_reid_dataset
 
     splits = load_reid_dataset(dataset, data_root)
     report = {"model": str(model), "dataset": dataset, "root": str(data_root), "rerank": rerank,
               "metric": metric}
     with Runtime(model, backend=backend, max_batch=max_batch, threads=threads) as rt:
-        q = embed_files(rt, [r.path for r in splits.query], "query")
-        g = embed_files(rt, [r.path for r in splits.gallery], "gallery")
+        q = rt.infer_files([r.path for r in splits.query], progress="query")
+        g = rt.infer_files([r.path for r in splits.gallery], progress="gallery")
         gender = None
         if gender_list is not None:
             recs = load_gender_dataset(gender_list)
-            out = embed_files(rt, [r.path for r in recs], "gender")
+            out = rt.infer_files([r.path for r in recs], progress="gender")
             gender = gender_report([r.label for r in recs], out.gender_prob,
                                    classes=(rt.metadata.gender_negative_class, rt.metadata.gender_positive_class))
     ids = [np.array([getattr(r, k) for r in recs]) for recs in (splits.query, splits.gallery) for k in ("pid", "camid")]

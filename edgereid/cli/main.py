@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from .._version import __version__
-from ..errors import EdgereidError
+from edgereid._version import __version__
+from edgereid.errors import EdgereidError
 
 # command name -> "module:function". Importing a command module must stay cheap (no torch/onnx
 # at module level), but loading lazily keeps `edgereid --help` fast as the list grows.

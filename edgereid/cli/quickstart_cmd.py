@@ -20,12 +20,8 @@ def quickstart(out, threads, seed, epochs, no_quantize, no_progress) -> None:
 
     require("torch")
     require("onnx")
-    from edgereid.training.quickstart import run_quickstart
+    from edgereid.pipelines.quickstart import run_quickstart
 
-    quantize = None
-    if not no_quantize:
-        # The calibration stage plugs in here (the CLI may import any stage; training/ must not).
-        from edgereid.calibration.int8 import quantize_for_quickstart as quantize
     overrides = {"epochs": epochs} if epochs else None
     run_quickstart(out, threads=threads, seed=seed, progress=not no_progress, train_overrides=overrides,
-                   quantize=quantize, echo=click.echo)
+                   quantize=not no_quantize, echo=click.echo)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+from edgereid.cli.options import backend_option, threads_option
+
 # Market-1501 / DukeMTMC style names carry the person id and camera: 0002_c1s1_000451_03.jpg
 _ID_CAM = re.compile(r"^(-?\d+)_c(\d+)")
 
@@ -19,13 +20,13 @@ def id_and_camera(path: Path) -> tuple:
 
 def build_gallery(rt, folder: Path):
     """Embed every image under `folder` into a Gallery whose meta holds each file's path."""
-    from edgereid.cli.eval_cmd import embed_files
-    from edgereid.gallery import Gallery
+    from edgereid.imageio import list_images
+    from edgereid.retrieval.gallery import Gallery
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder, recursive=True)
     if not files:
         raise click.UsageError(f"no images found under {folder}")
-    out = embed_files(rt, [str(p) for p in files], "gallery")
+    out = rt.infer_files(files, progress="gallery")
     g = Gallery(dim=out.embeddings.shape[1])
     idc = [id_and_camera(p) for p in files]
     g.add(out.embeddings, ids=[i for i, _ in idc], cameras=[c for _, c in idc], gender_prob=out.gender_prob,
@@ -46,14 +47,14 @@ def build_gallery(rt, folder: Path):
               help="Write the result grid: .png, or .html for a page with the same content.")
 @click.option("--save-gallery", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save the gallery built from a folder, to reuse with --gallery FILE.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default=None)
-@click.option("--threads", type=int, default=None)
+@backend_option
+@threads_option
 def search(model, gallery_path, queries, k, rerank, gender, save_path, save_gallery, backend, threads) -> None:
     """Find the K nearest gallery crops of each --query image with MODEL."""
-    from edgereid.gallery import Gallery
     from edgereid.imageio import read_image
+    from edgereid.retrieval.gallery import Gallery
+    from edgereid.retrieval.search_report import Tile, save_grid_png, save_html
     from edgereid.runtime import Runtime
-    from edgereid.search_report import Tile, save_grid_png, save_html
 
     with Runtime(model, backend=backend, threads=threads) as rt:
         g = build_gallery(rt, gallery_path) if gallery_path.is_dir() else Gallery.load(gallery_path)

@@ -1,0 +1,30 @@
+"""Options several commands share, declared once so their names, choices and help stay the same everywhere."""
+from __future__ import annotations
+
+import click
+
+from edgereid.backends import SUFFIXES
+
+BACKENDS = tuple(dict.fromkeys(SUFFIXES.values()))  # onnxruntime, torch, tensorrt
+
+
+def backend_option(f):
+    """--backend: which inference backend runs the model file (default: chosen from its suffix)."""
+    return click.option("--backend", type=click.Choice(BACKENDS), default=None,
+                        help="Default: chosen from the model file's suffix.")(f)
+
+
+def threads_option(f):
+    """--threads: the backend's CPU threads."""
+    return click.option("--threads", type=int, default=None, help="CPU threads for the backend.")(f)
+
+
+def max_batch_option(f):
+    """--max-batch: crops per backend call."""
+    return click.option("--max-batch", type=int, default=32, show_default=True,
+                        help="Crops per backend call.")(f)
+
+
+def runtime_options(f):
+    """--max-batch, --backend and --threads, as `Runtime(...)` takes them."""
+    return max_batch_option(backend_option(threads_option(f)))

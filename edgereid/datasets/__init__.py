@@ -1,0 +1,14 @@
+"""Data-set readers (Market-1501, DukeMTMC-reID, MSMT17, folder-per-id, gender lists); numpy only, no torch."""
+from edgereid.datasets.dukemtmc import load_dukemtmc
+from edgereid.datasets.folder import load_folder
+from edgereid.datasets.gender import load_attribute_table, load_gender_dataset, load_gender_list
+from edgereid.datasets.market1501 import load_market1501
+from edgereid.datasets.msmt17 import load_msmt17
+from edgereid.datasets.records import GenderRecord, ImageRecord, ReidSplits
+from edgereid.datasets.registry import REID_DATASETS, load_reid_dataset
+
+__all__ = [
+    "GenderRecord", "ImageRecord", "ReidSplits", "REID_DATASETS", "load_reid_dataset", "load_market1501",
+    "load_dukemtmc", "load_msmt17", "load_folder", "load_gender_list", "load_attribute_table",
+    "load_gender_dataset",
+]

@@ -1,0 +1,300 @@
+"""`Gallery`: a persistent set of embeddings with metadata, searched exactly (or by FAISS when installed)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from edgereid.errors import GalleryFileError, InvalidInputError
+from edgereid.retrieval import distances as _d
+from edgereid.retrieval.gallery_format import read_gallery_file, write_gallery_file
+
+DTYPES = ("float32", "float16", "int8")
+# Search walks the stored embeddings in chunks of this many rows, so int8/float16 galleries are
+# dequantised a chunk at a time and memory stays bounded for 10^6 entries.
+CHUNK_ROWS = 65536
+RERANK_FULL_MAX = 20000  # above this, re-ranking runs on a shortlist of each query's nearest entries
+FAISS_MIN_SIZE = 200000
+
+
+@dataclass
+class Hit:
+    """One search result: the entry's position in the gallery, its metadata and its distance to the query."""
+
+    index: int
+    id: int
+    camera: int
+    distance: float
+    gender_prob: float
+    time: float
+    track: int
+    meta: Any
+
+
+def _column(values, n: int, name: str, dtype, fill) -> np.ndarray:
+    if values is None:
+        return np.full(n, fill, dtype=dtype)
+    a = np.asarray(values, dtype=dtype).reshape(-1)
+    if a.size == 1 and n != 1:
+        a = np.full(n, a[0], dtype=dtype)
+    if len(a) != n:
+        raise InvalidInputError(f"{name} has {len(a)} values for {n} embeddings")
+    return a
+
+
+class Gallery:
+    """Embeddings (float32, float16 or int8 with a per-row scale) plus id, camera, gender, time, track and meta."""
+
+    def __init__(self, dim: int = 128, dtype: str = "float32", metric: str = "euclidean") -> None:
+        if dtype not in DTYPES:
+            raise InvalidInputError(f"gallery dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if metric not in ("euclidean", "cosine"):
+            raise InvalidInputError(f"gallery metric must be 'euclidean' or 'cosine', got {metric!r}")
+        self.dim, self.dtype, self.metric = int(dim), dtype, metric
+        self._emb = np.empty((0, self.dim), dtype=np.dtype(dtype))
+        self._scale = np.empty(0, dtype=np.float32)  # int8 only: row = stored * scale
+        self.ids = np.empty(0, dtype=np.int64)
+        self.cameras = np.empty(0, dtype=np.int64)
+        self.gender_prob = np.empty(0, dtype=np.float32)
+        self.times = np.empty(0, dtype=np.float64)
+        self.tracks = np.empty(0, dtype=np.int64)
+        self.meta: list = []
+        self._faiss = None
+        self._sqnorm: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Gallery({len(self)} entries, dim={self.dim}, dtype={self.dtype}, metric={self.metric})"
+
+    @property
+    def bytes_per_entry(self) -> int:
+        """Stored bytes per entry: embedding (+ int8 scale) and the fixed-size metadata columns."""
+        emb = self.dim * np.dtype(self.dtype).itemsize + (4 if self.dtype == "int8" else 0)
+        return emb + 8 + 8 + 4 + 8 + 8
+
+    @property
+    def embedding_bytes_per_entry(self) -> int:
+        """Bytes of the embedding alone (with the int8 scale)."""
+        return self.dim * np.dtype(self.dtype).itemsize + (4 if self.dtype == "int8" else 0)
+
+    def _encode(self, x: np.ndarray) -> tuple:
+        if self.dtype == "int8":
+            scale = np.abs(x).max(axis=1) / 127.0
+            scale[scale == 0] = 1.0
+            q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+            return q, scale.astype(np.float32)
+        return x.astype(self.dtype), np.empty(0, dtype=np.float32)
+
+    def _decode(self, start: int, stop: int) -> np.ndarray:
+        rows = self._emb[start:stop].astype(np.float32, copy=False)
+        if self.dtype == "int8":
+            rows = rows * self._scale[start:stop, None]
+        return rows
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """All embeddings as float32 (dequantised)."""
+        return self._decode(0, len(self))
+
+    def add(self, embeddings: np.ndarray, ids=None, cameras=None, gender_prob=None, times=None, tracks=None,
+            meta: Sequence | None = None) -> np.ndarray:
+        """Append entries; returns their positions. Unknown ids/cameras/tracks are -1, gender and time NaN."""
+        x = _d.as_matrix(embeddings, "embeddings", self.dim)
+        n = len(x)
+        if meta is not None and len(meta) != n:
+            raise InvalidInputError(f"meta has {len(meta)} items for {n} embeddings")
+        if meta is not None:
+            json.dumps(list(meta))  # fail now, not at save time, on values JSON cannot store
+        emb, scale = self._encode(x)
+        first = len(self)
+        self._emb = np.concatenate([self._emb, emb])
+        if self.dtype == "int8":
+            self._scale = np.concatenate([self._scale, scale])
+        self.ids = np.concatenate([self.ids, _column(ids, n, "ids", np.int64, -1)])
+        self.cameras = np.concatenate([self.cameras, _column(cameras, n, "cameras", np.int64, -1)])
+        self.gender_prob = np.concatenate([self.gender_prob, _column(gender_prob, n, "gender_prob", np.float32,
+                                                                     np.nan)])
+        self.times = np.concatenate([self.times, _column(times, n, "times", np.float64, np.nan)])
+        self.tracks = np.concatenate([self.tracks, _column(tracks, n, "tracks", np.int64, -1)])
+        self.meta.extend(list(meta) if meta is not None else [None] * n)
+        self._faiss = self._sqnorm = None
+        return np.arange(first, first + n)
+
+    def remove(self, indices: Iterable[int] | None = None, ids: Iterable[int] | None = None) -> int:
+        """Remove entries by position and/or by person id; later positions shift down. Returns how many went."""
+        drop = np.zeros(len(self), dtype=bool)
+        if indices is not None:
+            idx = np.asarray(list(indices), dtype=np.int64)
+            if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+                raise InvalidInputError(f"index out of range for a gallery of {len(self)} entries")
+            drop[idx] = True
+        if ids is not None:
+            drop |= np.isin(self.ids, np.asarray(list(ids), dtype=np.int64))
+        keep = ~drop
+        self._emb = self._emb[keep]
+        if self.dtype == "int8":
+            self._scale = self._scale[keep]
+        for name in ("ids", "cameras", "gender_prob", "times", "tracks"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.meta = [m for m, k in zip(self.meta, keep) if k]
+        self._faiss = self._sqnorm = None
+        return int(drop.sum())
+
+    def _filter(self, gender, camera, exclude_camera, time_range, gender_threshold) -> np.ndarray | None:
+        mask = np.ones(len(self), dtype=bool)
+        if gender is not None:
+            if gender not in ("female", "male"):
+                raise InvalidInputError(f"gender filter must be 'female' or 'male', got {gender!r}")
+            known = ~np.isnan(self.gender_prob)
+            female = self.gender_prob >= gender_threshold
+            mask &= known & (female if gender == "female" else ~female)
+        if camera is not None:
+            mask &= np.isin(self.cameras, np.atleast_1d(camera))
+        if exclude_camera is not None:
+            mask &= ~np.isin(self.cameras, np.atleast_1d(exclude_camera))
+        if time_range is not None:
+            lo, hi = time_range
+            mask &= (self.times >= (-np.inf if lo is None else lo)) & (self.times <= (np.inf if hi is None else hi))
+        return None if mask.all() else np.flatnonzero(mask)
+
+    def _norms(self) -> np.ndarray:
+        """Squared norms of the stored (dequantised) embeddings, cached until the gallery changes."""
+        if self._sqnorm is None or len(self._sqnorm) != len(self):
+            self._sqnorm = np.concatenate([np.einsum("ij,ij->i", c, c) for c in
+                                           (self._decode(s, s + CHUNK_ROWS) for s in range(0, len(self), CHUNK_ROWS))]
+                                          or [np.empty(0, np.float32)]).astype(np.float32)
+        return self._sqnorm
+
+    def _exact_topk(self, q: np.ndarray, k: int, rows: np.ndarray | None) -> tuple:
+        """Top-k (positions, distances) over `rows` (None = all), walking the gallery a chunk at a time.
+
+        Ranks on a float32 key (|g|^2 - 2<q, g> for euclidean, -cos for cosine) from one GEMM per chunk, and
+        forms real distances only for the k winners.
+        """
+        norms = self._norms()
+        cosine = self.metric == "cosine"
+        qn = _d.l2_normalize(q) if cosine else q
+        total = len(self) if rows is None else len(rows)
+        best_i = np.empty((len(q), 0), dtype=np.int64)
+        best_k = np.empty((len(q), 0), dtype=np.float32)
+        for s in range(0, total, CHUNK_ROWS):
+            e = min(total, s + CHUNK_ROWS)
+            pos = np.arange(s, e) if rows is None else rows[s:e]
+            raw = self._emb[s:e] if rows is None else self._emb[pos]
+            key = qn @ raw.astype(np.float32, copy=False).T
+            if self.dtype == "int8":
+                key *= self._scale[pos]  # scale the (queries x chunk) products, not the (chunk x dim) rows
+            if cosine:
+                key *= -1 / np.sqrt(np.where(norms[pos] > 0, norms[pos], 1))
+            else:
+                key *= -2
+                key += norms[pos]
+            top = _d.stable_topk(key, k)
+            cand_i = np.concatenate([best_i, pos[top]], axis=1)
+            cand_k = np.concatenate([best_k, np.take_along_axis(key, top, axis=1)], axis=1)
+            order = np.argsort(cand_k, axis=1, kind="stable")[:, :k]  # earlier chunks win ties: index order
+            best_i = np.take_along_axis(cand_i, order, axis=1)
+            best_k = np.take_along_axis(cand_k, order, axis=1)
+        if cosine:
+            return best_i, (1 + best_k).astype(np.float32)
+        return best_i, np.sqrt(np.maximum(best_k + np.einsum("ij,ij->i", q, q)[:, None], 0)).astype(np.float32)
+
+    def _decode_rows(self, pos: np.ndarray) -> np.ndarray:
+        rows = self._emb[pos].astype(np.float32, copy=False)
+        if self.dtype == "int8":
+            rows = rows * self._scale[pos, None]
+        return rows
+
+    def _faiss_topk(self, q: np.ndarray, k: int, strict: bool):
+        """Exact FAISS flat index (inner product or L2) for large unfiltered galleries; None when unavailable."""
+        from edgereid._optional import require
+        try:
+            faiss = require("faiss", "Gallery.search(use_faiss=True)")
+        except ImportError:
+            if strict:
+                raise
+            return None
+        if self._faiss is None:
+            x = _d.l2_normalize(self.embeddings) if self.metric == "cosine" else self.embeddings
+            index = faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+            index.add(np.ascontiguousarray(x, dtype=np.float32))
+            self._faiss = index
+        qq = _d.l2_normalize(q) if self.metric == "cosine" else q
+        d, i = self._faiss.search(np.ascontiguousarray(qq, dtype=np.float32), k)
+        d = 1.0 - d if self.metric == "cosine" else np.sqrt(np.maximum(d, 0))
+        return i.astype(np.int64), d.astype(np.float32)
+
+    def search(self, query_embeddings: np.ndarray, k: int = 10, rerank: bool = False, gender: str | None = None,
+               camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
+               use_faiss: bool | None = None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> list:
+        """Nearest entries per query (a list of Hit lists; a 1-D query gives one list), closest first.
+
+        Filters: gender ("female"/"male" by gender_prob >= gender_threshold; unknown gender is excluded),
+        camera / exclude_camera (one id or several), time_range (lo, hi; None = open). With rerank=True the
+        distances are k-reciprocal re-ranked distances (whole gallery up to 20,000 entries, else a shortlist of
+        each query's 1,000 nearest). FAISS (exact flat index) is used when installed, the gallery has at least
+        200,000 entries and no filter is set, unless use_faiss says otherwise.
+        """
+        single = np.asarray(query_embeddings).ndim == 1
+        q = _d.as_matrix(query_embeddings, "query_embeddings", self.dim).astype(np.float32)
+        if k < 1:
+            raise InvalidInputError(f"k must be >= 1, got {k}")
+        rows = self._filter(gender, camera, exclude_camera, time_range, gender_threshold)
+        n_cand = len(self) if rows is None else len(rows)
+        if n_cand == 0:
+            return [] if single else [[] for _ in q]
+        if rerank:
+            idx, dist = self._rerank_topk(q, min(k, n_cand), rows, k1, k2, lambda_value)
+        else:
+            res = None
+            if rows is None and use_faiss is not False and (use_faiss or len(self) >= FAISS_MIN_SIZE):
+                res = self._faiss_topk(q, min(k, n_cand), strict=bool(use_faiss))
+            idx, dist = res if res is not None else self._exact_topk(q, min(k, n_cand), rows)
+        hits = [[self._hit(int(i), float(d)) for i, d in zip(ri, rd)] for ri, rd in zip(idx, dist)]
+        return hits[0] if single else hits
+
+    def _rerank_topk(self, q, k, rows, k1, k2, lambda_value) -> tuple:
+        from edgereid.retrieval.reranking import rerank as _rerank
+        if rows is None:
+            rows = np.arange(len(self))
+        if len(rows) > RERANK_FULL_MAX:
+            short, _ = self._exact_topk(q, min(1000, len(rows)), rows)
+            rows = np.unique(short)
+        d = _rerank(q, self._decode_rows(rows), k1=k1, k2=k2, lambda_value=lambda_value, metric=self.metric)
+        top = _d.stable_topk(d, k)
+        return rows[top], np.take_along_axis(d, top, axis=1)
+
+    def _hit(self, i: int, d: float) -> Hit:
+        return Hit(index=i, id=int(self.ids[i]), camera=int(self.cameras[i]), distance=d,
+                   gender_prob=float(self.gender_prob[i]), time=float(self.times[i]), track=int(self.tracks[i]),
+                   meta=self.meta[i])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the gallery atomically (a crash mid-save leaves the previous file intact)."""
+        header = {"dim": self.dim, "dtype": self.dtype, "metric": self.metric, "count": len(self)}
+        arrays = {"embeddings": self._emb, "scale": self._scale, "ids": self.ids, "cameras": self.cameras,
+                  "gender_prob": self.gender_prob, "times": self.times, "tracks": self.tracks,
+                  "meta": np.frombuffer(json.dumps(self.meta).encode("utf-8"), dtype=np.uint8)}
+        write_gallery_file(path, header, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Gallery":
+        """Read a gallery written by save(); raises GalleryFileError for truncated, foreign or corrupt files."""
+        header, arrays = read_gallery_file(path)
+        try:
+            g = cls(dim=header["dim"], dtype=header["dtype"], metric=header["metric"])
+            g._emb, g._scale = arrays["embeddings"], arrays["scale"]
+            for name in ("ids", "cameras", "gender_prob", "times", "tracks"):
+                setattr(g, name, arrays[name])
+            g.meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        except (KeyError, ValueError) as exc:
+            raise GalleryFileError(f"{path} is missing gallery fields ({exc}); re-create it with Gallery.save()") \
+                from exc
+        if not all(len(a) == header["count"] for a in (g._emb, g.ids, g.cameras, g.meta)):
+            raise GalleryFileError(f"{path} has inconsistent section lengths; re-create it with Gallery.save()")
+        return g

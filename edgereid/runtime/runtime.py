@@ -1,0 +1,189 @@
+"""`Runtime`: person crops in, embeddings and gender probabilities out, on whatever backend the file needs."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from edgereid.backends import open_backend
+from edgereid.backends.base import Backend
+from edgereid.errors import EdgereidError, InvalidInputError, ModelFileError
+from edgereid.imageio import read_image
+from edgereid.metadata import ModelMetadata
+from edgereid.progress import progress as progress_bar
+from edgereid.runtime.output import Output, sigmoid
+from edgereid.runtime.preprocess import Preprocessor
+
+
+class Runtime:
+    """Load a model file (.onnx, .engine or .pt) and run crops through it in batches of `max_batch`.
+
+    The backend is chosen from the file and configured from its metadata: input size, colour order,
+    normalisation (in the runtime or fused in the graph) and output names.
+
+    INT8 ONNX files: `emulate="tensorrt"` computes as TensorRT does (int8 products without saturation, the
+    same on every CPU), for checking a TensorRT-form file on a CPU; deployment leaves it unset and gets ONNX
+    Runtime's INT8 kernels. `int8_kernels="exact"` (default) keeps those exact on x86 CPUs without VNNI,
+    where ONNX Runtime's fast u8s8 kernels saturate; "fast" accepts the saturation for speed.
+    """
+
+    def __init__(self, model: str | os.PathLike | Backend, backend: str | None = None, max_batch: int = 32,
+                 threads: int | None = None, providers: Sequence[str] | None = None,
+                 device: str | int | None = None, emulate: str | None = None,
+                 int8_kernels: str = "exact") -> None:
+        if max_batch < 1:
+            raise InvalidInputError(f"max_batch must be >= 1, got {max_batch}")
+        if isinstance(model, Backend):
+            self.backend = model
+            self.path = getattr(model, "path", None)
+        else:
+            self.path = Path(model)
+            self.backend = open_backend(self.path, backend, threads=threads, providers=providers,
+                                        device=device, max_batch=max_batch, emulate=emulate,
+                                        int8_kernels=int8_kernels)
+        self.metadata: ModelMetadata = self.backend.metadata
+        self.preprocessor = Preprocessor(self.metadata)
+        limit = self.backend.max_batch
+        self.max_batch = min(max_batch, limit) if limit else max_batch
+        #: wall seconds and per-stage seconds of the last infer* call
+        self.last_latency_s = 0.0
+        self.last_stage_times: dict = {}
+
+    @classmethod
+    def for_checking(cls, model: str | os.PathLike, **options) -> "Runtime":
+        """A Runtime that computes as the file's target does: a TensorRT-form INT8 ONNX file with TensorRT's
+        arithmetic emulated (`emulate="tensorrt"`), any other file as `Runtime(model, **options)`."""
+        rt = cls(model, **options)
+        meta = rt.metadata
+        if (rt.backend_name == "onnxruntime" and meta.precision == "int8"
+                and meta.extra.get("int8_target", "tensorrt") == "tensorrt" and options.get("emulate") is None):
+            rt.close()
+            rt = cls(model, **{**options, "emulate": "tensorrt"})
+        return rt
+
+    # -- inference ---------------------------------------------------------------------------------------
+    def infer(self, crops: Sequence[np.ndarray] | np.ndarray) -> Output:
+        """Embeddings and gender probabilities for uint8 BGR crops of any size (a list, or one crop)."""
+        return self._concat(self._run(self._as_list(crops), self._postprocess))
+
+    def infer_files(self, paths: Iterable[str | os.PathLike], progress: bool | str = False) -> Output:
+        """Read image files (OpenCV) and infer them, `max_batch` files at a time to bound memory.
+
+        `progress`: True or a label shows progress (a bar on a terminal, one line in a log).
+        """
+        return self._concat(self._run(list(paths), self._postprocess, decode=True, progress=progress))
+
+    def infer_raw(self, crops: Sequence[np.ndarray] | np.ndarray | None = None, *,
+                  files: Iterable[str | os.PathLike] | None = None, progress: bool | str = False) -> dict:
+        """Every model output by name exactly as the graph returns it (gender logits, the embedding before any
+        normalisation the runtime would add), for crops or for image `files`; what parity compares."""
+        if (crops is None) == (files is None):
+            raise InvalidInputError("infer_raw takes crops or files=[...], one of the two.")
+        items = list(files) if files is not None else self._as_list(crops)
+        parts = self._run(items, lambda raw, n: raw, decode=files is not None, progress=progress)
+        if not parts:
+            raise InvalidInputError("infer_raw got no crops or files; pass at least one.")
+        return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
+
+    def infer_batch_timed(self, crops: Sequence[np.ndarray]) -> tuple:
+        """One batch (<= max_batch crops) with per-stage seconds: preprocess, inference (or the backend's own
+        host_to_device / inference / device_to_host split), postprocess."""
+        crops = self._as_list(crops)
+        if len(crops) > self.max_batch:
+            raise InvalidInputError(f"infer_batch_timed takes at most max_batch={self.max_batch} crops, "
+                                    f"got {len(crops)}; use infer() to split automatically.")
+        return self.infer(crops), dict(self.last_stage_times)
+
+    def _run(self, items: list, finish, decode: bool = False, progress: bool | str = False) -> list:
+        """The one inference loop: per batch of `max_batch` items, [decode ->] preprocess -> backend ->
+        finish(raw outputs, n). Returns the finished parts; times each stage into `last_stage_times`."""
+        stages: dict = {}
+
+        def add(stage: str, seconds: float) -> None:
+            stages[stage] = stages.get(stage, 0.0) + seconds
+
+        start = time.perf_counter()
+        label = progress if isinstance(progress, str) else "infer"
+        bar = progress_bar(total=len(items), desc=label, unit="img", enabled=bool(progress))
+        parts = []
+        for lo in range(0, len(items), self.max_batch):
+            t0 = time.perf_counter()
+            chunk = items[lo:lo + self.max_batch]
+            if decode:
+                chunk = [read_image(p) for p in chunk]
+                t = time.perf_counter()
+                add("decode", t - t0)
+                t0 = t
+            batch = self.preprocessor.prepare(chunk, start_index=lo)
+            t1 = time.perf_counter()
+            raw = self.backend.infer({self.metadata.input_name: batch})
+            t2 = time.perf_counter()
+            parts.append(finish(raw, len(batch)))
+            t3 = time.perf_counter()
+            add("preprocess", t1 - t0)
+            # A backend that splits its call (TensorRT: copies and execution) reports the parts itself.
+            for stage, seconds in (self.backend.last_stage_times or {"inference": t2 - t1}).items():
+                add(stage, seconds)
+            add("postprocess", t3 - t2)
+            bar.update(len(chunk))
+        bar.close()
+        self.last_latency_s = time.perf_counter() - start
+        self.last_stage_times = stages
+        return parts
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _as_list(crops) -> list:
+        if isinstance(crops, np.ndarray):
+            # One crop (HxW or HxWxC) or a stack of equal-size crops (NxHxWxC).
+            return [crops] if crops.ndim in (2, 3) else list(crops)
+        if isinstance(crops, (str, os.PathLike)):
+            raise InvalidInputError(f"infer() got a path ({crops}); use Runtime.infer_files for files on disk.")
+        return list(crops)
+
+    def _postprocess(self, raw: dict, n: int) -> Output:
+        meta = self.metadata
+        emb = np.asarray(raw[meta.embedding_output], dtype=np.float32)
+        logit = np.asarray(raw[meta.gender_output], dtype=np.float32)
+        if emb.shape != (n, meta.embedding_dim) or logit.size != n:
+            raise ModelFileError(f"{self.path}: model returned {meta.embedding_output}{emb.shape} and "
+                                 f"{meta.gender_output}{logit.shape} for {n} crops; expected ({n}, "
+                                 f"{meta.embedding_dim}) and ({n}, 1). The metadata does not match the graph.")
+        if not meta.embedding_normalized:
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return Output(emb, sigmoid(logit.reshape(n)), meta.gender_positive_class, meta.gender_negative_class)
+
+    def _concat(self, parts: list) -> Output:
+        meta = self.metadata
+        return Output.concat(parts, meta.embedding_dim, meta.gender_positive_class, meta.gender_negative_class)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    @property
+    def int8_arithmetic(self) -> str | None:
+        """How the backend computes the file's INT8 layers, in words; None for float files and other backends."""
+        return getattr(self.backend, "int8_arithmetic", None)
+
+    @property
+    def backend_name(self) -> str:
+        """'onnxruntime', 'torch' or 'tensorrt'."""
+        return self.backend.name
+
+    def close(self) -> None:
+        """Release the backend's session or device memory."""
+        self.backend.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Runtime({str(self.path)!r}, backend={self.backend_name!r}, precision={self.metadata.precision!r}, "
+                f"max_batch={self.max_batch})")
+
+
+__all__ = ["Runtime", "EdgereidError"]
