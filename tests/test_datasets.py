@@ -16,10 +16,12 @@ from edgereid.datasets import (
 JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffd9")  # readers never decode pixels
 
 
-def touch(folder: Path, *names: str) -> None:
+def touch(folder: Path, *names: str) -> Path:
+    """Files of these names (a tiny JPEG each) in `folder`; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     for n in names:
         (folder / n).write_bytes(JPEG)
+    return folder
 
 
 def make_market(root: Path) -> Path:
@@ -228,7 +230,7 @@ def test_attribute_tables_pick_column_by_name_and_invert(tmp_path):
 
 def test_unknown_dataset_and_no_torch_import():
     with pytest.raises(DatasetError, match="market1501"):
-        load_reid_dataset("cuhk03", ".")
+        load_reid_dataset("ilids-vid", ".")
     code = ("import sys, edgereid.datasets, edgereid.training.synthetic; "
             "bad = [m for m in ('torch', 'onnx', 'tensorrt') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,6 +1,8 @@
 """Each loss against a hand-computed value or a slow per-element reference written from its definition."""
 import math
 
+import numpy as np
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -120,3 +122,22 @@ def test_gender_loss_bce_plus_triplet():
     # BCE: -log(0.5) for the first, -log(1 - sigmoid(2)) = log(1 + e^2) for the second.
     assert total.item() == pytest.approx((math.log(2) + math.log1p(math.exp(2))) / 2, abs=1e-6)
     assert set(parts) == {"bce"}
+
+
+def test_gender_triplet_sees_the_batch_standardised_feature():
+    g = torch.Generator().manual_seed(0)
+    feats = 3.0 + 2.0 * torch.rand(12, 8, generator=g)  # post-ReLU-like: positive, offset
+    labels = torch.tensor([0, 1] * 6)
+    out = {"gender_logit": torch.zeros(12, 1), "gender_feature": feats}
+    _, parts = GenderLoss(triplet_weight=1.0, margin=0.3)(out, labels)
+    # by hand: zero mean, unit (biased) variance per dimension (floor: 1e-5 of the mean variance), then / sqrt(D)
+    x = feats.numpy().astype(np.float64)
+    z = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5 * x.var(0).mean()) / np.sqrt(x.shape[1])
+    assert parts["triplet"] == pytest.approx(_triplet_loop(torch.tensor(z), labels, 0.3), abs=1e-4)
+    # Shrinking or shifting every feature changes nothing: no constant-feature shortcut to the margin.
+    for f in (feats * 1e-4, feats * 50.0, feats + 100.0):
+        _, again = GenderLoss(triplet_weight=1.0, margin=0.3)({**out, "gender_feature": f}, labels)
+        assert again["triplet"] == pytest.approx(parts["triplet"], abs=1e-3)
+    # ... whereas the raw-feature triplet falls to exactly its margin as the features shrink to one point
+    assert TripletLoss(0.3)(feats * 1e-6, labels).item() == pytest.approx(0.3, abs=1e-4)
+    assert TripletLoss(0.3)(feats, labels).item() > 0.3

@@ -56,3 +56,52 @@ def test_full_quickstart_meets_the_readme_targets(tmp_path):
         assert abs(other["reid"]["rank1"] - fp32["reid"]["rank1"]) <= rank1_budget + 1e-9, (fp32, other)
         assert abs(other["reid"]["mAP"] - fp32["reid"]["mAP"]) <= 0.01 + 1e-9, (fp32, other)
         assert abs(other["gender"]["accuracy"] - fp32["gender"]["accuracy"]) <= 0.01 + 1e-9, (fp32, other)
+
+
+def _real_layout_copy(synthetic_root, dest):
+    """The generated people in the layouts real public data comes in: a CUHK03 `NNNN_KK` folder (KK 00-04
+    camera A, 05-09 camera B) and a PETA subset (`archive/` with Label.txt keyed by each image's number)."""
+    import shutil
+    from collections import defaultdict
+
+    from edgereid.datasets import load_gender_list, load_market1501
+
+    splits = load_market1501(synthetic_root / "market1501")
+    shots = defaultdict(int)
+    cuhk = dest / "cuhk03" / "labeled" / "train"
+    cuhk.mkdir(parents=True)
+    for r in splits.train + splits.query + splits.gallery:
+        pid, cam = r.orig_pid, r.camid
+        if pid <= 0 or shots[pid, cam] >= 5:
+            continue
+        shutil.copy(r.path, cuhk / f"{pid:04d}_{5 * cam + shots[pid, cam]:02d}.jpg")
+        shots[pid, cam] += 1
+    peta = dest / "PETA dataset" / "SYN" / "archive"
+    peta.mkdir(parents=True)
+    lines = []
+    for i, g in enumerate(load_gender_list(synthetic_root / "gender" / "gender.csv")):
+        shutil.copy(g.path, peta / f"{i:04d}_1.jpg")
+        lines.append(f"{i:04d} upperBodyBlue {'personalFemale' if g.label else 'personalMale'}")
+    (peta / "Label.txt").write_text("\n".join(lines) + "\n")
+    return dest / "cuhk03", dest / "PETA dataset"
+
+
+def test_real_data_quickstart_runs_on_a_generated_folder_in_a_real_layout(tmp_path):
+    from edgereid.pipelines.quickstart import run_quickstart
+    from edgereid.training.synthetic import generate_synthetic
+
+    generate_synthetic(tmp_path / "syn", num_ids=16, images_per_id_per_cam=3, num_cameras=2, gender_images=80,
+                       image_size=(64, 32), num_distractors=0, num_junk=0, seed=5, progress=False)
+    cuhk, peta = _real_layout_copy(tmp_path / "syn", tmp_path / "real")
+    lines = []
+    report = run_quickstart(
+        tmp_path / "qs", threads=2, progress=False, echo=lines.append, reid_data=cuhk, reid_dataset="cuhk03",
+        gender_data=peta, minutes=0.1, reid_options={"val_ids": 6}, num_calibration=16,
+        train_overrides=dict(image_height=64, image_width=32, pad=2, reid_p=4, reid_k=2, gender_batch=8))
+    assert report["data"]["source"]["reid_dataset"] == "cuhk03" and report["data"]["num_test_ids"] == 6
+    assert report["train_config"]["minutes"] == 0.1
+    assert set(report["models"]) == {"fp32", "fp16", "int8"}
+    assert 0.0 <= report["reid"]["rank1"] <= 1.0 and 0.0 <= report["gender"]["accuracy"] <= 1.0
+    md = (tmp_path / "qs" / "report.md").read_text()
+    assert "cuhk03" in md and "| int8 |" in md
+    assert (tmp_path / "qs" / "search_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

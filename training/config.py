@@ -17,10 +17,12 @@ class TrainConfig:
 
     # data
     reid_data: str = ""  # re-ID data-set root
-    reid_dataset: str = "market1501"  # market1501 | dukemtmc | msmt17 | folder
+    reid_dataset: str = "market1501"  # market1501 | dukemtmc | msmt17 | folder | cuhk03
     gender_data: str = ""  # gender list (path,label) or attribute table for training
     gender_test_data: str = ""  # held-out gender list; empty = hold out gender_val_fraction of gender_data
     gender_val_fraction: float = 0.2
+    gender_subsets: list = field(default_factory=list)  # a PETA folder as gender_data: its subsets to use ([] = all)
+    gender_test_subsets: list = field(default_factory=list)  # the same for a PETA folder as gender_test_data
     out: str = "runs/exp"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -43,6 +45,11 @@ class TrainConfig:
     gender_ratio: float = 0.5  # gender batches per re-ID batch
     max_reid_batches: int = 0  # per epoch; 0 = one pass over the identities
     # optimisation (stage 1: both tasks, each with its own optimizer)
+    # A wall-clock budget in minutes for both stages (0 = `epochs` / `stage2_epochs` decide): the LR schedule
+    # runs on the fraction of the budget spent, so its decay ends inside the budget whatever the machine's speed.
+    minutes: float = 0.0
+    stage2_fraction: float = 0.1  # with `minutes`: the budget's share for stage 2 (when stage2_epochs > 0)
+    warmup_fraction: float = 0.05  # with `minutes`: stage 1's share spent in linear warm-up
     epochs: int = 120
     optimizer: str = "adam"  # adam | sgd
     lr_reid: float = 3.5e-4

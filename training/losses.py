@@ -136,10 +136,17 @@ class ReidLoss(nn.Module):
 
 
 class GenderLoss(nn.Module):
-    """BCE-with-logits on gender_logit (1 = female) + triplet_weight * batch-hard triplet on gender_feature.
+    """BCE-with-logits on gender_logit (1 = female) + triplet_weight * batch-hard triplet on the gender feature
+    standardised over the batch.
 
-    The triplet sees the raw pooled feature: with L2-normalised features we saw the triplet settle at the
-    margin (gender features collapsed to one point) while BCE stalled at log 2 on the synthetic set.
+    Why standardised: with two broad classes the farthest same-gender crop of almost every anchor is farther
+    than its nearest other-gender crop, so a batch-hard triplet on the raw feature costs more than its margin
+    for any spread-out features and exactly the margin when every crop maps to the same feature. Training found
+    that constant feature (triplet at 0.3, BCE stuck at log 2, every real person called "male"). L2
+    normalisation does not help: all crops can share one direction. Standardising each dimension over the batch
+    (zero mean, unit variance, then / sqrt(D) so distances are O(1) as on the unit sphere) makes a constant
+    feature impossible; the triplet can only lower its loss by ordering the crops by gender, which is what BCE
+    needs from the feature too.
     """
 
     def __init__(self, triplet_weight: float = 1.0, margin: float | None = 0.3, pos_weight: float | None = None) -> None:
@@ -148,13 +155,25 @@ class GenderLoss(nn.Module):
         self.triplet_weight = triplet_weight
         self.register_buffer("pos_weight", torch.tensor([pos_weight]) if pos_weight else None)
 
+    @staticmethod
+    def standardise(feats: torch.Tensor) -> torch.Tensor:
+        """Each dimension to zero mean and unit variance over the batch, scaled by 1 / sqrt(D).
+
+        The variance floor is relative (1e-5 of the mean variance), so scaling every feature changes nothing
+        at any scale: an absolute epsilon would let a shrinking feature reach the margin again.
+        """
+        centred = feats - feats.mean(dim=0, keepdim=True)
+        var = centred.pow(2).mean(dim=0, keepdim=True)
+        floor = 1e-5 * var.mean().detach() + 1e-20
+        return centred / (var + floor).sqrt() / feats.shape[1] ** 0.5
+
     def forward(self, out: dict, labels: torch.Tensor) -> tuple:
         """(total loss, {part name: float}) from the model's gender training outputs."""
         logit = out["gender_logit"].reshape(-1)
         bce = F.binary_cross_entropy_with_logits(logit, labels.float(), pos_weight=self.pos_weight)
         total = bce
         parts = {"bce": bce}
-        if self.triplet_weight > 0 and "gender_feature" in out:
-            parts["triplet"] = self.triplet(out["gender_feature"], labels)
+        if self.triplet_weight > 0 and "gender_feature" in out and len(labels) > 1:
+            parts["triplet"] = self.triplet(self.standardise(out["gender_feature"]), labels)
             total = total + self.triplet_weight * parts["triplet"]
         return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +43,16 @@ def lr_factor(cfg: TrainConfig, epoch: float, total: int) -> float:
         span = max(total - cfg.warmup_epochs, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min((epoch - cfg.warmup_epochs) / span, 1.0)))
     return cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_steps)
+
+
+def budget_lr_factor(cfg: TrainConfig, progress: float, stage: int = 1) -> float:
+    """LR multiplier with a time budget, at `progress` = the fraction of the stage's budget spent: stage 1
+    warms up linearly over `warmup_fraction`, then decays by a cosine to 0 at progress 1; stage 2 is a cosine."""
+    p = min(max(progress, 0.0), 1.0)
+    warm = cfg.warmup_fraction if stage == 1 else 0.0
+    if p < warm:
+        return cfg.warmup_factor + (1.0 - cfg.warmup_factor) * p / warm
+    return 0.5 * (1.0 + math.cos(math.pi * (p - warm) / max(1.0 - warm, 1e-9)))
 
 
 def resolve_device(name: str) -> str:
@@ -113,9 +124,11 @@ class Trainer:
     def _load_gender(self) -> tuple:
         from edgereid.datasets import load_gender_dataset
 
-        train = load_gender_dataset(self.cfg.gender_data)
-        if self.cfg.gender_test_data:
-            return train, load_gender_dataset(self.cfg.gender_test_data)
+        cfg = self.cfg
+        train = load_gender_dataset(cfg.gender_data, **({"subsets": cfg.gender_subsets} if cfg.gender_subsets else {}))
+        if cfg.gender_test_data:
+            picked = {"subsets": cfg.gender_test_subsets} if cfg.gender_test_subsets else {}
+            return train, load_gender_dataset(cfg.gender_test_data, **picked)
         return split_gender(train, self.cfg.gender_val_fraction, self.cfg.seed)
 
     def _build_loaders(self) -> None:
@@ -185,16 +198,27 @@ class Trainer:
         cfg = self.cfg
         loader, total = (self.stage1, cfg.epochs) if stage == 1 else (self.stage2, cfg.stage2_epochs)
         n = len(loader)
+        budget = self._stage_budget_s(stage)
+        self.current_stage = stage
         self.model.train()
         if stage == 2:
             self.model.backbone.eval()  # frozen backbone: BN statistics frozen too
         sums: dict = {}
         # Off a terminal (CI, nohup) each epoch prints one line with its mean losses.
-        bar = progress_bar(loader.epoch(epoch), total=n, desc=f"stage {stage} epoch {epoch + 1}/{total}",
+        of = "" if budget else f"/{total}"
+        bar = progress_bar(loader.epoch(epoch), total=n, desc=f"stage {stage} epoch {epoch + 1}{of}",
                            unit="step", enabled=cfg.progress, leave=False, summary=True)
         for i, (task, batch) in enumerate(bar):
-            factor = lr_factor(cfg, epoch + i / n, total) if stage == 1 else \
-                0.5 * (1 + math.cos(math.pi * (epoch + i / n) / max(total, 1)))
+            if budget:
+                spent = self._stage_elapsed() / budget
+                if spent >= 1.0:
+                    self._budget_spent = True
+                    break
+                factor = budget_lr_factor(cfg, spent, stage)
+            else:
+                factor = lr_factor(cfg, epoch + i / n, total) if stage == 1 else \
+                    0.5 * (1 + math.cos(math.pi * (epoch + i / n) / max(total, 1)))
+            self.last_lr_factor = factor
             for name in (("reid", "center", "gender") if stage == 1 else ("stage2",)):
                 if name in self.opt:
                     self._set_lr(name, factor)
@@ -210,9 +234,12 @@ class Trainer:
                              if f"{t}/n" in sums})
             if on_step is not None:
                 on_step(self)
+        bar.close()
         return {k: v / max(sums.get(k.split("/")[0] + "/n", 1), 1) for k, v in sums.items() if not k.endswith("/n")}
 
     def _should_eval(self, stage: int, epoch: int) -> bool:
+        if self._stage_budget_s(stage):  # a budgeted stage is always scored when it ends
+            return self._budget_spent or (self.cfg.eval_every > 0 and (epoch + 1) % self.cfg.eval_every == 0)
         if self.cfg.eval_every <= 0:  # evaluation switched off (the quickstart scores the exported file)
             return False
         total = self.cfg.epochs if stage == 1 else self.cfg.stage2_epochs
@@ -232,6 +259,10 @@ class Trainer:
     def _after_epoch(self, stage: int, epoch: int, losses: dict) -> None:
         self.epochs_run += 1
         self.state.update(stage=stage, epoch=epoch + 1)
+        if self._stage_budget_s(stage):
+            self.state["elapsed_s"] = self._stage_elapsed()
+            if self._budget_spent:
+                self.state["stage_done"] = stage
         record = {"stage": stage, "epoch": epoch + 1, "step": self.state["step"], "train": losses}
         if self._should_eval(stage, epoch):
             metrics = self.evaluate(reid=(stage == 1))
@@ -295,22 +326,63 @@ class Trainer:
         self.last_metrics: dict = {}
         self.best_metrics: dict = {}
         try:
-            stage, start = self.state["stage"], self.state["epoch"]
-            if stage == 1 and start >= self.cfg.epochs:
-                stage, start = 2, 0
-            if stage == 1:
-                for epoch in range(start, self.cfg.epochs):
-                    self._after_epoch(1, epoch, self._run_epoch(1, epoch, on_step))
-                stage, start = 2, 0
-            if self.cfg.stage2_epochs > 0:
-                for p in self.model.backbone.parameters():
-                    p.requires_grad_(False)
-                for epoch in range(start, self.cfg.stage2_epochs):
-                    self._after_epoch(2, epoch, self._run_epoch(2, epoch, on_step))
+            for stage, start in self._stages_left():
+                if stage == 2:
+                    for p in self.model.backbone.parameters():
+                        p.requires_grad_(False)
+                self._run_stage(stage, start, on_step)
         finally:
             if self.writer is not None:
                 self.writer.close()
         return self.last_metrics
+
+    # -- stages and the time budget ----------------------------------------------------------------------
+    clock = staticmethod(time.monotonic)  # tests substitute a fake clock
+    _budget_spent = False
+    _stage_start = 0.0
+    last_lr_factor = 0.0  # the LR multiplier of the latest step
+    current_stage = 1
+
+    def _stage_budget_s(self, stage: int) -> float:
+        """Seconds the stage may run under `minutes` (0 without a budget)."""
+        cfg = self.cfg
+        if cfg.minutes <= 0:
+            return 0.0
+        share = cfg.stage2_fraction if cfg.stage2_epochs > 0 else 0.0
+        return 60.0 * cfg.minutes * (share if stage == 2 else 1.0 - share)
+
+    def _stage_elapsed(self) -> float:
+        return self.clock() - self._stage_start
+
+    def _stages_left(self) -> list:
+        """[(stage, first epoch)] still to run from the saved state (all of both stages in a fresh run)."""
+        cfg, stage, start = self.cfg, self.state["stage"], self.state["epoch"]
+        if cfg.minutes > 0:  # stages end when their budget is spent, not after a number of epochs
+            done = self.state.get("stage_done", 0)
+            todo = [(1, start if stage == 1 else 0)] if done < 1 else []
+            return todo + ([(2, start if stage == 2 else 0)] if cfg.stage2_epochs > 0 and done < 2 else [])
+        if stage == 1 and start >= cfg.epochs:
+            stage, start = 2, 0
+        todo = []
+        if stage == 1:
+            todo.append((1, start))
+            stage, start = 2, 0
+        return todo + ([(2, start)] if cfg.stage2_epochs > 0 else [])
+
+    def _run_stage(self, stage: int, start: int, on_step: Callable | None) -> None:
+        """Epochs of one stage: up to its epoch count, or until its share of the time budget is spent."""
+        budget = self._stage_budget_s(stage)
+        if not budget:
+            for epoch in range(start, self.cfg.epochs if stage == 1 else self.cfg.stage2_epochs):
+                self._after_epoch(stage, epoch, self._run_epoch(stage, epoch, on_step))
+            return
+        resumed = self.state["stage"] == stage and self.state.get("stage_done", 0) < stage
+        self._stage_start = self.clock() - (self.state.get("elapsed_s", 0.0) if resumed else 0.0)
+        self._budget_spent = False
+        epoch = start
+        while not self._budget_spent:
+            self._after_epoch(stage, epoch, self._run_epoch(stage, epoch, on_step))
+            epoch += 1
 
     def _tensorboard(self):
         if not self.cfg.tensorboard:

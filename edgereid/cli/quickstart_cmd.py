@@ -14,8 +14,22 @@ import click
 @click.option("--epochs", type=int, help="Override the quickstart's stage-1 epochs (more = better, slower).")
 @click.option("--no-quantize", is_flag=True, help="Skip the FP16 / INT8 Q/DQ models and their evaluation.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def quickstart(out, threads, seed, epochs, no_quantize, no_progress) -> None:
-    """Run the whole pipeline end to end on CPU (about 5-10 minutes on 2 cores) and write a report."""
+@click.option("--reid-data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Your re-ID data instead of the synthetic set (any layout --reid-dataset names).")
+@click.option("--reid-dataset", default="market1501", show_default=True,
+              help="Layout of --reid-data: market1501, dukemtmc, msmt17, folder or cuhk03.")
+@click.option("--gender-data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="With --reid-data: a gender list, attribute table or PETA folder (20%% held out for testing "
+                   "unless --gender-test-data is given).")
+@click.option("--gender-test-data", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--minutes", type=float, default=20.0, show_default=True,
+              help="With --reid-data: the training budget of the cpu recipe.")
+def quickstart(out, threads, seed, epochs, no_quantize, no_progress, reid_data, reid_dataset, gender_data,
+               gender_test_data, minutes) -> None:
+    """Run the whole pipeline end to end on CPU (about 5-10 minutes on 2 cores) and write a report.
+
+    With --reid-data and --gender-data the same pipeline runs on your data (training: the cpu recipe within
+    --minutes)."""
     from edgereid._optional import require
 
     require("torch")
@@ -23,5 +37,8 @@ def quickstart(out, threads, seed, epochs, no_quantize, no_progress) -> None:
     from edgereid.pipelines.quickstart import run_quickstart
 
     overrides = {"epochs": epochs} if epochs else None
+    if (gender_data or gender_test_data) and reid_data is None:
+        raise click.UsageError("--gender-data goes with --reid-data (the synthetic set brings its own).")
     run_quickstart(out, threads=threads, seed=seed, progress=not no_progress, train_overrides=overrides,
-                   quantize=not no_quantize, echo=click.echo)
+                   quantize=not no_quantize, echo=click.echo, reid_data=reid_data, gender_data=gender_data,
+                   reid_dataset=reid_dataset, gender_test_data=gender_test_data, minutes=minutes)

@@ -9,12 +9,19 @@ import click
 @click.command("train")
 @click.option("--reid-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Re-ID data-set root (e.g. data/market1501).")
-@click.option("--reid-dataset", type=click.Choice(["market1501", "dukemtmc", "msmt17", "folder"]),
+@click.option("--reid-dataset", type=click.Choice(["market1501", "dukemtmc", "msmt17", "folder", "cuhk03"]),
               help="Layout of --reid-data [default: market1501].")
-@click.option("--gender-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Gender list (path,label) or PETA/RAP/PA-100K-style attribute table.")
-@click.option("--gender-test-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Held-out gender list (default: hold out gender_val_fraction of --gender-data).")
+@click.option("--gender-data", type=click.Path(exists=True, path_type=Path),
+              help="Gender list (path,label), PETA/RAP/PA-100K-style attribute table, or a PETA folder "
+                   "(its Label.txt files; --set gender_subsets=[MIT,i-LID] picks subsets).")
+@click.option("--gender-test-data", type=click.Path(exists=True, path_type=Path),
+              help="Held-out gender list or PETA folder (default: hold out gender_val_fraction of --gender-data).")
+@click.option("--recipe", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="Preset: cpu = from scratch on a 2-core CPU within --minutes (128x64); gpu = the release "
+                   "recipe (256x128, 120 epochs). --set and the options here still change any field.")
+@click.option("--minutes", type=float, default=None,
+              help="Wall-clock training budget: the LR schedule ends inside it, then the best and last "
+                   "checkpoints are evaluated and written (cpu recipe: 40).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/exp].")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML config (fields of TrainConfig); options on the command line win.")
@@ -27,8 +34,8 @@ import click
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config field, e.g. --set lr_reid=3e-4 --set lr_steps=[40,70]. Repeatable.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
-def train(reid_data, reid_dataset, gender_data, gender_test_data, out, config_path, epochs, stage2_epochs, device,
-          pretrained, resume, overrides, print_config) -> None:
+def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minutes, out, config_path, epochs,
+          stage2_epochs, device, pretrained, resume, overrides, print_config) -> None:
     """Train the dual-head model: re-ID and gender batches interleaved, one optimizer per task.
 
     Writes OUT/best_reid.pt, OUT/best_gender.pt, OUT/last.pt, OUT/metrics.jsonl, OUT/config.yaml and
@@ -46,9 +53,13 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, out, config_pa
         cfg = TrainConfig.load(run_config)  # the run's own settings; what the command line gives still wins
     else:
         cfg = TrainConfig()
+    if recipe:
+        from edgereid.training.recipes import recipe as recipe_fields
+
+        cfg.update(recipe_fields(recipe))
     explicit = {"reid_data": reid_data, "reid_dataset": reid_dataset, "gender_data": gender_data,
                 "gender_test_data": gender_test_data, "out": out, "epochs": epochs,
-                "stage2_epochs": stage2_epochs, "device": device, "pretrained": pretrained}
+                "stage2_epochs": stage2_epochs, "device": device, "pretrained": pretrained, "minutes": minutes}
     cfg.update({k: str(v) if isinstance(v, Path) else v for k, v in explicit.items() if v is not None})
     cfg.apply_overrides(overrides)
     if print_config:

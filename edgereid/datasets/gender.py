@@ -136,7 +136,12 @@ def load_attribute_table(path, gender_column=None, invert=None, image_column=Non
 
 
 def load_gender_dataset(path, **kwargs) -> list:
-    """Auto-detect: an attribute table when the header has a gender column other than `label`, else a list."""
+    """Auto-detect: a PETA folder (its Label.txt files; `subsets=`, `exclude=` pick subsets), an attribute table
+    when the header has a gender column other than `label`, else a `path,label` list."""
+    if Path(path).expanduser().is_dir():
+        from edgereid.datasets.peta import load_peta
+
+        return load_peta(path, subsets=kwargs.get("subsets"), exclude=kwargs.get("exclude", ()))
     text = _read_text(Path(path))
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
     header = {f.strip().lower() for f in _split_line(first)} if first else set()

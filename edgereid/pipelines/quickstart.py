@@ -95,19 +95,61 @@ def search_grid(query_emb: np.ndarray, gallery_emb: np.ndarray, splits, out_png:
     return save_grid_png(out_png, rows)
 
 
+def synthetic_data(out: Path, seed: int, overrides: dict | None, progress: bool) -> tuple:
+    """(splits, gender train, gender test, summary) of the generated set under `out` (reused when it exists)."""
+    from edgereid.datasets import load_gender_list, load_market1501
+    from edgereid.training.synthetic import generate_synthetic
+
+    data = generate_synthetic(out, **{**QUICKSTART_DATA, "seed": seed, **(overrides or {})}, progress=progress)
+    splits = load_market1501(data["reid_root"])
+    train_paths = {r.path for r in splits.train}
+    reid_gender = [r for r in load_gender_list(data["reid_gender_csv"]) if r.path in train_paths]
+    summary = {k: data[k] for k in ("num_train_ids", "num_test_ids", "num_train_images", "num_query",
+                                    "num_gallery", "num_gender_train", "num_gender_test")}
+    summary["source"] = "synthetic"
+    return splits, load_gender_list(data["gender_train_csv"]) + reid_gender, \
+        load_gender_list(data["gender_test_csv"]), summary
+
+
+def real_data(reid_data, gender_data, reid_dataset: str = "market1501", gender_test_data=None,
+              seed: int = 0, gender_val_fraction: float = 0.2, reid_options: dict | None = None) -> tuple:
+    """(splits, gender train, gender test, summary) of a user's data: any re-ID layout edgereid reads and a gender
+    list, attribute table or PETA folder (a held-out share of it when no test set is given)."""
+    from edgereid.datasets import load_gender_dataset, load_reid_dataset
+    from edgereid.training.trainer import split_gender
+
+    splits = load_reid_dataset(reid_dataset, reid_data, **(reid_options or {}))
+    gender = load_gender_dataset(gender_data)
+    if gender_test_data:
+        gender_train, gender_test = gender, load_gender_dataset(gender_test_data)
+    else:
+        gender_train, gender_test = split_gender(gender, gender_val_fraction, seed)
+    summary = {"source": {"reid": str(reid_data), "reid_dataset": reid_dataset, "gender": str(gender_data),
+                          "gender_test": str(gender_test_data) if gender_test_data else None},
+               "num_train_ids": splits.num_train_pids, "num_test_ids": len({r.pid for r in splits.gallery}),
+               "num_train_images": len(splits.train), "num_query": len(splits.query),
+               "num_gallery": len(splits.gallery), "num_gender_train": len(gender_train),
+               "num_gender_test": len(gender_test)}
+    return splits, gender_train, gender_test, summary
+
+
 def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int = 2, seed: int = 0,
                    progress: bool = True, data_overrides: dict | None = None, train_overrides: dict | None = None,
-                   quantize: bool = True, num_calibration: int = 128, echo: Callable = print) -> dict:
-    """Generate data, train, export ONNX, quantize (FP16 and INT8 from `num_calibration` training images),
-    evaluate every file with the Runtime, write report.md/report.json; returns the report."""
+                   quantize: bool = True, num_calibration: int = 128, echo: Callable = print,
+                   reid_data=None, gender_data=None, reid_dataset: str = "market1501", gender_test_data=None,
+                   minutes: float = 20.0, reid_options: dict | None = None) -> dict:
+    """Data, training, ONNX export, FP16 and INT8 (calibrated on `num_calibration` training images), every file
+    evaluated with the Runtime, a search grid and report.md/report.json; returns the report.
+
+    Without `reid_data` the data is the generated synthetic set and the training the quickstart's short recipe;
+    with `reid_data` and `gender_data` it is the user's data, trained by the cpu recipe within `minutes`.
+    """
     import torch
 
     from edgereid.export.onnx_export import export_onnx
-
-    from edgereid.datasets import load_gender_list, load_market1501
     from edgereid.training.checkpoint import load_checkpoint
     from edgereid.training.config import TrainConfig
-    from edgereid.training.synthetic import generate_synthetic
+    from edgereid.training.recipes import recipe
     from edgereid.training.trainer import Trainer
     from edgereid.training.validate import reid_scores
 
@@ -118,15 +160,20 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int 
         torch.set_num_threads(threads)
     timings: dict = {}
 
-    # 1. synthetic data (reused when it already exists with the same parameters)
+    # 1. data: the synthetic set, or the user's
     t = time.perf_counter()
-    data = generate_synthetic(out / "data", **{**QUICKSTART_DATA, "seed": seed, **(data_overrides or {})},
-                              progress=progress)
-    splits = load_market1501(data["reid_root"])
-    train_paths = {r.path for r in splits.train}
-    reid_gender = [r for r in load_gender_list(data["reid_gender_csv"]) if r.path in train_paths]
-    gender_train = load_gender_list(data["gender_train_csv"]) + reid_gender
-    gender_test = load_gender_list(data["gender_test_csv"])
+    if reid_data is None:
+        splits, gender_train, gender_test, data = synthetic_data(out / "data", seed, data_overrides, progress)
+        train_fields = dict(QUICKSTART_TRAIN)
+    else:
+        if gender_data is None:
+            from edgereid.errors import InvalidInputError
+
+            raise InvalidInputError("the real-data quickstart needs gender data too: pass --gender-data (a "
+                                    "path,label list, an attribute table or a PETA folder).")
+        splits, gender_train, gender_test, data = real_data(reid_data, gender_data, reid_dataset,
+                                                            gender_test_data, seed, reid_options=reid_options)
+        train_fields = {**recipe("cpu"), "minutes": minutes}
     timings["generate_s"] = time.perf_counter() - t
     echo(f"data: {len(splits.train)} training images of {splits.num_train_pids} identities, "
          f"{len(splits.query)} query / {len(splits.gallery)} gallery, {len(gender_train)} gender images "
@@ -135,7 +182,7 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int 
     # 2. training (both tasks, then the gender-only stage)
     t = time.perf_counter()
     cfg = TrainConfig(out=str(out / "train"), seed=seed, threads=threads, progress=progress,
-                      **{**QUICKSTART_TRAIN, **(train_overrides or {})})
+                      **{**train_fields, **(train_overrides or {})})
     trainer = Trainer(cfg, splits, gender_train, gender_test)
     train_metrics = trainer.fit()
     timings["train_s"] = time.perf_counter() - t
@@ -168,8 +215,7 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int 
         "reid": main["reid"], "reid_reranked": main["reid_reranked"], "gender": main["gender"],
         "models": {name: {"path": str(models[name]), **res} for name, res in results.items()},
         "pytorch_eval": train_metrics, "timings": timings, "threads": threads, "seed": seed,
-        "data": {k: data[k] for k in ("num_train_ids", "num_test_ids", "num_train_images", "num_query",
-                                      "num_gallery", "num_gender_train", "num_gender_test")},
+        "data": data,
         "train_config": cfg.to_dict(), "files": {"onnx": str(onnx_path), "grid": str(grid),
                                                  "checkpoints": str(out / "train")},
     }
@@ -184,8 +230,11 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int 
 def render_markdown(report: dict, grid_name: str) -> str:
     """The short human-readable report."""
     tm = report["timings"]
+    source = report["data"].get("source", "synthetic")
+    where = ("Synthetic Market-1501-layout set" if source == "synthetic" else
+             f"Re-ID data {source['reid']} ({source['reid_dataset']}), gender data {source['gender']}")
     lines = ["# edgereid quickstart report", "",
-             "Synthetic Market-1501-layout set; numbers from the exported ONNX model run by `edgereid.Runtime`.", "",
+             f"{where}; numbers from the exported ONNX model run by `edgereid.Runtime`.", "",
              "| model | rank-1 | mAP | gender accuracy |", "| --- | --- | --- | --- |"]
     for name, res in report["models"].items():
         lines.append(f"| {name} | {res['reid']['rank1']:.3f} | {res['reid']['mAP']:.3f} | "

@@ -1,0 +1,155 @@
+"""Real people: a model trained by `edgereid train` scored on public crops, beside a plain HSV colour histogram.
+
+    flock /tmp/edgereid-bench.lock python benchmarks/bench_real_data.py --run runs/cuhk03_cpu \
+        --cuhk03 ~/data/cuhk03/labeled/train --peta "~/data/peta/PETA dataset" \
+        --gender-test MIT -o benchmarks/results/real_data_cpu.json
+
+Re-ID (every image a query against the other camera's images): the run's own CUHK03 validation identities
+(the reader's seeded split of labeled/train, never trained on), and cross-domain PRID and GRID from PETA.
+Gender: accuracy and per-class precision / recall / F1 on held-out PETA subsets (never trained on). The fp32,
+FP16 and INT8 ONNX files of the model are scored the same way (INT8 calibrated on training images only, the
+TensorRT form with TensorRT's arithmetic emulated), and `edgereid parity` runs on the CUHK03 validation crops.
+Images stay outside the repository; the JSON records their source repositories and commits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import write_result
+
+SOURCES = {
+    "cuhk03": {"repo": "github:manideep2510/CUHK03_dataset", "commit": "6fdef3b", "path": "labeled/train"},
+    "peta": {"repo": "github:snake719/ML_data", "commit": "efd90a8", "path": "PETA dataset/<subset>/archive"},
+}
+
+
+def hsv_histograms(paths: list, bins=(16, 4, 4)) -> np.ndarray:
+    """Per crop: HSV histograms of its upper and lower half, each L1-normalised, square-rooted (Hellinger), so a
+    euclidean distance compares colour distributions."""
+    import cv2
+
+    from edgereid.imageio import read_image
+
+    feats = []
+    for p in paths:
+        hsv = cv2.cvtColor(cv2.resize(read_image(p), (64, 128)), cv2.COLOR_BGR2HSV)
+        parts = []
+        for half in (hsv[:64], hsv[64:]):
+            h = cv2.calcHist([half], [0, 1, 2], None, list(bins), [0, 180, 0, 256, 0, 256]).ravel()
+            parts.append(np.sqrt(h / max(h.sum(), 1.0)))
+        feats.append(np.concatenate(parts) / np.sqrt(2.0))
+    return np.asarray(feats, dtype=np.float32)
+
+
+def reid_scores(q: np.ndarray, g: np.ndarray, splits) -> dict:
+    """rank-1 / rank-5 / mAP (edgereid.evaluate, euclidean distance) of query and gallery features, cross-camera:
+    each query against the other camera's images only ("multi_camera" mode), as two-camera sets are scored."""
+    from edgereid import evaluate
+    from edgereid.retrieval.distances import pairwise_distance
+
+    res = evaluate(pairwise_distance(q, g), splits.pids("query"), splits.pids("gallery"), splits.camids("query"),
+                   splits.camids("gallery"), mode="multi_camera")
+    return {"rank1": res.rank(1), "rank5": res.rank(5), "mAP": res.mAP, "queries": res.num_valid_queries}
+
+
+def gender_scores(prob: np.ndarray, records: list) -> dict:
+    """Accuracy and per-class precision / recall / F1 (edgereid's gender_report)."""
+    from edgereid.retrieval.metrics import gender_report
+
+    rep = gender_report([r.label for r in records], prob).to_dict()
+    return {**rep, "images": len(records)}
+
+
+def market_view(splits, folder: Path) -> Path:
+    """A Market-1501-layout tree of symlinks to a split's query / gallery crops (parity reads that layout; a few
+    training crops fill bounding_box_train, which the layout requires and parity does not score)."""
+    for sub in ("bounding_box_train", "query", "bounding_box_test"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for split, sub, records in (("train", "bounding_box_train", splits.train[:8]), ("query", "query", splits.query),
+                                ("gallery", "bounding_box_test", splits.gallery)):
+        for i, r in enumerate(records):
+            # + 1: Market's id 0 means "distractor", CUHK03's first identity is 0000
+            link = folder / sub / f"{r.orig_pid + 1:04d}_c{r.camid + 1}s1_{i:06d}_00{Path(r.path).suffix}"
+            if not link.exists():
+                os.symlink(r.path, link)
+    return folder
+
+
+def main(argv: list | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="edgereid train run folder (config.yaml, *.pt)")
+    ap.add_argument("--checkpoint", default="last.pt")
+    ap.add_argument("--cuhk03", type=Path, required=True)
+    ap.add_argument("--peta", type=Path, required=True)
+    ap.add_argument("--gender-test", nargs="+", default=["MIT"], help="held-out PETA subsets for gender")
+    ap.add_argument("--cross-domain", nargs="+", default=["PRID", "GRID"])
+    ap.add_argument("--num-calib", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-o", "--output", type=Path, default=Path(__file__).parent / "results" / "real_data_cpu.json")
+    args = ap.parse_args(argv)
+
+    from edgereid import Runtime
+    from edgereid.calibration.parity import run_parity
+    from edgereid.datasets import load_cuhk03, load_peta, load_two_camera
+    from edgereid.export.onnx_export import export_onnx
+    from edgereid.pipelines.quickstart import quantize_models
+    from edgereid.training.checkpoint import load_checkpoint
+    from edgereid.training.config import TrainConfig
+
+    t0 = time.perf_counter()
+    cfg = TrainConfig.load(args.run / "config.yaml")
+    reid_sets = {"cuhk03_val": load_cuhk03(args.cuhk03)}  # the reader's seeded split: the run's own val ids
+    for name in args.cross_domain:
+        reid_sets[name.lower()] = load_two_camera(args.peta / name / "archive")
+    gender_sets = {"+".join(args.gender_test): load_peta(args.peta, subsets=args.gender_test)}
+    gender_sets["PRID+GRID"] = load_peta(args.peta, subsets=args.cross_domain)
+
+    model, _ = load_checkpoint(args.run / args.checkpoint, with_classifier=False)
+    work = args.run / "eval"
+    onnx_path = export_onnx(model, work / "model.onnx")
+    files = {"fp32": onnx_path, **quantize_models(onnx_path, [r.path for r in reid_sets["cuhk03_val"].train],
+                                                   num=args.num_calib)}
+    results = {"hsv_histogram": {"reid": {}}}
+    for name, splits in reid_sets.items():
+        feats = hsv_histograms([r.path for r in splits.query])
+        results["hsv_histogram"]["reid"][name] = reid_scores(feats, feats, splits)
+    for prec, path in files.items():
+        entry = {"reid": {}, "gender": {}}
+        with Runtime.for_checking(path, threads=args.threads) as rt:
+            for name, splits in reid_sets.items():
+                out = rt.infer_files([r.path for r in splits.query], progress=f"{prec} {name}")
+                entry["reid"][name] = reid_scores(out.embeddings, out.embeddings, splits)
+            for name, recs in gender_sets.items():
+                out = rt.infer_files([r.path for r in recs], progress=f"{prec} gender {name}")
+                entry["gender"][name] = gender_scores(out.gender_prob, recs)
+            entry["arithmetic"] = rt.int8_arithmetic
+        results[prec] = entry
+        print(prec, json.dumps(entry["reid"]), flush=True)
+    view = market_view(reid_sets["cuhk03_val"], work / "cuhk03_val_market")
+    parity = run_parity(args.run / args.checkpoint, [files["fp16"], files["int8"]], view,
+                        calib=onnx_path.parent / "calib", threads=args.threads)
+    print(parity.table(), flush=True)
+    metrics = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
+    write_result(args.output, {
+        "benchmark": "real data: re-ID and gender on public crops",
+        "command": "python benchmarks/bench_real_data.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "sources": SOURCES,
+        "training": {"config": cfg.to_dict(), "run": str(args.run), "checkpoint": args.checkpoint,
+                     "steps": metrics[-1]["step"], "epochs": len(metrics),
+                     "last_train_losses": metrics[-1]["train"], "pytorch_eval": metrics[-1].get("reid"),
+                     "minutes": cfg.minutes},
+        "data": {name: s.summary() for name, s in reid_sets.items()},
+        "gender_data": {name: len(r) for name, r in gender_sets.items()},
+        "results": results, "parity": parity.to_dict(), "seconds": time.perf_counter() - t0,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
