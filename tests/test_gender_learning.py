@@ -19,7 +19,7 @@ from edgereid.training.config import TrainConfig  # noqa: E402
 from edgereid.training.losses import GenderLoss  # noqa: E402
 from edgereid.training.trainer import Trainer  # noqa: E402
 
-STEPS = 240
+STEPS = 150
 
 
 def _gender_bce_and_accuracy(model, dataset) -> tuple:
