@@ -48,14 +48,12 @@ def hsv_histograms(paths: list, bins=(16, 4, 4)) -> np.ndarray:
 
 
 def reid_scores(q: np.ndarray, g: np.ndarray, splits) -> dict:
-    """rank-1 / rank-5 / mAP (edgereid.evaluate, euclidean distance) of query and gallery features, cross-camera:
-    each query against the other camera's images only ("multi_camera" mode), as two-camera sets are scored."""
-    from edgereid import evaluate
-    from edgereid.retrieval.distances import pairwise_distance
+    """training.validate's rank-1 / rank-5 / mAP, cross-camera: each query against the other camera's images
+    only ("multi_camera" protocol), as two-camera sets are scored."""
+    from edgereid.training.validate import reid_scores as scores
 
-    res = evaluate(pairwise_distance(q, g), splits.pids("query"), splits.pids("gallery"), splits.camids("query"),
-                   splits.camids("gallery"), mode="multi_camera")
-    return {"rank1": res.rank(1), "rank5": res.rank(5), "mAP": res.mAP, "queries": res.num_valid_queries}
+    return scores(q, g, splits.pids("query"), splits.pids("gallery"), splits.camids("query"), splits.camids("gallery"),
+                  mode="multi_camera")
 
 
 def gender_scores(prob: np.ndarray, records: list) -> dict:

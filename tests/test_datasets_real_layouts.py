@@ -117,6 +117,8 @@ def test_peta_label_files_as_a_gender_source(tmp_path):
         assert len(load_gender_dataset(root, subsets=["MIT", "CUHK"])) == 4  # a folder: PETA
     with pytest.warns(UserWarning):
         assert len(load_gender_dataset(root / "MIT" / "archive")) == 2
+    with pytest.raises(DatasetError, match="is a file"):  # subsets name parts of a PETA folder only
+        load_gender_dataset(root / "MIT" / "archive" / "Label.txt", subsets=["MIT"])
 
 
 def test_peta_errors_name_the_file_and_line(tmp_path):

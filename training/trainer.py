@@ -125,10 +125,9 @@ class Trainer:
         from edgereid.datasets import load_gender_dataset
 
         cfg = self.cfg
-        train = load_gender_dataset(cfg.gender_data, **({"subsets": cfg.gender_subsets} if cfg.gender_subsets else {}))
+        train = load_gender_dataset(cfg.gender_data, subsets=cfg.gender_subsets or None)
         if cfg.gender_test_data:
-            picked = {"subsets": cfg.gender_test_subsets} if cfg.gender_test_subsets else {}
-            return train, load_gender_dataset(cfg.gender_test_data, **picked)
+            return train, load_gender_dataset(cfg.gender_test_data, subsets=cfg.gender_test_subsets or None)
         return split_gender(train, self.cfg.gender_val_fraction, self.cfg.seed)
 
     def _build_loaders(self) -> None:

@@ -36,8 +36,10 @@ def model_outputs(model: torch.nn.Module, dataset, batch_size: int = 64, device:
 
 
 def reid_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, q_pids: Sequence[int], g_pids: Sequence[int],
-                q_camids: Sequence[int], g_camids: Sequence[int], rerank: bool = False) -> dict:
-    """{"rank1", "rank5", "mAP"} as fractions from edgereid.evaluate (Market-1501 protocol, euclidean).
+                q_camids: Sequence[int], g_camids: Sequence[int], rerank: bool = False,
+                mode: str = "market1501") -> dict:
+    """{"rank1", "rank5", "mAP"} as fractions and the number of scored queries, from edgereid.evaluate
+    (euclidean; `mode` is its protocol, Market-1501 by default).
 
     `rerank=True` scores k-reciprocal re-ranked distances (edgereid.rerank) instead.
     """
@@ -48,8 +50,9 @@ def reid_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, q_pids: Sequence
         dist = edgereid.rerank(query_emb, gallery_emb)
     else:
         dist = pairwise_distance(query_emb, gallery_emb, metric="euclidean")
-    res = edgereid.evaluate(dist, np.asarray(q_pids), np.asarray(g_pids), np.asarray(q_camids), np.asarray(g_camids))
-    return {"rank1": res.rank(1), "rank5": res.rank(5), "mAP": float(res.mAP)}
+    res = edgereid.evaluate(dist, np.asarray(q_pids), np.asarray(g_pids), np.asarray(q_camids), np.asarray(g_camids),
+                            mode=mode)
+    return {"rank1": res.rank(1), "rank5": res.rank(5), "mAP": float(res.mAP), "queries": res.num_valid_queries}
 
 
 def gender_accuracy(prob: np.ndarray, labels: Sequence[int], threshold: float = 0.5) -> float:

@@ -18,8 +18,6 @@ import numpy as np
 
 from edgereid._optional import require
 from edgereid.backends.base import Backend
-from edgereid.errors import InvalidInputError, ModelFileError
-from edgereid.metadata import ModelMetadata
 from edgereid.backends.tensorrt_engine import (
     check_compatible,
     check_supported,
@@ -27,7 +25,8 @@ from edgereid.backends.tensorrt_engine import (
     read_sidecar,
     sidecar_metadata,
 )
-
+from edgereid.errors import InvalidInputError, ModelFileError
+from edgereid.metadata import ModelMetadata
 
 # What the CUDA events between the steps of a call measure (seconds, summed over a call's chunks).
 STAGES = ("host_to_device", "inference", "device_to_host")

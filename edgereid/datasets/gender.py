@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Sequence
 
 from edgereid.errors import DatasetError
 
@@ -135,13 +136,16 @@ def load_attribute_table(path, gender_column=None, invert=None, image_column=Non
     return _check_files(records, path)
 
 
-def load_gender_dataset(path, **kwargs) -> list:
-    """Auto-detect: a PETA folder (its Label.txt files; `subsets=`, `exclude=` pick subsets), an attribute table
+def load_gender_dataset(path, subsets: Sequence[str] | None = None, exclude: Sequence[str] = (), **kwargs) -> list:
+    """Auto-detect: a PETA folder (its Label.txt files; `subsets`, `exclude` pick subsets), an attribute table
     when the header has a gender column other than `label`, else a `path,label` list."""
     if Path(path).expanduser().is_dir():
         from edgereid.datasets.peta import load_peta
 
-        return load_peta(path, subsets=kwargs.get("subsets"), exclude=kwargs.get("exclude", ()))
+        return load_peta(path, subsets=subsets, exclude=exclude)
+    if subsets or exclude:
+        raise DatasetError(f"{path}: subsets / exclude pick subsets of a PETA folder; {path} is a file. Pass the "
+                           f"PETA folder, or drop them.")
     text = _read_text(Path(path))
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
     header = {f.strip().lower() for f in _split_line(first)} if first else set()
