@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import describe_machine, export_random_model
+from common import alternating_times, cpu_sessions, describe_machine, export_random_model
 
 from edgereid.atomic import write_json_atomic
 
@@ -63,26 +63,14 @@ def main() -> None:
     ap.add_argument("-o", "--output", default=str(HERE / "results" / "int8_cpu.json"))
     args = ap.parse_args()
 
-    import onnxruntime as ort
-
     from edgereid.runtime.preprocess import Preprocessor
 
     with tempfile.TemporaryDirectory(prefix="edgereid-bench-int8-") as tmp:
         files, meta, n_calib = prepare_models(Path(tmp), args.model, args.calib, args.num_calib)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in files.items()}
+        sessions = cpu_sessions(files, args.threads)
         x = Preprocessor(meta).prepare(synthetic_crops(args.batch, 99))
         sizes = {k: p.stat().st_size / 2**20 for k, p in files.items()}
-        outs = {k: s.run(None, {meta.input_name: x}) for k, s in sessions.items()}  # warm-up + agreement
-        times = {k: [] for k in sessions}
-        for _ in range(args.rounds):
-            for k, s in sessions.items():
-                t = time.perf_counter()
-                for _ in range(args.iters):
-                    s.run(None, {meta.input_name: x})
-                times[k].append((time.perf_counter() - t) / args.iters)
+        outs, times = alternating_times(sessions, {meta.input_name: x}, args.rounds, args.iters)
     ref = outs["fp32"][0]
     result = {"machine": describe_machine(), "batch": args.batch, "threads": args.threads, "rounds": args.rounds,
               "model": args.model or "random-init DualHeadReID (randomised BN stats), 256x128",

@@ -109,3 +109,27 @@ def run_worker(script: Path, args: list, timeout: float = 3600) -> dict:
 
 if __name__ == "__main__":
     print(json.dumps(describe_machine(), indent=2))
+
+
+def cpu_sessions(files: dict, threads: int) -> dict:
+    """{name: onnxruntime session} of model files on the CPU with `threads` threads and no spinning."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in files.items()}
+
+
+def alternating_times(sessions: dict, feed: dict, rounds: int, iters: int) -> tuple:
+    """({name: first outputs}, {name: [seconds per run, one per round]}): rounds alternate between the sessions,
+    so a busy machine slows all of them alike and the ratios hold."""
+    outs = {k: s.run(None, feed) for k, s in sessions.items()}  # warm-up, and the outputs to compare
+    times = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            for _ in range(iters):
+                s.run(None, feed)
+            times[k].append((time.perf_counter() - t) / iters)
+    return outs, times

@@ -11,6 +11,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -115,61 +116,122 @@ def share_relu_ranges(graph, ranges: dict) -> dict:
     return shared
 
 
+class Int8Quantizer:
+    """One fp32 edgereid ONNX file prepared once for INT8 (IBN BatchNorms folded, shapes inferred): activation
+    ranges by method, and Q/DQ files of all or some of its ops, without re-reading or re-calibrating.
+
+    The sensitivity pass writes a file per layer from one quantizer; `quantize_int8` writes one.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, calib: CalibrationSet | str | os.PathLike,
+                 batch_size: int = 8, fold_ibn_bn: bool = True, target: str = "tensorrt",
+                 reduce_range: bool = False) -> None:
+        self.onnx = require("onnx")
+        self.q = require("onnxruntime.quantization", "INT8 quantization")
+        from edgereid.export.metadata import get_metadata, load_onnx
+
+        if target not in TARGETS:
+            raise InvalidInputError(f"unknown INT8 target {target!r}; use one of {', '.join(TARGETS)}.")
+        self.source, self.target, self.reduce_range = str(onnx_path), target, bool(reduce_range)
+        self.calib = calib if isinstance(calib, CalibrationSet) else CalibrationSet.load(calib)
+        proto = load_onnx(onnx_path)
+        self.meta = get_metadata(proto, source=str(onnx_path))
+        if self.meta.precision != "fp32":
+            raise ModelFileError(f"{onnx_path} is {self.meta.precision}; quantize the fp32 model from "
+                                 f"`edgereid export`.")
+        self.calib.check_compatible(self.meta, str(onnx_path))
+        self.folded = fold_sliced_batchnorm(proto) if fold_ibn_bn else 0
+        if fold_ibn_bn and not self.folded and any(n.op_type == "InstanceNormalization" for n in proto.graph.node):
+            warnings.warn(f"{onnx_path}: the BatchNorm halves of the IBN layers could not be folded into their "
+                          "convs, so the INT8 file keeps fp32 round trips there; re-export it with `edgereid export`.")
+        self.batch = calibration_batch_size(len(self.calib), batch_size)
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgereid-int8-")
+        src, self.pre_path = Path(self._tmp.name) / "fp32.onnx", Path(self._tmp.name) / "pre.onnx"
+        self.onnx.save(proto, str(src))
+        # Shape inference (no ORT graph optimisation: it would fuse ops into ORT-only kernels TensorRT lacks).
+        self.q.shape_inference.quant_pre_process(str(src), str(self.pre_path), skip_optimization=True,
+                                                 skip_onnx_shape=False, skip_symbolic_shape=True)
+        self.model = self.onnx.load(str(self.pre_path))  # the float graph the Q/DQ files are made from
+        self._ranges: dict = {}
+
+    def close(self) -> None:
+        """Remove the prepared files."""
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "Int8Quantizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ranges(self, method: str = "minmax", percentile: float = 99.999) -> dict:
+        """{tensor: (rmin, rmax)} by `method` on the whole calibration set (computed once per method)."""
+        key = (method, float(percentile) if method == "percentile" else None)
+        if key not in self._ranges:
+            self._ranges[key] = share_relu_ranges(self.model.graph, activation_ranges(
+                self.pre_path, self.calib.reader(self.batch, self.meta.input_name), method,
+                self.target == "tensorrt", percentile))
+        return self._ranges[key]
+
+    def quantize(self, ranges: dict, keep_float: Sequence[str] = (), only: Sequence[str] | None = None):
+        """The Q/DQ onnx.ModelProto: every quantizable op (or just `only`) except `keep_float` node names."""
+        q = self.q
+        # DedicatedQDQPair: a DQ shared by two consumers (a residual fork) stops ONNX Runtime from fusing the
+        # consuming Conv into QLinearConv; one DQ per consumer keeps every Conv in INT8 (TensorRT is indifferent).
+        extra = {"ActivationSymmetric": self.target == "tensorrt", "WeightSymmetric": True, "DedicatedQDQPair": True,
+                 # The ranges enter as per-tensor overrides; quantize_static still wants a reader (one batch).
+                 "TensorQuantOverrides": {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                                          for name, (lo, hi) in ranges.items()}}
+        act_type = q.QuantType.QInt8 if self.target == "tensorrt" else q.QuantType.QUInt8
+        dst = Path(self._tmp.name) / "int8.onnx"
+        q.quantize_static(
+            str(self.pre_path), str(dst), _FirstBatch(self.calib.reader(self.batch, self.meta.input_name)),
+            quant_format=q.QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+            reduce_range=self.reduce_range, activation_type=act_type, weight_type=q.QuantType.QInt8,
+            nodes_to_quantize=list(only) if only is not None else None,
+            nodes_to_exclude=nodes_to_exclude(self.model) + list(keep_float),
+            calibrate_method=_calibration_method("minmax"), extra_options=extra)
+        return self.onnx.load(str(dst))
+
+    def write(self, out_path: str | os.PathLike, method: str = "minmax", percentile: float = 99.999,
+              keep_float: Sequence[str] = (), plan: dict | None = None) -> Path:
+        """Quantize with `method`'s ranges, keeping `keep_float` in float; write the file with its metadata."""
+        from edgereid.export.metadata import save_onnx, set_metadata
+
+        out = self.quantize(self.ranges(method, percentile), keep_float)
+        extra = {**self.meta.extra, "calibration_method": method, "int8_target": self.target,
+                 "calibration_count": len(self.calib),
+                 "calibration_preprocessing_hash": self.calib.manifest.preprocessing_hash,
+                 "calibration_set": str(self.calib.folder), "ibn_bn_folded": self.folded,
+                 "int8_weight_bits": 7 if self.reduce_range else 8}
+        if method == "percentile":
+            extra["calibration_percentile"] = float(percentile)
+        if plan is not None:
+            extra["int8_plan"] = plan
+        set_metadata(out, self.meta.with_(precision="int8", extra=extra))
+        self.onnx.checker.check_model(out)
+        log.info("int8: %s calibration on %d images, %d IBN BatchNorms folded, %d layers kept in float",
+                 method, len(self.calib), self.folded, len(keep_float))
+        return save_onnx(out, out_path)
+
+
 def quantize_int8(onnx_path: str | os.PathLike, calib: CalibrationSet | str | os.PathLike,
                   out_path: str | os.PathLike, method: str = "minmax", batch_size: int = 8,
                   percentile: float = 99.999, fold_ibn_bn: bool = True, target: str = "tensorrt",
-                  reduce_range: bool = False) -> Path:
+                  reduce_range: bool = False, keep_float: Sequence[str] = (), plan=None) -> Path:
     """Write a Q/DQ INT8 model of an edgereid fp32 ONNX file, calibrated on `calib`; returns the path.
 
     The calibration set must have been built with the model's preprocessing (checked by hash). `reduce_range`
     quantizes weights to 7 bits (-64..64), so that no 16-bit pair sum of u8 x s8 products can saturate on an
     x86 CPU without VNNI even with ONNX Runtime's fast kernels; it costs accuracy on every CPU (README, INT8).
+    `keep_float` names Conv nodes left in float; `plan` (an Int8Plan, e.g. `Int8Plan.load(file)`) replays a
+    mixed-precision plan instead: its method, percentile, target and float layers (`calibration.sensitivity`
+    makes one).
     """
-    onnx = require("onnx")
-    q = require("onnxruntime.quantization", "INT8 quantization")
-    from edgereid.export.metadata import get_metadata, load_onnx, save_onnx, set_metadata
-
-    if target not in TARGETS:
-        raise InvalidInputError(f"unknown INT8 target {target!r}; use one of {', '.join(TARGETS)}.")
-    calib = calib if isinstance(calib, CalibrationSet) else CalibrationSet.load(calib)
-    proto = load_onnx(onnx_path)
-    meta = get_metadata(proto, source=str(onnx_path))
-    if meta.precision != "fp32":
-        raise ModelFileError(f"{onnx_path} is {meta.precision}; quantize the fp32 model from `edgereid export`.")
-    calib.check_compatible(meta, str(onnx_path))
-    folded = fold_sliced_batchnorm(proto) if fold_ibn_bn else 0
-    if fold_ibn_bn and not folded and any(n.op_type == "InstanceNormalization" for n in proto.graph.node):
-        warnings.warn(f"{onnx_path}: the BatchNorm halves of the IBN layers could not be folded into their convs, "
-                      "so the INT8 file keeps fp32 round trips there; re-export it with `edgereid export`.")
-    # DedicatedQDQPair: a DQ shared by two consumers (a residual fork) stops ONNX Runtime from fusing the
-    # consuming Conv into QLinearConv; one DQ per consumer keeps every Conv in INT8 (TensorRT is indifferent).
-    extra = {"ActivationSymmetric": target == "tensorrt", "WeightSymmetric": True, "DedicatedQDQPair": True}
-    act_type = q.QuantType.QInt8 if target == "tensorrt" else q.QuantType.QUInt8
-    batch = calibration_batch_size(len(calib), batch_size)
-    with tempfile.TemporaryDirectory(prefix="edgereid-int8-") as tmp:
-        src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(proto, str(src))
-        # Shape inference (no ORT graph optimisation: it would fuse ops into ORT-only kernels TensorRT lacks).
-        q.shape_inference.quant_pre_process(str(src), str(pre), skip_optimization=True, skip_onnx_shape=False,
-                                            skip_symbolic_shape=True)
-        model_for_quant = onnx.load(str(pre))
-        ranges = share_relu_ranges(model_for_quant.graph, activation_ranges(
-            pre, calib.reader(batch, meta.input_name), method, target == "tensorrt", percentile))
-        # The ranges enter as per-tensor overrides; quantize_static still wants a reader, which one batch satisfies.
-        extra["TensorQuantOverrides"] = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
-                                         for name, (lo, hi) in ranges.items()}
-        q.quantize_static(
-            str(pre), str(dst), _FirstBatch(calib.reader(batch, meta.input_name)),
-            quant_format=q.QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
-            reduce_range=bool(reduce_range), activation_type=act_type, weight_type=q.QuantType.QInt8,
-            nodes_to_exclude=nodes_to_exclude(model_for_quant), calibrate_method=_calibration_method("minmax"),
-            extra_options=extra)
-        out = onnx.load(str(dst))
-    set_metadata(out, meta.with_(precision="int8", extra={
-        **meta.extra, "calibration_method": method, "int8_target": target, "calibration_count": len(calib),
-        "calibration_preprocessing_hash": calib.manifest.preprocessing_hash,
-        "calibration_set": str(calib.folder), "ibn_bn_folded": folded,
-        "int8_weight_bits": 7 if reduce_range else 8}))
-    onnx.checker.check_model(out)
-    log.info("int8: %s calibration on %d images, %d IBN BatchNorms folded", method, len(calib), folded)
-    return save_onnx(out, out_path)
+    if plan is not None:
+        method, percentile, target, keep_float = plan.method, plan.percentile, plan.target, plan.keep_float
+    with Int8Quantizer(onnx_path, calib, batch_size, fold_ibn_bn, target, reduce_range) as quantizer:
+        if plan is not None:
+            plan.check_nodes([n.name for n in quantizer.model.graph.node], str(onnx_path))
+        return quantizer.write(out_path, method, percentile, keep_float,
+                               plan=plan.to_dict() if plan is not None else None)

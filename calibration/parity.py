@@ -185,11 +185,12 @@ class ParityReport:
         return "\n".join(lines)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the JSON atomically."""
+        """Write the JSON atomically, with the machine that checked (CPU, INT8 kernels, libraries) first."""
         from edgereid.atomic import write_text_atomic
+        from edgereid.bench.machine import describe_machine
 
         path = Path(path)
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
+        write_text_atomic(path, json.dumps({"machine": describe_machine(), **self.to_dict()}, indent=2))
         return path
 
 

@@ -176,3 +176,27 @@ def int8_tensorrt_file(int8_setup):
 def int8_cpu_file(int8_setup):
     """The `--target cpu` INT8 file (uint8 activations) of the trained small model."""
     return quantize_setup(int8_setup, "cpu")
+
+
+def assert_int8_conv(model, conv, activation_dtype) -> None:
+    """`conv` reads per-output-channel symmetric int8 weights and per-tensor quantized activations (zero point 0
+    for int8 activations) through DequantizeLinear, as TensorRT needs."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    w_dq, x_dq = producers.get(conv.input[1]), producers.get(conv.input[0])
+    assert w_dq is not None and x_dq is not None, conv.name
+    assert w_dq.op_type == x_dq.op_type == "DequantizeLinear", conv.name
+    w_q, w_scale, w_zp = (inits[n] for n in w_dq.input)
+    cout = w_q.shape[0]
+    assert w_q.dtype == np.int8 and w_scale.shape == (cout,) and w_zp.shape == (cout,), conv.name
+    assert not w_zp.any(), conv.name  # symmetric weights
+    assert np.abs(w_q).max() <= 127, conv.name  # symmetric range, -128 unused
+    assert next(a.i for a in w_dq.attribute if a.name == "axis") == 0, conv.name
+    assert producers[x_dq.input[0]].op_type == "QuantizeLinear", conv.name
+    x_zp = inits[x_dq.input[2]]
+    assert x_zp.dtype == activation_dtype and x_zp.size == 1, conv.name
+    if activation_dtype == np.int8:
+        assert int(x_zp) == 0, conv.name  # symmetric activations

@@ -110,6 +110,9 @@ def test_peta_label_files_as_a_gender_source(tmp_path):
         ("100_3_FRAME_26_RGB.bmp", 0), ("100_4_FRAME_70_RGB.bmp", 0), ("7_1_FRAME_1_RGB.bmp", 1)]
     assert sorted((Path(r.path).name, r.label) for r in load_peta(root / "CUHK")) == [("0606.png", 0),
                                                                                     ("0607.png", 1)]
+    # each record names its person (subset and id), so a sampler can weigh people rather than frames
+    assert sorted({r.person for r in recs}) == ["3DPeS/100", "3DPeS/7"]
+    assert {r.person for r in load_peta(root / "CUHK")} == {"CUHK/0606.png", "CUHK/0607.png"}
     with pytest.warns(UserWarning, match="line"):  # MIT's id 00003 has no gender word
         everything = load_peta(root, exclude=["cuhk"])
     assert len(everything) == 5

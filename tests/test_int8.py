@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("edgereid.training.trainer")
 
-from conftest import export_small  # noqa: E402
+from conftest import assert_int8_conv, export_small  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,6 @@ def test_int8_accuracy_within_one_point_of_fp32(trained, int8_file, int8_cpu_fil
 
 
 def test_int8_graph_has_per_channel_symmetric_qdq_on_every_conv(trained, int8_file):
-    from onnx import numpy_helper
-
     from edgereid.export.metadata import get_metadata
 
     model = onnx.load(str(int8_file))
@@ -89,23 +87,11 @@ def test_int8_graph_has_per_channel_symmetric_qdq_on_every_conv(trained, int8_fi
     assert meta.precision == "int8"
     assert meta.extra["calibration_preprocessing_hash"] == trained["calib"].manifest.preprocessing_hash
     g = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producers = {o: n for n in g.node for o in n.output}
     convs = [n for n in g.node if n.op_type == "Conv"]
     assert len(convs) == 21  # 20 backbone convs + the gender block (none left fp32)
     for conv in convs:
-        w_dq, x_dq = producers[conv.input[1]], producers[conv.input[0]]
-        assert w_dq.op_type == x_dq.op_type == "DequantizeLinear", conv.name
-        w_q, w_scale, w_zp = (inits[n] for n in w_dq.input)
-        cout = w_q.shape[0]
-        assert w_q.dtype == np.int8 and w_scale.shape == (cout,) and w_zp.shape == (cout,)
-        assert not w_zp.any(), conv.name  # symmetric weights
-        assert np.abs(w_q).max() <= 127  # symmetric range, -128 unused
-        assert next(a.i for a in w_dq.attribute if a.name == "axis") == 0
-        q = producers[x_dq.input[0]]
-        assert q.op_type == "QuantizeLinear"
-        x_zp = inits[x_dq.input[2]]
-        assert x_zp.dtype == np.int8 and x_zp.size == 1 and int(x_zp) == 0, conv.name  # symmetric activations
+        assert_int8_conv(model, conv, np.int8)
     # InstanceNormalization stays out of INT8: it reads real (dequantized) values
     for node in (n for n in g.node if n.op_type == "InstanceNormalization"):
         assert producers[node.input[0]].op_type != "QuantizeLinear"

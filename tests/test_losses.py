@@ -12,8 +12,10 @@ from edgereid.training.losses import (  # noqa: E402
     CircleLoss,
     CrossEntropyLabelSmooth,
     GenderLoss,
+    QueryTripletLoss,
     ReidLoss,
     TripletLoss,
+    instance_positions,
 )
 
 
@@ -62,6 +64,45 @@ def test_triplet_matches_loop_reference():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(12, 6, generator=g), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
     assert TripletLoss(0.3)(x, y).item() == pytest.approx(_triplet_loop(x, y, 0.3), abs=1e-5)
+
+
+def test_instance_positions_count_each_identity_in_batch_order():
+    assert instance_positions(torch.tensor([5, 5, 2, 5, 2, 9])).tolist() == [0, 1, 0, 2, 1, 0]
+
+
+def _query_triplet_loop(x, y, margin):
+    """Position by position: the k-th instance of each identity is a query, every k-th instance leaves."""
+    position = [sum(y[j] == y[i] for j in range(i)) for i in range(len(y))]
+    losses = []
+    for k in range(max(position) + 1):
+        gallery = [j for j in range(len(y)) if position[j] != k]
+        for i in (i for i in range(len(y)) if position[i] == k):
+            pos = [torch.dist(x[i], x[j]).item() for j in gallery if y[j] == y[i]]
+            neg = [torch.dist(x[i], x[j]).item() for j in gallery if y[j] != y[i]]
+            if pos and neg:
+                losses.append(max(0.0, max(pos) - min(neg) + margin))
+    return sum(losses) / len(losses)
+
+
+def test_query_triplet_by_hand():
+    # 1-D, P2 x K2 in batch order: class 0 at 0 (pos 0) and 3 (pos 1), class 1 at 0.5 (pos 0) and 10 (pos 1).
+    # Round 0 (queries 0 and 0.5; gallery 3 and 10): query 0: pos 3, neg 10 -> relu(3 - 10 + 0.5) = 0;
+    # query 0.5: pos 10 (d 9.5), neg 3 (d 2.5) -> 7.5.  Round 1 (queries 3 and 10; gallery 0 and 0.5):
+    # query 3: pos 0 (d 3), neg 0.5 (d 2.5) -> 1.0; query 10: pos 0.5 (d 9.5), neg 0 (d 10) -> 0.  Mean 8.5 / 4.
+    # Batch-hard takes 0.5 as the nearest negative of 0 (a query of the same round): 3 + 1 + 9.5 + 3 = 16.5 / 4.
+    x, y = torch.tensor([[0.0], [3.0], [0.5], [10.0]]), torch.tensor([0, 0, 1, 1])
+    assert QueryTripletLoss(0.5)(x, y).item() == pytest.approx(8.5 / 4, abs=1e-5)
+    assert TripletLoss(0.5)(x, y).item() == pytest.approx(16.5 / 4, abs=1e-5)
+
+
+def test_query_triplet_matches_loop_reference_in_any_batch_order():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(16, 5, generator=g)
+    y = torch.tensor([3, 1, 3, 0, 1, 2, 0, 3, 2, 1, 0, 2, 3, 1, 2, 0])  # P4 x K4, shuffled
+    assert QueryTripletLoss(0.3)(x, y).item() == pytest.approx(_query_triplet_loop(x, y, 0.3), abs=1e-5)
+    crit = ReidLoss(4, 5, metric="triplet_query", center_weight=0.0)
+    _, parts = crit({"id_logits": torch.randn(16, 4, generator=g), "reid_feature": x}, y)
+    assert parts["metric"] == pytest.approx(_query_triplet_loop(x, y, 0.3), abs=1e-5)
 
 
 def test_center_loss_by_hand():

@@ -53,6 +53,7 @@ def test_parity_passes_for_faithful_export_and_fails_for_damaged(setup, capsys):
     report = json.loads(out.read_text())
     m = report["models"]["model.onnx"]
     assert report["passed"] and m["precision"] == "fp32"
+    assert "int8_kernels" in report["machine"] and report["machine"]["logical_cores"] >= 1  # who checked
     assert m["metrics"]["cosine_min"] > 0.9999 and m["metrics"]["rank1_delta"] == 0.0
     assert m["metrics"]["top10_overlap"] == 1.0
 

@@ -4,6 +4,7 @@ from collections import Counter
 import pytest
 
 from edgereid.training.samplers import (
+    BalancedBatchSampler,
     MultiTaskLoader,
     MultiTaskSchedule,
     PKSampler,
@@ -86,3 +87,34 @@ def test_multitask_loader_draws_each_task_from_its_own_loader_and_cycles():
     assert Counter(t for t, _ in pairs) == {"reid": 12, "gender": 6}
     assert sorted(b[1] for t, b in pairs if t == "reid") == list(range(12))
     assert list(loader.epoch(0)) == pairs  # an epoch depends only on its number (resume-safe)
+
+
+def test_balanced_sampler_weighs_people_and_classes_not_frames():
+    # 60 frames of one woman (a video), 10 frames of another woman, 30 single photos of 30 men: by frames the
+    # women are 70%; balanced, each class draws half and the two women a quarter each.
+    labels = [1] * 70 + [0] * 30
+    persons = ["video/1"] * 60 + ["video/2"] * 10 + [""] * 30
+    sampler = BalancedBatchSampler(labels, persons, batch_size=50, seed=3)
+    assert len(sampler) == 2
+    draws = Counter()
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            assert len(batch) == 50 and all(0 <= i < 100 for i in batch)
+            draws.update(batch)
+    total = sum(draws.values())
+    women = sum(draws[i] for i in range(70)) / total
+    first, second = sum(draws[i] for i in range(60)) / total, sum(draws[i] for i in range(60, 70)) / total
+    assert women == pytest.approx(0.5, abs=0.03)
+    assert first == pytest.approx(0.25, abs=0.03) and second == pytest.approx(0.25, abs=0.03)
+    sampler.set_epoch(7)
+    again = BalancedBatchSampler(labels, persons, batch_size=50, seed=3)
+    again.set_epoch(7)
+    assert list(sampler) == list(again)  # deterministic per seed and epoch (a resumed run draws the same)
+
+
+def test_balanced_sampler_needs_a_full_batch():
+    from edgereid.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="batch_size=8"):
+        BalancedBatchSampler([0, 1], ["", ""], batch_size=8)

@@ -124,6 +124,26 @@ def test_config_overrides_and_yaml_roundtrip(tmp_path):
         cfg.apply_overrides(["reid_p=abc"])
 
 
+def test_gender_sampling_and_jitter_options(small_synthetic, tmp_path):
+    from edgereid.errors import InvalidInputError
+    from edgereid.training.samplers import BalancedBatchSampler, ShuffleBatchSampler
+
+    tr = _trainer(small_synthetic, tmp_path / "b", gender_sampling="balanced", gender_jitter=[0.8, 0.4, 0.4, 0.9])
+    assert isinstance(tr.loaders["gender"].batch_sampler, BalancedBatchSampler)
+    gender_cfg, reid_cfg = tr.gender_data.transform.cfg, tr.reid_data.transform.cfg
+    assert (gender_cfg.jitter_p, gender_cfg.brightness, gender_cfg.contrast, gender_cfg.saturation) == \
+        (0.8, 0.4, 0.4, 0.9)
+    assert (reid_cfg.jitter_p, reid_cfg.brightness) == (SMALL.get("jitter_p", 0.5), 0.2)  # re-ID keeps its own
+    assert gender_cfg.pad == reid_cfg.pad and gender_cfg.erase_p == reid_cfg.erase_p
+    tr = _trainer(small_synthetic, tmp_path / "s")
+    assert isinstance(tr.loaders["gender"].batch_sampler, ShuffleBatchSampler)
+    assert tr.gender_data.transform.cfg == tr.reid_data.transform.cfg
+    with pytest.raises(InvalidInputError, match="gender_sampling"):
+        _trainer(small_synthetic, tmp_path / "x", gender_sampling="weighted")
+    with pytest.raises(InvalidInputError, match="gender_jitter"):
+        _trainer(small_synthetic, tmp_path / "y", gender_jitter=[0.5])
+
+
 def test_second_stage_freezes_backbone(small_synthetic, tmp_path):
     tr = _trainer(small_synthetic, tmp_path / "s2", epochs=0, stage2_epochs=1)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}

@@ -43,6 +43,8 @@ class TrainConfig:
     reid_k: int = 4  # images per identity
     gender_batch: int = 64
     gender_ratio: float = 0.5  # gender batches per re-ID batch
+    # shuffle: every image once per pass | balanced: each person and each class weigh the same (with replacement)
+    gender_sampling: str = "shuffle"
     max_reid_batches: int = 0  # per epoch; 0 = one pass over the identities
     # optimisation (stage 1: both tasks, each with its own optimizer)
     # A wall-clock budget in minutes for both stages (0 = `epochs` / `stage2_epochs` decide): the LR schedule
@@ -62,7 +64,7 @@ class TrainConfig:
     lr_steps: list = field(default_factory=lambda: [40, 70])
     lr_gamma: float = 0.1
     # losses
-    metric_loss: str = "triplet"  # triplet | circle
+    metric_loss: str = "triplet"  # triplet (batch-hard) | triplet_query | circle
     triplet_margin: float = 0.3  # <= 0 selects the soft-margin triplet
     label_smoothing: float = 0.1
     center_weight: float = 5e-4
@@ -78,6 +80,9 @@ class TrainConfig:
     pad: int = 10
     jitter_p: float = 0.5
     erase_p: float = 0.5
+    # gender batches' colour jitter [p, brightness, contrast, saturation]; [] = the re-ID batches' (0.5, 0.2,
+    # 0.15, 0.15). Gender must hold across cameras whose colours differ; identity leans on colour more.
+    gender_jitter: list = field(default_factory=list)
     # evaluation and logging
     eval_every: int = 10  # epochs; the last epoch of each stage is always evaluated; 0 = never
     eval_batch: int = 64

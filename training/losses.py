@@ -1,8 +1,8 @@
 """Training losses: label-smoothed CE, batch-hard triplet, center, circle, and the per-task combinations.
 
 The re-ID recipe is the "Bag of Tricks" one (Luo et al., 2019): identity CE with label smoothing on the
-BN-neck output, batch-hard triplet and center loss on the pre-BN feature; circle loss (Sun et al., 2020)
-can replace the triplet term. Gender = BCE-with-logits on the logit + triplet on the gender feature.
+BN-neck output, batch-hard triplet and center loss on the pre-BN feature; the seed's "triplet query" or
+circle loss (Sun et al., 2020) can replace the batch-hard triplet. Gender = BCE-with-logits on the logit + triplet on the gender feature.
 """
 from __future__ import annotations
 
@@ -53,16 +53,49 @@ class TripletLoss(nn.Module):
         dist = pairwise_euclidean(feats)
         same = labels.unsqueeze(0) == labels.unsqueeze(1)
         eye = torch.eye(len(labels), dtype=torch.bool, device=feats.device)
-        pos = same & ~eye
-        neg = ~same
-        valid = pos.any(dim=1) & neg.any(dim=1)
-        if not valid.any():
-            return feats.sum() * 0.0
-        d_ap = dist.masked_fill(~pos, float("-inf")).max(dim=1).values[valid]
-        d_an = dist.masked_fill(~neg, float("inf")).min(dim=1).values[valid]
-        if self.margin is None:
-            return F.softplus(d_ap - d_an).mean()
-        return F.relu(d_ap - d_an + self.margin).mean()
+        return hardest_triplet(dist, same & ~eye, ~same, self.margin, feats)
+
+
+def hardest_triplet(dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float | None,
+                    feats: torch.Tensor) -> torch.Tensor:
+    """Mean over anchors of relu(farthest positive - nearest negative + margin) (softplus without a margin);
+    anchors lacking a positive or a negative in their masks are skipped."""
+    valid = pos.any(dim=1) & neg.any(dim=1)
+    if not valid.any():
+        return feats.sum() * 0.0
+    d_ap = dist.masked_fill(~pos, float("-inf")).max(dim=1).values[valid]
+    d_an = dist.masked_fill(~neg, float("inf")).min(dim=1).values[valid]
+    if margin is None:
+        return F.softplus(d_ap - d_an).mean()
+    return F.relu(d_ap - d_an + margin).mean()
+
+
+def instance_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's position among its identity's samples in batch order (0 for the first, 1 for the next...)."""
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    return torch.tril(same, diagonal=-1).sum(dim=1)
+
+
+class QueryTripletLoss(nn.Module):
+    """The seed's "triplet query": instances eliminated position by position, a triplet over those left.
+
+    For each position k of a P x K batch, the k-th instance of every identity is a query and all instances at
+    position k leave the batch; each query's farthest same-identity instance and nearest other-identity
+    instance are taken among the remaining ones, as a retrieval query sees a gallery it is not part of. Unlike
+    the batch-hard triplet, the other queries of the same round are never a query's negatives. Averaged over
+    every query of every round (each instance is a query once).
+    """
+
+    def __init__(self, margin: float | None = 0.3) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        dist = pairwise_euclidean(feats)
+        position = instance_positions(labels)
+        left = position.unsqueeze(0) != position.unsqueeze(1)  # [i, j]: j is still there when i is the query
+        same = labels.unsqueeze(0) == labels.unsqueeze(1)
+        return hardest_triplet(dist, same & left, ~same & left, self.margin, feats)
 
 
 class CenterLoss(nn.Module):
@@ -111,17 +144,22 @@ class CircleLoss(nn.Module):
         return loss[valid].mean()
 
 
+METRIC_LOSSES = ("triplet", "triplet_query", "circle")
+
+
 class ReidLoss(nn.Module):
-    """ce_weight * smoothed CE(id_logits) + metric_weight * (triplet | circle)(feature) + center_weight * center."""
+    """ce_weight * smoothed CE(id_logits) + metric_weight * (triplet | triplet_query | circle)(feature)
+    + center_weight * center."""
 
     def __init__(self, num_classes: int, feat_dim: int, metric: str = "triplet", margin: float | None = 0.3,
                  label_smoothing: float = 0.1, ce_weight: float = 1.0, metric_weight: float = 1.0,
                  center_weight: float = 5e-4, circle_margin: float = 0.25, circle_gamma: float = 64.0) -> None:
         super().__init__()
-        if metric not in ("triplet", "circle"):
-            raise InvalidInputError(f"metric loss must be 'triplet' or 'circle', got {metric!r}")
+        if metric not in METRIC_LOSSES:
+            raise InvalidInputError(f"metric loss must be one of {', '.join(METRIC_LOSSES)}, got {metric!r}")
         self.ce = CrossEntropyLabelSmooth(num_classes, label_smoothing)
-        self.metric = TripletLoss(margin) if metric == "triplet" else CircleLoss(circle_margin, circle_gamma)
+        self.metric = {"triplet": lambda: TripletLoss(margin), "triplet_query": lambda: QueryTripletLoss(margin),
+                       "circle": lambda: CircleLoss(circle_margin, circle_gamma)}[metric]()
         self.center = CenterLoss(num_classes, feat_dim) if center_weight > 0 else None
         self.ce_weight, self.metric_weight, self.center_weight = ce_weight, metric_weight, center_weight
 

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +29,8 @@ from edgereid.training.config import TrainConfig
 from edgereid.training.data import GenderDataset, ReidDataset, seed_worker
 from edgereid.training.losses import GenderLoss, ReidLoss
 from edgereid.training.model import DualHeadReID
-from edgereid.training.samplers import MultiTaskLoader, MultiTaskSchedule, PKSampler, ShuffleBatchSampler, ratio_counts
+from edgereid.training.samplers import (BalancedBatchSampler, MultiTaskLoader, MultiTaskSchedule, PKSampler,
+                                       ShuffleBatchSampler, ratio_counts)
 from edgereid.training.transforms import AugmentConfig, TrainTransform
 from edgereid.training.validate import evaluate_model
 
@@ -130,17 +132,37 @@ class Trainer:
             return train, load_gender_dataset(cfg.gender_test_data, subsets=cfg.gender_test_subsets or None)
         return split_gender(train, self.cfg.gender_val_fraction, self.cfg.seed)
 
+    def _gender_transform(self, aug: AugmentConfig) -> TrainTransform:
+        jitter = self.cfg.gender_jitter
+        if not jitter:
+            return TrainTransform(self.metadata, aug)
+        if len(jitter) != 4:
+            raise InvalidInputError(f"gender_jitter must be [p, brightness, contrast, saturation], got {jitter!r}")
+        p, brightness, contrast, saturation = (float(v) for v in jitter)
+        return TrainTransform(self.metadata, replace(aug, jitter_p=p, brightness=brightness, contrast=contrast,
+                                                     saturation=saturation))
+
+    def _gender_sampler(self):
+        cfg, data = self.cfg, self.gender_data
+        size = min(cfg.gender_batch, len(data))
+        if cfg.gender_sampling == "shuffle":
+            return ShuffleBatchSampler(len(data), size, seed=cfg.seed)
+        if cfg.gender_sampling == "balanced":
+            return BalancedBatchSampler(data.labels, [r.person for r in self.gender_train], size, seed=cfg.seed)
+        raise InvalidInputError(f"gender_sampling must be 'shuffle' or 'balanced', got {cfg.gender_sampling!r}")
+
     def _build_loaders(self) -> None:
         cfg = self.cfg
         aug = AugmentConfig(flip_p=cfg.flip_p, pad=cfg.pad, jitter_p=cfg.jitter_p, erase_p=cfg.erase_p)
         self.metadata = ModelMetadata(height=cfg.image_height, width=cfg.image_width)
         tf = TrainTransform(self.metadata, aug)
         self.reid_data = ReidDataset(self.splits.train, tf, seed=cfg.seed, cache=cfg.cache_images)
-        self.gender_data = GenderDataset(self.gender_train, tf, seed=cfg.seed + 1, cache=cfg.cache_images)
+        self.gender_data = GenderDataset(self.gender_train, self._gender_transform(aug), seed=cfg.seed + 1,
+                                         cache=cfg.cache_images)
         common = dict(num_workers=cfg.num_workers, worker_init_fn=seed_worker if cfg.num_workers else None,
                       pin_memory=self.device.startswith("cuda"))
         pk = PKSampler(self.reid_data.pids, cfg.reid_p, cfg.reid_k, seed=cfg.seed)
-        gb = ShuffleBatchSampler(len(self.gender_data), min(cfg.gender_batch, len(self.gender_data)), seed=cfg.seed)
+        gb = self._gender_sampler()
         self.loaders = {"reid": DataLoader(self.reid_data, batch_sampler=pk, **common),
                         "gender": DataLoader(self.gender_data, batch_sampler=gb, **common)}
         reid_batches = min(len(pk), cfg.max_reid_batches) if cfg.max_reid_batches else len(pk)

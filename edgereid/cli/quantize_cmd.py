@@ -12,17 +12,28 @@ import click
 @click.option("--int8", "precision", flag_value="int8", help="INT8 Q/DQ from a calibration set (--calib).")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Calibration set from `edgereid calibrate` (INT8).")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="INT8 activation ranges: min-max, entropy (TensorRT's KL histogram), "
-                                      "or a percentile of |x|.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+              help="INT8 activation ranges: min-max, entropy (TensorRT's KL histogram), or a percentile of |x|; "
+                   "every layer in INT8. Without --method (or --plan) edgereid chooses: a sensitivity pass on "
+                   "the calibration crops, then a mixed-precision plan.")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="With --method percentile.")
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
               help="INT8 activations: symmetric int8 (TensorRT) or uint8 (fastest in ONNX Runtime on x86).")
 @click.option("--reduce-range", is_flag=True,
               help="7-bit INT8 weights: never saturates ONNX Runtime's fast kernels on x86 CPUs without VNNI, "
                    "at some accuracy on every CPU.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Replay a saved INT8 plan (<output>.plan.json of an earlier run): the same file again.")
+@click.option("--report", is_flag=True, help="Print the per-layer sensitivity table (and save it as "
+                                             "<output>.sensitivity.json).")
+@click.option("--target-cosine", type=float, default=None,
+              help="Plan until the embedding cosine to fp32 on the calibration crops reaches this [0.995].")
+@click.option("--max-float-share", type=float, default=None,
+              help="At most this share of the Conv multiply-accumulates left in float [0.25].")
+@click.option("--threads", type=int, default=None, help="CPU threads for the sensitivity pass.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def quantize(model, precision, calib, method, percentile, target, reduce_range, output) -> None:
+def quantize(model, precision, calib, method, percentile, target, reduce_range, plan_file, report, target_cosine,
+             max_float_share, threads, output) -> None:
     """Write an FP16 or INT8 version of MODEL (an fp32 .onnx from `edgereid export`)."""
     if precision is None:
         raise click.UsageError("choose --fp16 or --int8.")
@@ -33,8 +44,51 @@ def quantize(model, precision, calib, method, percentile, target, reduce_range, 
     else:
         if calib is None:
             raise click.UsageError("--int8 needs --calib DIR (build one with `edgereid calibrate`).")
-        from edgereid.calibration.int8 import quantize_int8
-
-        path = quantize_int8(model, calib, output, method=method, percentile=percentile, target=target,
-                             reduce_range=reduce_range)
+        path = _int8(model, calib, output, method, percentile, target, reduce_range, plan_file, report,
+                     target_cosine, max_float_share, threads)
     click.echo(f"wrote {path} ({precision}, {path.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _int8(model, calib, output, method, percentile, target, reduce_range, plan_file, report, target_cosine,
+          max_float_share, threads) -> Path:
+    from edgereid.calibration.int8 import quantize_int8
+
+    if plan_file is not None or method is not None:
+        if plan_file is not None and method is not None:
+            raise click.UsageError("--plan already names the range method; drop --method.")
+        if report or target_cosine is not None or max_float_share is not None:
+            raise click.UsageError("--report, --target-cosine and --max-float-share shape the sensitivity pass, "
+                                   "which runs only without --method and --plan.")
+        plan = None
+        if plan_file is not None:
+            from edgereid.calibration.int8_plan import Int8Plan
+
+            plan = Int8Plan.load(plan_file)
+            click.echo(f"replaying {plan_file}: {plan.method} ranges, {len(plan.keep_float)} layers in float")
+        return quantize_int8(model, calib, output, method=method or "minmax", percentile=percentile,
+                             target=target, reduce_range=reduce_range, plan=plan)
+    import json
+
+    from edgereid.atomic import write_text_atomic
+    from edgereid.calibration import sensitivity as sens
+
+    click.echo("choosing the INT8 plan on the calibration crops (range methods, then one layer at a time):")
+    path, plan, rows, methods = sens.quantize_int8_auto(
+        model, calib, output, target=target, reduce_range=reduce_range, threads=threads, echo=click.echo,
+        target_cosine=sens.TARGET_COSINE if target_cosine is None else target_cosine,
+        max_float_share=sens.MAX_FLOAT_SHARE if max_float_share is None else max_float_share)
+    label = f"{plan.method} {plan.percentile}" if plan.method == "percentile" else plan.method
+    score = plan.calibration_score
+    click.echo(f"plan: {label} ranges; {len(plan.keep_float)} of {len(rows)} convs in float "
+               f"({score['float_macs_share']:.1%} of the MACs); cosine to fp32 on {score['images']} calibration "
+               f"crops: mean {score['cosine_mean']:.4f}, min {score['cosine_min']:.4f}")
+    for name, why in plan.reasons.items():
+        click.echo(f"  float: {name}: {why}")
+    click.echo(f"plan saved as {sens.plan_path(path)} (replay with --plan)")
+    if report:
+        click.echo(sens.sensitivity_table(rows))
+        side = path.with_name(path.stem + ".sensitivity.json")
+        write_text_atomic(side, json.dumps({"plan": plan.to_dict(), "range_methods": methods,
+                                            "layers": [r.to_dict() for r in rows]}, indent=2) + "\n")
+        click.echo(f"sensitivity table saved as {side}")
+    return path

@@ -71,11 +71,12 @@ def load_peta_subset(folder) -> list:
         raise DatasetError(f"{folder} is not a PETA subset: no {LABEL_FILE} in it or in {folder / 'archive'}.")
     labels = read_labels(base / LABEL_FILE)
     by_name = any(isinstance(k, str) for k in labels)
+    subset = base.parent.name if base.name == "archive" else base.name
     records, unlabelled = [], 0
     for path in list_images(base):
         key = path.name if by_name else image_key(path)
         if key in labels:
-            records.append(GenderRecord(str(path.resolve()), labels[key]))
+            records.append(GenderRecord(str(path.resolve()), labels[key], person=f"{subset}/{key}"))
         else:
             unlabelled += 1
     if not records:

@@ -27,10 +27,15 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class GenderRecord:
-    """One gender-labelled image; label 1 = female (the model's positive class), 0 = male."""
+    """One gender-labelled image; label 1 = female (the model's positive class), 0 = male.
+
+    `person` names who it shows where the source knows (PETA: "<subset>/<id>"), so a sampler can weigh people
+    rather than frames; empty = unknown (each image its own person).
+    """
 
     path: str
     label: int
+    person: str = ""
 
 
 @dataclass

@@ -1,0 +1,222 @@
+"""What INT8 costs layer by layer, and the mixed-precision plan that keeps the model within its budget.
+
+The pass runs on the calibration crops only (never the evaluation set) and scores every file against the fp32
+model's own outputs: embedding cosine and gender-probability difference, with TensorRT's arithmetic (Q/DQ not
+fused, so int8 products are exact and the verdict does not depend on the checking CPU).
+
+1. Ranges: each candidate method (min-max, two percentiles, entropy) quantizes the whole model; the best
+   embedding cosine wins.
+2. Sensitivity: one unit at a time in INT8 (a Conv: its input and weights; a residual Add; a head's pooling;
+   everything else float), scored the same way.
+3. Plan: while the all-INT8 file is below `target_cosine`, the most sensitive unit still in INT8 goes to float,
+   as long as the float Convs stay under `max_float_share` of the model's multiply-accumulates (speed) and it
+   raises the model's cosine; then every float Conv the plan no longer needs goes back to INT8.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgereid._optional import require
+
+from edgereid.calibration.int8 import Int8Quantizer
+from edgereid.calibration.int8_plan import Int8Plan
+
+log = logging.getLogger(__name__)
+
+# The units a plan may leave in float: every Conv (its input and weights), every residual Add and the heads'
+# pooling. On the real CUHK03 model no Conv alone costs more than 0.002 of cosine, but the quantized poolings
+# cost 0.004 and the residual Adds 0.005 of the TensorRT form's 0.015 (their outputs feed the embedding head
+# and every later block at per-tensor int8 resolution).
+PLAN_OPS = ("Conv", "Add", "GlobalAveragePool")
+CANDIDATE_RANGES = (("minmax", 99.999), ("percentile", 99.99), ("percentile", 99.999), ("entropy", 99.999))
+TARGET_COSINE = 0.995  # on the calibration crops; parity's INT8 budget on held-out crops is a mean >= 0.99
+MAX_FLOAT_SHARE = 0.25  # of the Conv multiply-accumulates
+
+
+@dataclass
+class LayerSensitivity:
+    """One unit (a Conv, residual Add or pooling): its share of the model's MACs, the scores with only it in INT8."""
+
+    name: str
+    macs_share: float
+    cosine_mean: float
+    cosine_min: float
+    gender_prob_diff: float  # mean |p_int8 - p_fp32|
+    kept_float: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        """Plain dict."""
+        return asdict(self)
+
+
+def conv_macs(model, ops=PLAN_OPS) -> dict:
+    """{node name: multiply-accumulates per image} of the plan's units: a Conv's from its weights and inferred
+    output shape; 0 for the other ops (element-wise, next to nothing)."""
+    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    shapes = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    macs = {}
+    for node in model.graph.node:
+        if node.op_type in ops and node.op_type != "Conv" and node.name:
+            macs[node.name] = 0
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        cout, cin_per_group, *kernel = weights[node.input[1]]
+        spatial = shapes.get(node.output[0], [])[2:]
+        macs[node.name] = int(cout * cin_per_group * np.prod(kernel) * np.prod(spatial or [1]))
+    return macs
+
+
+class Scorer:
+    """Outputs of model files on the calibration crops, compared with the fp32 model's."""
+
+    def __init__(self, quantizer: Int8Quantizer, max_images: int = 256, threads: int | None = None,
+                 batch: int = 32) -> None:
+        self.ort = require("onnxruntime")
+        self.meta, self.batch, self.threads = quantizer.meta, batch, threads
+        self.images = quantizer.calib.array()[:max_images].astype(np.float32)
+        self.reference = self.run(quantizer.model)
+
+    def run(self, model) -> dict:
+        """{"embedding": (N,D), "gender_prob": (N,)} of an in-memory onnx.ModelProto."""
+        from edgereid.backends.onnxruntime_backend import int8_session_config
+
+        opts = self.ort.SessionOptions()
+        for key, value in int8_session_config(emulate="tensorrt").items():
+            opts.add_session_config_entry(key, value)
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        sess = self.ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        names = [self.meta.embedding_output, self.meta.gender_output]
+        outs = [sess.run(names, {self.meta.input_name: self.images[i:i + self.batch]})
+                for i in range(0, len(self.images), self.batch)]
+        logit = np.concatenate([o[1] for o in outs]).reshape(-1).astype(np.float64)
+        return {"embedding": np.concatenate([o[0] for o in outs]).astype(np.float64),
+                "gender_prob": 1.0 / (1.0 + np.exp(-logit))}
+
+    def score(self, model) -> dict:
+        """Embedding cosine (mean, min) and mean |gender probability difference| against fp32."""
+        got = self.run(model)
+        a, b = self.reference["embedding"], got["embedding"]
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                "gender_prob_diff": float(np.abs(got["gender_prob"] - self.reference["gender_prob"]).mean())}
+
+
+def best_ranges(quantizer: Int8Quantizer, scorer: Scorer, candidates=CANDIDATE_RANGES, echo=log.info) -> tuple:
+    """((method, percentile), {candidate label: score}) of the range method whose all-INT8 file scores best."""
+    scores = {}
+    for method, pct in candidates:
+        label = f"{method} {pct}" if method == "percentile" else method
+        scores[label] = scorer.score(quantizer.quantize(quantizer.ranges(method, pct)))
+        echo(f"  ranges {label:<18} all-INT8 cosine mean {scores[label]['cosine_mean']:.4f}, "
+             f"min {scores[label]['cosine_min']:.4f}, gender |dp| {scores[label]['gender_prob_diff']:.4f}")
+    labels = list(scores)
+    best = max(range(len(labels)), key=lambda i: (scores[labels[i]]["cosine_mean"],
+                                                   -scores[labels[i]]["gender_prob_diff"]))
+    return candidates[best], scores
+
+
+def layer_sensitivity(quantizer: Int8Quantizer, scorer: Scorer, ranges: dict, progress: bool = False) -> list:
+    """LayerSensitivity of every unit (PLAN_OPS) with only it in INT8, most sensitive (lowest cosine) first."""
+    from edgereid.progress import progress as progress_bar
+
+    macs = conv_macs(quantizer.model)
+    total = sum(macs.values()) or 1
+    rows = []
+    for name in progress_bar(list(macs), desc="INT8 sensitivity", unit="layer", enabled=progress):
+        s = scorer.score(quantizer.quantize(ranges, only=[name]))
+        rows.append(LayerSensitivity(name, macs[name] / total, s["cosine_mean"], s["cosine_min"],
+                                     s["gender_prob_diff"]))
+    return sorted(rows, key=lambda r: (r.cosine_mean, -r.gender_prob_diff))
+
+
+def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float = TARGET_COSINE,
+                max_float_share: float = MAX_FLOAT_SHARE, candidates=CANDIDATE_RANGES, progress: bool = False,
+                echo=log.info) -> tuple:
+    """(Int8Plan, [LayerSensitivity], {range method: score}) chosen on the calibration crops."""
+    (method, pct), method_scores = best_ranges(quantizer, scorer, candidates, echo)
+    ranges = quantizer.ranges(method, pct)
+    rows = layer_sensitivity(quantizer, scorer, ranges, progress)
+    keep, reasons, share = [], {}, 0.0
+    score = scorer.score(quantizer.quantize(ranges))
+    for rank, row in enumerate(rows, 1):
+        if score["cosine_mean"] >= target_cosine:
+            break
+        if share + row.macs_share > max_float_share:
+            continue  # too costly to leave in float; a cheaper, less sensitive layer may still fit
+        before = score["cosine_mean"]
+        candidate = scorer.score(quantizer.quantize(ranges, keep_float=keep + [row.name]))
+        if candidate["cosine_mean"] <= before:
+            continue  # float here does not help the whole model (its error is masked downstream)
+        keep.append(row.name)
+        share += row.macs_share
+        score = candidate
+        row.kept_float = True
+        row.reason = reasons[row.name] = (
+            f"sensitivity rank {rank} of {len(rows)} (alone in INT8: cosine {row.cosine_mean:.4f}); in float "
+            f"the model's cosine rises {before:.4f} -> {candidate['cosine_mean']:.4f}")
+    keep, score = _prune(quantizer, scorer, ranges, keep, score, rows, reasons)
+    share = sum(r.macs_share for r in rows if r.name in keep)
+    if score["cosine_mean"] < target_cosine:
+        echo(f"  the plan reaches cosine {score['cosine_mean']:.4f} < {target_cosine} on the calibration crops "
+             f"with {share:.0%} of the MACs in float (cap {max_float_share:.0%}); post-training quantization "
+             f"falls short here: quantization-aware training is the next step.")
+    plan = Int8Plan(method=method, percentile=float(pct), target=quantizer.target, keep_float=keep,
+                    reasons=reasons, calibration_score={**score, "float_macs_share": share,
+                                                        "images": int(len(scorer.images))})
+    return plan, rows, method_scores
+
+
+def _prune(quantizer, scorer, ranges, keep: list, score: dict, rows: list, reasons: dict) -> tuple:
+    """Back to INT8 every float layer the final plan does not need (an early pick can be made redundant by a
+    later one: the two Convs around one long-tailed tensor both look sensitive, one of them in float fixes it)."""
+    for name in list(keep):
+        trial = [k for k in keep if k != name]
+        s = scorer.score(quantizer.quantize(ranges, keep_float=trial))
+        if s["cosine_mean"] >= score["cosine_mean"] - 1e-4:
+            keep, score = trial, s
+            reasons.pop(name, None)
+            for row in rows:
+                if row.name == name:
+                    row.kept_float, row.reason = False, "back to INT8: the other float layers cover it"
+    return keep, score
+
+
+def sensitivity_table(rows: list) -> str:
+    """Markdown table of a sensitivity pass."""
+    lines = ["| layer | MACs | cosine alone in INT8 (mean / min) | gender abs dp | plan |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r.name} | {r.macs_share:.1%} | {r.cosine_mean:.4f} / {r.cosine_min:.4f} | "
+                     f"{r.gender_prob_diff:.4f} | {'float' if r.kept_float else 'int8'} |")
+    return "\n".join(lines)
+
+
+def quantize_int8_auto(onnx_path, calib, out_path, target: str = "tensorrt", target_cosine: float = TARGET_COSINE,
+                       max_float_share: float = MAX_FLOAT_SHARE, max_images: int = 256, threads: int | None = None,
+                       reduce_range: bool = False, progress: bool = False, echo=log.info) -> tuple:
+    """(path, Int8Plan, [LayerSensitivity], {method: score}): the plan chosen on `calib`, then the file.
+
+    The plan goes into the file's metadata (`int8_plan`) and beside it as `<out>.plan.json` for `--plan`.
+    """
+    with Int8Quantizer(onnx_path, calib, target=target, reduce_range=reduce_range) as quantizer:
+        scorer = Scorer(quantizer, max_images=max_images, threads=threads)
+        plan, rows, method_scores = choose_plan(quantizer, scorer, target_cosine, max_float_share,
+                                                progress=progress, echo=echo)
+        path = quantizer.write(out_path, plan.method, plan.percentile, plan.keep_float, plan=plan.to_dict())
+    plan.save(plan_path(path))
+    return Path(path), plan, rows, method_scores
+
+
+def plan_path(model_path) -> Path:
+    """Where `quantize_int8_auto` saves the plan of a file: model.int8.onnx -> model.int8.plan.json."""
+    p = Path(model_path)
+    return p.with_name(p.stem + ".plan.json")
