@@ -132,7 +132,7 @@ class Int8Quantizer:
 
         if target not in TARGETS:
             raise InvalidInputError(f"unknown INT8 target {target!r}; use one of {', '.join(TARGETS)}.")
-        self.source, self.target, self.reduce_range = str(onnx_path), target, bool(reduce_range)
+        self.target, self.reduce_range = target, bool(reduce_range)
         self.calib = calib if isinstance(calib, CalibrationSet) else CalibrationSet.load(calib)
         proto = load_onnx(onnx_path)
         self.meta = get_metadata(proto, source=str(onnx_path))

@@ -51,9 +51,9 @@ class Int8Plan:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON (atomically)."""
-        from edgereid.atomic import write_text_atomic
+        from edgereid.atomic import write_json_atomic
 
-        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Int8Plan":

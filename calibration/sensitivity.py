@@ -54,7 +54,7 @@ class LayerSensitivity:
         return asdict(self)
 
 
-def conv_macs(model, ops=PLAN_OPS) -> dict:
+def unit_macs(model, ops=PLAN_OPS) -> dict:
     """{node name: multiply-accumulates per image} of the plan's units: a Conv's from its weights and inferred
     output shape; 0 for the other ops (element-wise, next to nothing)."""
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
@@ -110,11 +110,16 @@ class Scorer:
                 "gender_prob_diff": float(np.abs(got["gender_prob"] - self.reference["gender_prob"]).mean())}
 
 
+def range_label(method: str, percentile: float) -> str:
+    """'minmax', 'entropy' or 'percentile 99.99'."""
+    return f"{method} {percentile}" if method == "percentile" else method
+
+
 def best_ranges(quantizer: Int8Quantizer, scorer: Scorer, candidates=CANDIDATE_RANGES, echo=log.info) -> tuple:
     """((method, percentile), {candidate label: score}) of the range method whose all-INT8 file scores best."""
     scores = {}
     for method, pct in candidates:
-        label = f"{method} {pct}" if method == "percentile" else method
+        label = range_label(method, pct)
         scores[label] = scorer.score(quantizer.quantize(quantizer.ranges(method, pct)))
         echo(f"  ranges {label:<18} all-INT8 cosine mean {scores[label]['cosine_mean']:.4f}, "
              f"min {scores[label]['cosine_min']:.4f}, gender |dp| {scores[label]['gender_prob_diff']:.4f}")
@@ -128,7 +133,7 @@ def layer_sensitivity(quantizer: Int8Quantizer, scorer: Scorer, ranges: dict, pr
     """LayerSensitivity of every unit (PLAN_OPS) with only it in INT8, most sensitive (lowest cosine) first."""
     from edgereid.progress import progress as progress_bar
 
-    macs = conv_macs(quantizer.model)
+    macs = unit_macs(quantizer.model)
     total = sum(macs.values()) or 1
     rows = []
     for name in progress_bar(list(macs), desc="INT8 sensitivity", unit="layer", enabled=progress):
@@ -146,7 +151,7 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
     ranges = quantizer.ranges(method, pct)
     rows = layer_sensitivity(quantizer, scorer, ranges, progress)
     keep, reasons, share = [], {}, 0.0
-    score = scorer.score(quantizer.quantize(ranges))
+    score = method_scores[range_label(method, pct)]  # the all-INT8 file, scored while choosing the ranges
     for rank, row in enumerate(rows, 1):
         if score["cosine_mean"] >= target_cosine:
             break

@@ -67,9 +67,7 @@ def _int8(model, calib, output, method, percentile, target, reduce_range, plan_f
             click.echo(f"replaying {plan_file}: {plan.method} ranges, {len(plan.keep_float)} layers in float")
         return quantize_int8(model, calib, output, method=method or "minmax", percentile=percentile,
                              target=target, reduce_range=reduce_range, plan=plan)
-    import json
-
-    from edgereid.atomic import write_text_atomic
+    from edgereid.atomic import write_json_atomic
     from edgereid.calibration import sensitivity as sens
 
     click.echo("choosing the INT8 plan on the calibration crops (range methods, then one layer at a time):")
@@ -77,7 +75,7 @@ def _int8(model, calib, output, method, percentile, target, reduce_range, plan_f
         model, calib, output, target=target, reduce_range=reduce_range, threads=threads, echo=click.echo,
         target_cosine=sens.TARGET_COSINE if target_cosine is None else target_cosine,
         max_float_share=sens.MAX_FLOAT_SHARE if max_float_share is None else max_float_share)
-    label = f"{plan.method} {plan.percentile}" if plan.method == "percentile" else plan.method
+    label = sens.range_label(plan.method, plan.percentile)
     score = plan.calibration_score
     click.echo(f"plan: {label} ranges; {len(plan.keep_float)} of {len(rows)} convs in float "
                f"({score['float_macs_share']:.1%} of the MACs); cosine to fp32 on {score['images']} calibration "
@@ -88,7 +86,7 @@ def _int8(model, calib, output, method, percentile, target, reduce_range, plan_f
     if report:
         click.echo(sens.sensitivity_table(rows))
         side = path.with_name(path.stem + ".sensitivity.json")
-        write_text_atomic(side, json.dumps({"plan": plan.to_dict(), "range_methods": methods,
-                                            "layers": [r.to_dict() for r in rows]}, indent=2) + "\n")
+        write_json_atomic(side, {"plan": plan.to_dict(), "range_methods": methods,
+                                 "layers": [r.to_dict() for r in rows]})
         click.echo(f"sensitivity table saved as {side}")
     return path
