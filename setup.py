@@ -15,13 +15,18 @@ EXTRAS = {
     "export": ["torch>=2.1", "onnx>=1.14", "onnxsim>=0.4.33"],
     "quant": ["onnx>=1.14"],
     "trt": ["tensorrt>=8.6", "pycuda>=2022.1"],
+    # a 60 MB wheel (180 MB installed) needing only numpy: light enough for the CPU set, so CI tests it
+    "openvino": ["openvino>=2024.0"],
     "faiss": ["faiss-cpu>=1.7"],
     "plots": ["matplotlib>=3.5"],
     "tensorboard": ["tensorboard>=2.10"],
+    # Trackers (edgereid.integrations.boxmot). boxmot declares torchvision, which on a CPU-only machine pulls a CUDA
+    # torch: there use requirements/boxmot-cpu.txt + `pip install --no-deps boxmot==25.0.0` (as .ci/run does).
+    "boxmot": ["boxmot>=20.0"],
     "dev": ["pytest>=7.0", "psutil>=5.9"],
 }
 # Everything that runs on a CPU-only machine (CI, a laptop); TensorRT is a GPU-host extra.
-EXTRAS["cpu"] = sorted({d for k in ("train", "export", "quant", "dev") for d in EXTRAS[k]})
+EXTRAS["cpu"] = sorted({d for k in ("train", "export", "quant", "openvino", "dev") for d in EXTRAS[k]})
 
 # Stage folders live at the top level of the repository but install into one namespace,
 # so nothing generic like `export` lands in site-packages.

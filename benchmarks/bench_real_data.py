@@ -85,7 +85,9 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--checkpoint", default="last.pt")
     ap.add_argument("--cuhk03", type=Path, required=True)
     ap.add_argument("--peta", type=Path, required=True)
-    ap.add_argument("--gender-test", nargs="+", default=["MIT"], help="held-out PETA subsets for gender")
+    ap.add_argument("--gender-test", nargs="+", default=["MIT"], help="PETA subsets left out of this run's training")
+    ap.add_argument("--held-out", nargs="+", default=["VIPeR", "CUHK"],
+                    help="the issue's held-out PETA subsets: never trained or tuned on, scored here only")
     ap.add_argument("--cross-domain", nargs="+", default=["PRID", "GRID"])
     ap.add_argument("--num-calib", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -106,7 +108,9 @@ def main(argv: list | None = None) -> int:
     for name in args.cross_domain:
         reid_sets[name.lower()] = load_two_camera(args.peta / name / "archive")
     gender_sets = {"+".join(args.gender_test): load_peta(args.peta, subsets=args.gender_test)}
-    gender_sets["PRID+GRID"] = load_peta(args.peta, subsets=args.cross_domain)
+    gender_sets["+".join(args.cross_domain)] = load_peta(args.peta, subsets=args.cross_domain)
+    if args.held_out:
+        gender_sets["+".join(args.held_out)] = load_peta(args.peta, subsets=args.held_out)
 
     model, _ = load_checkpoint(args.run / args.checkpoint, with_classifier=False)
     work = args.run / "eval"

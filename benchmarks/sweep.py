@@ -2,11 +2,13 @@
 
     python benchmarks/sweep.py --models model.onnx model.int8.onnx [model.int8.engine] -o benchmarks/results/sweep
         [--batch 1,2,4,8,16,32] [--threads auto] [--warmup 20] [--iters 200 | --duration S] [--rounds 3]
+        [--backends auto|all|onnxruntime,openvino]
 
 Writes sweep.json (every result + machine description + Jetson power mode/clocks when readable),
 sweep.csv (one row per model x threads x batch) and, when matplotlib is installed, latency.png and
 throughput.png. Engines (.engine/.plan) run on TensorRT and ignore --threads. For each batch size the models
 take turns in --rounds rounds, and every row quotes its images/s as a ratio to the first model in the same run.
+--backends all also runs every .onnx file on OpenVINO where it is installed (each file on each backend).
 """
 from __future__ import annotations
 
@@ -23,11 +25,24 @@ from common import describe_machine, jetson_info
 
 from edgereid.atomic import write_bytes_atomic
 
+from edgereid.backends import backends_for
 from edgereid.bench.runner import merge_results, run_benchmark
 from edgereid.cli.bench_cmd import parse_int_list
 from edgereid.runtime import Runtime
 
 ENGINE_SUFFIXES = {".engine", ".plan"}
+
+
+def model_backends(models: list, choice: str) -> list:
+    """(model, backend) pairs to run: 'auto' the suffix's backend, 'all' every installed backend that runs the
+    file, or a comma list (each file on those of them that run it; at least the suffix's own)."""
+    pairs = []
+    for m in models:
+        runs = backends_for(m)
+        picked = runs[:1] if choice == "auto" else runs if choice == "all" else \
+            [b for b in runs if b in choice.split(",")] or runs[:1]
+        pairs += [(m, b) for b in picked]
+    return pairs
 
 
 def label(row: dict, several_threads: bool) -> str:
@@ -107,6 +122,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--duration", type=float, default=None, help="seconds per configuration (overrides --iters)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per configuration (iters split)")
+    parser.add_argument("--backends", default="auto",
+                        help="auto (by suffix), all (also OpenVINO for .onnx where installed) or a comma list")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNGs from OUTPUT/sweep.json")
     args = parser.parse_args(argv)
     if args.plot_only:
@@ -127,9 +144,11 @@ def main(argv: list | None = None) -> int:
     per_round = max(1, -(-args.iters // args.rounds))
     for t_index, n_threads in enumerate(threads):
         # Engines ignore CPU threads: run them once, with the first thread setting.
-        models = [m for m in args.models if m.suffix.lower() not in ENGINE_SUFFIXES or t_index == 0]
-        runtimes = {m: Runtime(m, max_batch=max(batches),
-                               threads=None if m.suffix.lower() in ENGINE_SUFFIXES else n_threads) for m in models}
+        models = [(m, b) for m, b in model_backends(args.models, args.backends)
+                  if m.suffix.lower() not in ENGINE_SUFFIXES or t_index == 0]
+        runtimes = {(m, b): Runtime(m, backend=b, max_batch=max(batches),
+                                    threads=None if m.suffix.lower() in ENGINE_SUFFIXES else n_threads)
+                    for m, b in models}
         try:
             for batch in batches:
                 parts: dict = {m: [] for m in models}
@@ -145,9 +164,10 @@ def main(argv: list | None = None) -> int:
                     base = base or res.images_per_s
                     results.append(res)
                     baseline_ratio.append(res.images_per_s / base)
-                    print(f"{m.name:28s} {res.precision:5s} batch {batch:3d} threads {str(n_threads or 'auto'):4s} "
+                    print(f"{m[0].name:28s} {m[1]:11s} {res.precision:5s} batch {batch:3d} "
+                          f"threads {str(n_threads or 'auto'):4s} "
                           f"p50 {res.latency.p50_ms:8.2f} ms  p99 {res.latency.p99_ms:8.2f} ms  "
-                          f"{res.images_per_s:8.1f} img/s  {res.images_per_s / base:5.2f}x {models[0].name}",
+                          f"{res.images_per_s:8.1f} img/s  {res.images_per_s / base:5.2f}x {models[0][0].name}",
                           flush=True)
         finally:
             for rt in runtimes.values():

@@ -173,8 +173,10 @@ class Int8Quantizer:
                 self.target == "tensorrt", percentile))
         return self._ranges[key]
 
-    def quantize(self, ranges: dict, keep_float: Sequence[str] = (), only: Sequence[str] | None = None):
-        """The Q/DQ onnx.ModelProto: every quantizable op (or just `only`) except `keep_float` node names."""
+    def quantize(self, ranges: dict, keep_float: Sequence[str] = (), only: Sequence[str] | None = None,
+                 bias_correction: bool = False):
+        """The Q/DQ onnx.ModelProto: every quantizable op (or just `only`) except `keep_float` node names;
+        `bias_correction` corrects the INT8 Convs' biases on the calibration crops (calibration.bias_correction)."""
         q = self.q
         # DedicatedQDQPair: a DQ shared by two consumers (a residual fork) stops ONNX Runtime from fusing the
         # consuming Conv into QLinearConv; one DQ per consumer keeps every Conv in INT8 (TensorRT is indifferent).
@@ -191,14 +193,19 @@ class Int8Quantizer:
             nodes_to_quantize=list(only) if only is not None else None,
             nodes_to_exclude=nodes_to_exclude(self.model) + list(keep_float),
             calibrate_method=_calibration_method("minmax"), extra_options=extra)
-        return self.onnx.load(str(dst))
+        model = self.onnx.load(str(dst))
+        if bias_correction:
+            from edgereid.calibration.bias_correction import correct_biases
+
+            model, _ = correct_biases(model, self.model, self.calib.array(), self.meta.input_name)
+        return model
 
     def write(self, out_path: str | os.PathLike, method: str = "minmax", percentile: float = 99.999,
-              keep_float: Sequence[str] = (), plan: dict | None = None) -> Path:
+              keep_float: Sequence[str] = (), plan: dict | None = None, bias_correction: bool = False) -> Path:
         """Quantize with `method`'s ranges, keeping `keep_float` in float; write the file with its metadata."""
         from edgereid.export.metadata import save_onnx, set_metadata
 
-        out = self.quantize(self.ranges(method, percentile), keep_float)
+        out = self.quantize(self.ranges(method, percentile), keep_float, bias_correction=bias_correction)
         extra = {**self.meta.extra, "calibration_method": method, "int8_target": self.target,
                  "calibration_count": len(self.calib),
                  "calibration_preprocessing_hash": self.calib.manifest.preprocessing_hash,
@@ -208,6 +215,8 @@ class Int8Quantizer:
             extra["calibration_percentile"] = float(percentile)
         if plan is not None:
             extra["int8_plan"] = plan
+        if bias_correction:
+            extra["int8_bias_correction"] = True
         set_metadata(out, self.meta.with_(precision="int8", extra=extra))
         self.onnx.checker.check_model(out)
         log.info("int8: %s calibration on %d images, %d IBN BatchNorms folded, %d layers kept in float",
@@ -218,7 +227,8 @@ class Int8Quantizer:
 def quantize_int8(onnx_path: str | os.PathLike, calib: CalibrationSet | str | os.PathLike,
                   out_path: str | os.PathLike, method: str = "minmax", batch_size: int = 8,
                   percentile: float = 99.999, fold_ibn_bn: bool = True, target: str = "tensorrt",
-                  reduce_range: bool = False, keep_float: Sequence[str] = (), plan=None) -> Path:
+                  reduce_range: bool = False, keep_float: Sequence[str] = (), plan=None,
+                  bias_correction: bool = False) -> Path:
     """Write a Q/DQ INT8 model of an edgereid fp32 ONNX file, calibrated on `calib`; returns the path.
 
     The calibration set must have been built with the model's preprocessing (checked by hash). `reduce_range`
@@ -226,7 +236,8 @@ def quantize_int8(onnx_path: str | os.PathLike, calib: CalibrationSet | str | os
     x86 CPU without VNNI even with ONNX Runtime's fast kernels; it costs accuracy on every CPU (README, INT8).
     `keep_float` names Conv nodes left in float; `plan` (an Int8Plan, e.g. `Int8Plan.load(file)`) replays a
     mixed-precision plan instead: its method, percentile, target and float layers (`calibration.sensitivity`
-    makes one).
+    makes one). `bias_correction` moves each INT8 Conv's bias by its output's mean shift on the calibration
+    crops (`calibration.bias_correction`; recorded as `int8_bias_correction` in the metadata).
     """
     if plan is not None:
         method, percentile, target, keep_float = plan.method, plan.percentile, plan.target, plan.keep_float
@@ -234,4 +245,4 @@ def quantize_int8(onnx_path: str | os.PathLike, calib: CalibrationSet | str | os
         if plan is not None:
             plan.check_nodes([n.name for n in quantizer.model.graph.node], str(onnx_path))
         return quantizer.write(out_path, method, percentile, keep_float,
-                               plan=plan.to_dict() if plan is not None else None)
+                               plan=plan.to_dict() if plan is not None else None, bias_correction=bias_correction)

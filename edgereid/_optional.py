@@ -12,12 +12,14 @@ _EXTRAS = {
     "onnx": ("export", "writing and editing ONNX files"),
     "onnxsim": ("export", "simplifying exported ONNX graphs"),
     "onnxruntime": ("", "running .onnx models"),
+    "openvino": ("openvino", "running models with OpenVINO (.xml IR, or .onnx with backend='openvino')"),
     "tensorrt": ("trt", "building and running TensorRT engines"),
     "pycuda": ("trt", "running TensorRT engines"),
     "faiss": ("faiss", "approximate search in large galleries"),
     "matplotlib": ("plots", "plots"),
     "tensorboard": ("tensorboard", "TensorBoard logs"),
     "yaml": ("train", "YAML training configs"),
+    "boxmot": ("boxmot", "boxmot's trackers (edgereid.integrations.boxmot)"),
 }
 
 
@@ -32,4 +34,8 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
         hint = f'pip install "edgereid[{extra}]"' if extra else "pip install edgereid"
         if top == "torch":
             hint += " (CPU-only machines: pip install torch==<version> from the CPU wheel index first)"
+        if top == "boxmot":
+            # boxmot's declared dependencies pull torchvision and with it a CUDA build of torch
+            hint += (" (CPU-only machines: pip install -r requirements/boxmot-cpu.txt, then pip install --no-deps "
+                     "boxmot)")
         raise MissingDependencyError(f"{module} is needed for {what} but is not installed: {hint}") from exc

@@ -37,9 +37,28 @@ def load_onnx(path: str | os.PathLike):
         raise ModelFileError(f"{path} is not a readable ONNX file ({type(exc).__name__}).") from exc
 
 
+#: the output every edgereid file lists first: trackers' ReID backends (boxmot's ONNX and OpenVINO ones) read
+#: output 0 as the appearance feature.
+FIRST_OUTPUT = "embedding"
+
+
+def embedding_first(model_proto) -> None:
+    """Move the `embedding` output to position 0 of the graph's outputs (outputs are matched by name)."""
+    outputs = list(model_proto.graph.output)
+    names = [o.name for o in outputs]
+    if FIRST_OUTPUT in names and names[0] != FIRST_OUTPUT:
+        ordered = sorted(outputs, key=lambda o: o.name != FIRST_OUTPUT)  # stable: the others keep their order
+        copies = [type(o)() for o in ordered]
+        for copy, o in zip(copies, ordered):
+            copy.CopyFrom(o)
+        del model_proto.graph.output[:]
+        model_proto.graph.output.extend(copies)
+
+
 def save_onnx(model_proto, path: str | os.PathLike) -> Path:
-    """onnx.save via a temp file + rename, so an interrupted export never leaves half a model."""
+    """onnx.save via a temp file + rename (never half a model), with `embedding` as the first output."""
     onnx = require("onnx")
+    embedding_first(model_proto)
     with atomic_path(path) as tmp:
         onnx.save(model_proto, str(tmp))
     return Path(path)

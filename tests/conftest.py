@@ -200,3 +200,16 @@ def assert_int8_conv(model, conv, activation_dtype) -> None:
     assert x_zp.dtype == activation_dtype and x_zp.size == 1, conv.name
     if activation_dtype == np.int8:
         assert int(x_zp) == 0, conv.name  # symmetric activations
+
+
+def load_sweep(monkeypatch):
+    """benchmarks/sweep.py as a module, importable as `python benchmarks/sweep.py` runs it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "sweep.py"
+    monkeypatch.syspath_prepend(str(path.parent))
+    spec = importlib.util.spec_from_file_location("bench_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

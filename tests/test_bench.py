@@ -6,6 +6,7 @@ import mmap
 import numpy as np
 import pytest
 
+from conftest import load_sweep
 from edgereid.bench.runner import BenchResult, format_table, run_benchmark, synthetic_crops
 from edgereid.bench.timing import LatencyStats, peak_rss_bytes, percentile, reset_peak_rss
 from edgereid.errors import InvalidInputError
@@ -172,15 +173,9 @@ def test_bench_cli_writes_one_result_per_batch_and_thread_count(model_files, tmp
 
 def test_sweep_script_writes_json_csv_and_plots(model_files, tmp_path, monkeypatch):
     import csv
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "sweep.py"
-    monkeypatch.syspath_prepend(str(path.parent))  # as `python benchmarks/sweep.py` runs it
-    spec = importlib.util.spec_from_file_location("bench_sweep", path)
-    sweep_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep_mod)
+    sweep_mod = load_sweep(monkeypatch)
     out = tmp_path / "sweep"
     sweep_mod.main(["--models", str(model_files["onnx"]), "--batch", "1,2", "--threads", "1", "--warmup", "0",
                     "--iters", "1", "-o", str(out)])

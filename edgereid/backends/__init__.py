@@ -8,7 +8,10 @@ from edgereid.backends.base import Backend
 from edgereid.errors import InvalidInputError, ModelFileError
 
 # file suffix -> backend name; the file decides the backend, no boolean flags.
-SUFFIXES = {".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch", ".engine": "tensorrt", ".plan": "tensorrt"}
+SUFFIXES = {".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch", ".engine": "tensorrt", ".plan": "tensorrt",
+            ".xml": "openvino"}
+# backends that run a file type besides the one its suffix picks
+ALSO_RUNS = {".onnx": ("openvino",)}
 
 
 def backend_for(path: str | os.PathLike) -> str:
@@ -16,8 +19,22 @@ def backend_for(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
         raise ModelFileError(f"{path}: unknown model file type {suffix!r}; edgereid runs .onnx (ONNX Runtime), "
-                             f".engine/.plan (TensorRT) and .pt/.pth checkpoints (PyTorch).")
+                             f".engine/.plan (TensorRT), .xml (OpenVINO IR) and .pt/.pth checkpoints (PyTorch).")
     return SUFFIXES[suffix]
+
+
+def installed(name: str) -> bool:
+    """True when the library behind backend `name` (a module of the same name) is installed; nothing is imported."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def backends_for(path: str | os.PathLike) -> list:
+    """Every installed backend that runs `path`: the suffix's own first, then e.g. OpenVINO for .onnx files."""
+    suffix = Path(path).suffix.lower()
+    names = [backend_for(path)] + list(ALSO_RUNS.get(suffix, ()))
+    return [n for n in names if n == names[0] or installed(n)]
 
 
 def open_backend(path: str | os.PathLike, backend: str | None = None, **options) -> Backend:
@@ -43,4 +60,8 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, **options)
         from edgereid.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(path, max_batch=options.get("max_batch"), device=options.get("device") or 0)
-    raise ModelFileError(f"unknown backend {name!r}; choose one of onnxruntime, torch, tensorrt.")
+    if name == "openvino":
+        from edgereid.backends.openvino_backend import OpenVINOBackend
+
+        return OpenVINOBackend(path, device=options.get("device") or "CPU", threads=options.get("threads"))
+    raise ModelFileError(f"unknown backend {name!r}; choose one of onnxruntime, openvino, torch, tensorrt.")

@@ -6,7 +6,19 @@ from typing import Mapping
 
 import numpy as np
 
+from edgereid.errors import ModelFileError
 from edgereid.metadata import ModelMetadata
+
+
+def check_io(path, meta: ModelMetadata, inputs, outputs) -> None:
+    """Raise ModelFileError unless the graph's `inputs` / `outputs` (names) hold those the metadata names."""
+    if meta.input_name not in inputs:
+        raise ModelFileError(f"{path}: metadata names input {meta.input_name!r} but the graph has "
+                             f"{sorted(inputs)}; the metadata does not belong to this graph. Re-export.")
+    missing = [n for n in meta.output_names if n not in outputs]
+    if missing:
+        raise ModelFileError(f"{path}: outputs {missing} named in the metadata are not in the graph "
+                             f"({sorted(outputs)}); re-export the model.")
 
 
 class Backend(abc.ABC):

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from edgereid._optional import require
-from edgereid.backends.base import Backend
+from edgereid.backends.base import Backend, check_io
 from edgereid.backends.cpu_features import describe_cpu_features, int8_saturates
 from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
@@ -116,16 +116,8 @@ class OnnxRuntimeBackend(Backend):
         return "ONNX Runtime u8s8 kernels (saturating: this CPU has no VNNI)"
 
     def _check_io(self) -> None:
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
-        meta = self._metadata
-        if meta.input_name not in inputs:
-            raise ModelFileError(f"{self.path}: metadata names input {meta.input_name!r} but the graph has "
-                                 f"{sorted(inputs)}; the metadata does not belong to this graph. Re-export.")
-        missing = [n for n in meta.output_names if n not in outputs]
-        if missing:
-            raise ModelFileError(f"{self.path}: outputs {missing} named in the metadata are not in the graph "
-                                 f"({sorted(outputs)}); re-export the model.")
+        check_io(self.path, self._metadata, {i.name for i in self.session.get_inputs()},
+                 {o.name for o in self.session.get_outputs()})
 
     @property
     def metadata(self) -> ModelMetadata:

@@ -49,7 +49,7 @@ def parse_int_list(text: str, name: str, allow_auto: bool = False) -> list:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench(model, batches, threads, warmup, iters, duration, images, backend, int8_kernels, json_out,
           progress) -> None:
-    """Benchmark MODEL (.onnx, .engine or .pt) over batch sizes and thread counts."""
+    """Benchmark MODEL (.onnx, .xml, .engine or .pt) over batch sizes and thread counts."""
     from edgereid.atomic import write_json_atomic
     from edgereid.bench.machine import describe_machine, machine_line
     from edgereid.bench.runner import format_table, sweep

@@ -22,6 +22,7 @@ COMMANDS = {
     "calibrate": "edgereid.cli.calibrate_cmd:calibrate",
     "quantize": "edgereid.cli.quantize_cmd:quantize",
     "build-engine": "edgereid.cli.build_engine_cmd:build_engine",
+    "convert-openvino": "edgereid.cli.openvino_cmd:convert_openvino",
     "parity": "edgereid.cli.parity_cmd:parity",
 }
 
@@ -37,6 +38,7 @@ SHORT_HELP = {
     "calibrate": "Build an INT8 calibration set (preprocessed like the model's runtime) with a manifest.",
     "quantize": "FP16 or INT8 (Q/DQ, per-channel symmetric) ONNX from an fp32 edgereid ONNX file.",
     "build-engine": "TensorRT engine (8.6 / 10.x / 11.x) from any edgereid ONNX file, with a JSON sidecar.",
+    "convert-openvino": "OpenVINO IR (.xml + .bin) from any edgereid ONNX file, with the metadata inside.",
     "parity": "Checkpoint vs ONNX/engine files: errors, cosine, gender agreement, rank-1/mAP deltas; exit 1 on fail.",
 }
 

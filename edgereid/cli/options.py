@@ -5,7 +5,7 @@ import click
 
 from edgereid.backends import SUFFIXES
 
-BACKENDS = tuple(dict.fromkeys(SUFFIXES.values()))  # onnxruntime, torch, tensorrt
+BACKENDS = tuple(dict.fromkeys(SUFFIXES.values()))  # onnxruntime, torch, tensorrt, openvino
 
 
 def backend_option(f):

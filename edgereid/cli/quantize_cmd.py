@@ -24,6 +24,9 @@ import click
                    "at some accuracy on every CPU.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Replay a saved INT8 plan (<output>.plan.json of an earlier run): the same file again.")
+@click.option("--bias-correction", is_flag=True,
+              help="Move each INT8 Conv's bias by its output's mean shift against fp32 on the calibration crops, "
+                   "layer by layer (with --method or --plan).")
 @click.option("--report", is_flag=True, help="Print the per-layer sensitivity table (and save it as "
                                              "<output>.sensitivity.json).")
 @click.option("--target-cosine", type=float, default=None,
@@ -32,8 +35,8 @@ import click
               help="At most this share of the Conv multiply-accumulates left in float [0.25].")
 @click.option("--threads", type=int, default=None, help="CPU threads for the sensitivity pass.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def quantize(model, precision, calib, method, percentile, target, reduce_range, plan_file, report, target_cosine,
-             max_float_share, threads, output) -> None:
+def quantize(model, precision, calib, method, percentile, target, reduce_range, plan_file, bias_correction, report,
+             target_cosine, max_float_share, threads, output) -> None:
     """Write an FP16 or INT8 version of MODEL (an fp32 .onnx from `edgereid export`)."""
     if precision is None:
         raise click.UsageError("choose --fp16 or --int8.")
@@ -45,12 +48,12 @@ def quantize(model, precision, calib, method, percentile, target, reduce_range, 
         if calib is None:
             raise click.UsageError("--int8 needs --calib DIR (build one with `edgereid calibrate`).")
         path = _int8(model, calib, output, method, percentile, target, reduce_range, plan_file, report,
-                     target_cosine, max_float_share, threads)
+                     target_cosine, max_float_share, threads, bias_correction)
     click.echo(f"wrote {path} ({precision}, {path.stat().st_size / 2**20:.1f} MiB)")
 
 
 def _int8(model, calib, output, method, percentile, target, reduce_range, plan_file, report, target_cosine,
-          max_float_share, threads) -> Path:
+          max_float_share, threads, bias_correction=False) -> Path:
     from edgereid.calibration.int8 import quantize_int8
 
     if plan_file is not None or method is not None:
@@ -66,7 +69,10 @@ def _int8(model, calib, output, method, percentile, target, reduce_range, plan_f
             plan = Int8Plan.load(plan_file)
             click.echo(f"replaying {plan_file}: {plan.method} ranges, {len(plan.keep_float)} layers in float")
         return quantize_int8(model, calib, output, method=method or "minmax", percentile=percentile,
-                             target=target, reduce_range=reduce_range, plan=plan)
+                             target=target, reduce_range=reduce_range, plan=plan, bias_correction=bias_correction)
+    if bias_correction:
+        # the sensitivity pass scores uncorrected files: a plan it chose is not known to hold once corrected
+        raise click.UsageError("--bias-correction needs --method or --plan (the plan search does not use it).")
     from edgereid.atomic import write_json_atomic
     from edgereid.calibration import sensitivity as sens
 
@@ -77,9 +83,10 @@ def _int8(model, calib, output, method, percentile, target, reduce_range, plan_f
         max_float_share=sens.MAX_FLOAT_SHARE if max_float_share is None else max_float_share)
     label = sens.range_label(plan.method, plan.percentile)
     score = plan.calibration_score
-    click.echo(f"plan: {label} ranges; {len(plan.keep_float)} of {len(rows)} convs in float "
+    click.echo(f"plan: {label} ranges; {len(plan.keep_float)} of {len(rows)} units in float "
                f"({score['float_macs_share']:.1%} of the MACs); cosine to fp32 on {score['images']} calibration "
-               f"crops: mean {score['cosine_mean']:.4f}, min {score['cosine_min']:.4f}")
+               f"crops: mean {score['cosine_mean']:.4f}, min {score['cosine_min']:.4f}; top-10 agreement "
+               f"{score['top10_overlap']:.3f}")
     for name, why in plan.reasons.items():
         click.echo(f"  float: {name}: {why}")
     click.echo(f"plan saved as {sens.plan_path(path)} (replay with --plan)")

@@ -19,10 +19,12 @@ from edgereid.runtime.preprocess import Preprocessor
 
 
 class Runtime:
-    """Load a model file (.onnx, .engine or .pt) and run crops through it in batches of `max_batch`.
+    """Load a model file (.onnx, .engine, .xml or .pt) and run crops through it in batches of `max_batch`.
 
-    The backend is chosen from the file and configured from its metadata: input size, colour order,
-    normalisation (in the runtime or fused in the graph) and output names.
+    The backend is chosen from the file (or `backend=`: "onnxruntime", "openvino", "tensorrt", "torch") and
+    configured from its metadata: input size, colour order, normalisation (in the runtime or fused in the graph)
+    and output names. `device`: the OpenVINO device ("CPU", "GPU", "NPU", "AUTO"), the CUDA device of TensorRT,
+    or the torch device.
 
     INT8 ONNX files: `emulate="tensorrt"` computes as TensorRT does (int8 products without saturation, the
     same on every CPU), for checking a TensorRT-form file on a CPU; deployment leaves it unset and gets ONNX
@@ -168,7 +170,7 @@ class Runtime:
 
     @property
     def backend_name(self) -> str:
-        """'onnxruntime', 'torch' or 'tensorrt'."""
+        """'onnxruntime', 'openvino', 'torch' or 'tensorrt'."""
         return self.backend.name
 
     def close(self) -> None:

@@ -1,0 +1,296 @@
+"""OpenVINO backend: the same outputs as ONNX Runtime at f32 (never OpenVINO's bf16 default), INT8 files on INT8
+kernels within the parity budget, the IR round trip with the metadata inside, and errors a user can act on.
+
+openvino is part of `pip install -e ".[cpu]"` (setup.py), so nothing here skips in CI.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import openvino as ov
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import load_sweep, make_crops
+from edgereid import Runtime
+from edgereid.backends import backend_for, backends_for
+from edgereid.backends.openvino_backend import OpenVINOBackend, unsign_int8_activations
+from edgereid.backends.openvino_convert import convert_to_openvino
+from edgereid.errors import InvalidInputError, ModelFileError
+
+CONV_LAYERS = ("Convolution", "GroupConvolution")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def conv_precisions(backend: OpenVINOBackend) -> dict:
+    """{runtime precision: count} of the compiled graph's convolutions."""
+    out: dict = {}
+    for (layer, precision), n in backend.layer_precisions().items():
+        if layer in CONV_LAYERS:
+            out[precision] = out.get(precision, 0) + n
+    return out
+
+
+# -- fp32 ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["onnx", "fused_onnx"])
+def test_fp32_equals_onnxruntime_and_runs_at_f32(model_files, kind):
+    crops = make_crops(7, seed=21)
+    with Runtime(model_files[kind]) as rt:
+        want = rt.infer(crops)
+        assert rt.backend_name == "onnxruntime"
+    # max_batch 3: batches of 3, 3 and 1 through one compiled model (the batch dimension stays dynamic)
+    with Runtime(model_files[kind], backend="openvino", device="CPU", max_batch=3) as rt:
+        got = rt.infer(crops)
+        assert rt.backend_name == "openvino" and rt.backend.device == "CPU"
+        assert rt.backend.inference_precision == "f32"
+        precisions = conv_precisions(rt.backend)
+    assert set(precisions) == {"f32"} and sum(precisions.values()) >= 20, precisions
+    assert np.abs(got.embeddings - want.embeddings).max() <= 1e-4
+    assert np.abs(got.gender_prob - want.gender_prob).max() <= 1e-4
+    assert np.abs(got.embeddings[0] - got.embeddings[1]).max() > 1e-3  # real signal, not a constant
+
+
+def test_precision_is_f32_even_where_openvino_would_pick_a_lower_one(model_files):
+    """OpenVINO's own default on this CPU (bf16 where it has AVX512_BF16 or AMX) vs edgereid's compiled model."""
+    import openvino.properties.hint as hints
+
+    core = ov.Core()
+    default = core.compile_model(core.read_model(str(model_files["onnx"])), "CPU")
+    default_precision = default.get_property(hints.inference_precision).get_type_name()
+    if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert default_precision == "bf16"  # why the hint is needed: OpenVINO lowers fp32 files by default here
+    with OpenVINOBackend(model_files["onnx"]) as backend:
+        assert backend.inference_precision == "f32"
+        got = backend.compiled.get_property(hints.inference_precision).get_type_name()
+    assert got == "f32"
+
+
+def test_threads_reach_openvino(model_files):
+    with OpenVINOBackend(model_files["onnx"], threads=1) as backend:
+        assert backend.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+# -- INT8 ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def int8_eval(int8_setup):
+    """Unseen evaluation crops of the trained small model and its fp32 outputs on ONNX Runtime."""
+    from edgereid.imageio import read_images
+
+    crops = read_images(int8_setup["splits"].paths("query")[:160])
+    with Runtime(int8_setup["fp32"]) as rt:
+        return crops, rt.infer_raw(crops)
+
+
+@pytest.mark.parametrize("form", ["tensorrt", "cpu"])
+def test_int8_runs_on_int8_kernels_within_the_parity_budget(form, int8_tensorrt_file, int8_cpu_file, int8_eval):
+    from edgereid.calibration.parity import BUDGETS, judge
+
+    path = int8_tensorrt_file if form == "tensorrt" else int8_cpu_file
+    crops, ref = int8_eval
+    with Runtime(path, backend="openvino") as rt:
+        got = rt.infer_raw(crops)
+        backend = rt.backend
+        assert backend.inference_precision == "f32"  # the float layers between the quantized ones
+        precisions = conv_precisions(backend)
+        assert rt.int8_arithmetic.startswith("OpenVINO INT8 kernels on CPU: ")
+        # the TensorRT form's int8 activations were rewritten to uint8 (see test below); the cpu form has none
+        assert (backend.unsigned_activations > 0) == (form == "tensorrt")
+    # every Conv of the graph runs on INT8 kernels (the 1x1 downsample convs included)
+    assert set(precisions) <= {"u8", "i8"} and sum(precisions.values()) >= 20, precisions
+    cos = cosine(got["embedding"], ref["embedding"])
+    metrics = {"embedding_max_abs": float(np.abs(got["embedding"] - ref["embedding"]).max()),
+               "gender_logit_max_abs": float(np.abs(got["gender_logit"] - ref["gender_logit"]).max()),
+               "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+               "gender_agreement": float(np.mean((got["gender_logit"] >= 0) == (ref["gender_logit"] >= 0)))}
+    budget = {"int8": {k: v for k, v in BUDGETS["int8"].items() if k in metrics}}
+    checks = judge(metrics, "int8", budget)
+    assert all(c["pass"] for c in checks.values()), checks
+    assert metrics["embedding_max_abs"] > 1e-3  # quantized for real: not a float model in disguise
+
+
+def _qdq_concat_conv(zero_point_dtype) -> onnx.ModelProto:
+    """x1, x2 -> Concat -> Relu -> Q/DQ (per-tensor, `zero_point_dtype`) -> Conv(int8 per-channel weights)."""
+    rng = np.random.default_rng(0)
+    zp = 0 if zero_point_dtype == np.int8 else 128
+    inits = [numpy_helper.from_array(rng.integers(-127, 128, (8, 8, 3, 3)).astype(np.int8), "wq"),
+             numpy_helper.from_array(np.full(8, 0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(8, np.int8), "wz"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(zp, zero_point_dtype), "z")]
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+             helper.make_node("Concat", ["x1", "x2"], ["c"], axis=1),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rd"]),
+             helper.make_node("Conv", ["rd", "w"], ["y"], pads=[1, 1, 1, 1])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x1", "x2")]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_signed_int8_activations_are_rewritten_to_the_same_uint8_grid(tmp_path):
+    """The pattern OpenVINO 2026.4 miscomputes (int8 activations behind a Concat): after the rewrite it equals the
+    float computation on the dequantized values, as the uint8 form of the same grid does."""
+    import openvino.properties.hint as hints
+
+    rng = np.random.default_rng(1)
+    feed = {"x1": rng.uniform(-5, 5, (1, 4, 8, 8)).astype(np.float32),
+            "x2": rng.uniform(-4, 4, (1, 4, 8, 8)).astype(np.float32)}
+    core = ov.Core()
+    results = {}
+    for dtype in (np.int8, np.uint8):
+        path = tmp_path / f"{np.dtype(dtype).name}.onnx"
+        onnx.save(_qdq_concat_conv(dtype), str(path))
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.disable_quant_qdq", "1")  # float Conv on dequantized values
+        want = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        model = core.read_model(str(path))
+        results[dtype] = unsign_int8_activations(model)
+        got = core.compile_model(model, "CPU", {hints.inference_precision: ov.Type.f32})(feed)[0]
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    assert results == {np.int8: (1, 0), np.uint8: (0, 0)}
+
+
+# -- IR -----------------------------------------------------------------------------------------------------
+def _without_ir_info(meta) -> dict:
+    d = meta.to_dict()
+    d["extra"] = {k: v for k, v in d["extra"].items() if k != "openvino_ir"}
+    return d
+
+
+def test_ir_round_trip_keeps_metadata_outputs_and_fp32_weights(model_files, tmp_path):
+    crops = make_crops(5, seed=3)
+    xml = convert_to_openvino(model_files["onnx"], tmp_path / "ir" / "model.xml")
+    assert sorted(p.name for p in xml.parent.iterdir()) == ["model.bin", "model.xml"]  # no temp files left
+    # fp32 weights kept: the .bin holds as many bytes as the ONNX file's weights (fp16 would be half)
+    assert xml.with_suffix(".bin").stat().st_size > 0.95 * model_files["onnx"].stat().st_size
+    assert backend_for(xml) == "openvino"
+    with Runtime(model_files["onnx"]) as onnx_rt, Runtime(xml) as ir_rt:
+        assert ir_rt.backend_name == "openvino" and ir_rt.backend.inference_precision == "f32"
+        assert _without_ir_info(ir_rt.metadata) == _without_ir_info(onnx_rt.metadata)
+        assert ir_rt.metadata.extra["openvino_ir"]["compress_to_fp16"] is False
+        want, got = onnx_rt.infer_raw(crops), ir_rt.infer_raw(crops)
+    assert set(got) == {"embedding", "gender_logit"}
+    for name in got:
+        assert got[name].shape == want[name].shape
+        assert np.abs(got[name] - want[name]).max() <= 1e-4, name
+
+
+def test_compressed_ir_says_fp16_and_stays_within_the_fp16_budget(model_files, tmp_path):
+    from edgereid.calibration.parity import BUDGETS
+
+    crops = make_crops(6, seed=4)
+    xml = convert_to_openvino(model_files["onnx"], tmp_path / "half.xml", compress_to_fp16=True)
+    assert xml.with_suffix(".bin").stat().st_size < 0.6 * model_files["onnx"].stat().st_size
+    with Runtime(model_files["onnx"]) as onnx_rt, Runtime(xml) as ir_rt:
+        assert ir_rt.metadata.precision == "fp16" and ir_rt.backend.inference_precision == "f32"
+        want, got = onnx_rt.infer_raw(crops), ir_rt.infer_raw(crops)
+    assert np.abs(got["embedding"] - want["embedding"]).max() <= BUDGETS["fp16"]["embedding_max_abs"][1]
+    assert cosine(got["embedding"], want["embedding"]).min() >= BUDGETS["fp16"]["cosine_min"][1]
+
+
+def test_int8_ir_equals_the_int8_onnx_on_openvino(int8_tensorrt_file, int8_eval, tmp_path):
+    crops = int8_eval[0][:32]
+    xml = convert_to_openvino(int8_tensorrt_file, tmp_path / "int8.xml")
+    with Runtime(int8_tensorrt_file, backend="openvino") as a, Runtime(xml) as b:
+        assert b.metadata.precision == "int8" and b.backend.unsigned_activations == 0  # rewritten before saving
+        assert b.metadata.extra["openvino_ir"]["int8_activations_unsigned"] == a.backend.unsigned_activations
+        assert set(conv_precisions(b.backend)) <= {"u8", "i8"}
+        np.testing.assert_allclose(b.infer_raw(crops)["embedding"], a.infer_raw(crops)["embedding"], atol=1e-5)
+
+
+def test_cli_convert_openvino(model_files, tmp_path, capsys):
+    from edgereid.cli.main import main
+
+    out = tmp_path / "cli.xml"
+    main(["convert-openvino", str(model_files["onnx"]), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert out.is_file() and out.with_suffix(".bin").is_file()
+    assert "precision fp32" in text and "inference precision f32" in text
+    with pytest.raises(SystemExit) as exc:
+        main(["convert-openvino", str(tmp_path / "missing.onnx")])
+    assert exc.value.code == 2 and "not found" in capsys.readouterr().err
+
+
+# -- errors -------------------------------------------------------------------------------------------------
+def test_errors_name_the_file_and_the_fix(model_files, tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        Runtime(tmp_path / "missing.xml")
+    with pytest.raises(InvalidInputError, match=r"'TPU'.*CPU"):
+        Runtime(model_files["onnx"], backend="openvino", device="TPU")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07not an onnx model" * 64)
+    with pytest.raises(ModelFileError, match="corrupt.onnx could not be read by OpenVINO"):
+        Runtime(corrupt, backend="openvino")
+    xml = convert_to_openvino(model_files["onnx"], tmp_path / "m.xml")
+    xml.with_suffix(".bin").unlink()
+    with pytest.raises(ModelFileError, match=r"m\.bin are missing"):
+        Runtime(xml)
+    plain = tmp_path / "plain.onnx"  # an ONNX file without edgereid metadata
+    proto = onnx.load(str(model_files["onnx"]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(plain))
+    with pytest.raises(ModelFileError, match="no edgereid metadata"):
+        Runtime(plain, backend="openvino")
+    with pytest.raises(InvalidInputError, match="emulate"):
+        Runtime(model_files["onnx"], backend="openvino", emulate="tensorrt")
+    with pytest.raises(InvalidInputError, match=r"\.xml"):
+        convert_to_openvino(model_files["onnx"], tmp_path / "model.bin")
+
+
+def test_infer_refuses_a_wrong_dtype_and_an_empty_batch(model_files):
+    with OpenVINOBackend(model_files["onnx"]) as backend:
+        with pytest.raises(InvalidInputError, match="float32"):
+            backend.infer({"images": np.zeros((1, 3, 256, 128), np.float64)})
+        with pytest.raises(InvalidInputError, match="empty"):
+            backend.infer({"images": np.zeros((0, 3, 256, 128), np.float32)})
+
+
+# -- bench --------------------------------------------------------------------------------------------------
+def test_bench_cli_runs_openvino(model_files, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgereid.cli.bench_cmd import bench
+
+    assert backends_for(model_files["onnx"]) == ["onnxruntime", "openvino"]
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(bench, [str(model_files["onnx"]), "--backend", "openvino", "--batch", "2",
+                                     "--threads", "1", "--warmup", "0", "--iters", "2", "--json", str(out),
+                                     "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert [(r["backend"], r["batch"]) for r in json.loads(out.read_text())["results"]] == [("openvino", 2)]
+
+
+def test_sweep_runs_each_onnx_file_on_both_backends(model_files, tmp_path, monkeypatch):
+    import json
+
+    sweep_mod = load_sweep(monkeypatch)
+    out = tmp_path / "sweep"
+    sweep_mod.main(["--models", str(model_files["onnx"]), "--backends", "all", "--batch", "1", "--threads", "1",
+                    "--warmup", "0", "--iters", "1", "--rounds", "1", "-o", str(out)])
+    rows = json.loads((out / "sweep.json").read_text())["results"]
+    assert [r["backend"] for r in rows] == ["onnxruntime", "openvino"]
+
+
+def test_openvino_runtime_loads_no_other_inference_library(model_files, tmp_path):
+    """The DESIGN rule for each backend: an OpenVINO Runtime (ONNX or IR) adds openvino and nothing heavy."""
+    import json
+    import subprocess
+    import sys
+
+    xml = convert_to_openvino(model_files["onnx"], tmp_path / "m.xml")
+    code = (
+        "import json, sys\nimport numpy as np\nfrom edgereid import Runtime\n"
+        f"for path, backend in (({str(model_files['onnx'])!r}, 'openvino'), ({str(xml)!r}, None)):\n"
+        "    Runtime(path, backend=backend).infer([np.zeros((100, 40, 3), np.uint8)])\n"
+        "heavy = ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'pycuda', 'tensorflow')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
