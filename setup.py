@@ -17,7 +17,11 @@ EXTRAS = {
     "trt": ["tensorrt>=8.6", "pycuda>=2022.1"],
     # a 60 MB wheel (180 MB installed) needing only numpy: light enough for the CPU set, so CI tests it
     "openvino": ["openvino>=2024.0"],
+    # 66 MB installed, needs only numpy: in the CPU set, so CI tests the approximate search path
     "faiss": ["faiss-cpu>=1.7"],
+    # Milvus client + the embedded milvus-lite (with pandas, pyarrow, grpcio ~280 MB installed); in the CPU set so
+    # CI runs MilvusGallery against a real milvus-lite file
+    "milvus": ["pymilvus>=2.4.2", "milvus-lite>=2.4"],
     "plots": ["matplotlib>=3.5"],
     "tensorboard": ["tensorboard>=2.10"],
     # Trackers (edgereid.integrations.boxmot). boxmot declares torchvision, which on a CPU-only machine pulls a CUDA
@@ -26,7 +30,8 @@ EXTRAS = {
     "dev": ["pytest>=7.0", "psutil>=5.9"],
 }
 # Everything that runs on a CPU-only machine (CI, a laptop); TensorRT is a GPU-host extra.
-EXTRAS["cpu"] = sorted({d for k in ("train", "export", "quant", "openvino", "dev") for d in EXTRAS[k]})
+EXTRAS["cpu"] = sorted({d for k in ("train", "export", "quant", "openvino", "faiss", "milvus", "dev")
+                        for d in EXTRAS[k]})
 
 # Stage folders live at the top level of the repository but install into one namespace,
 # so nothing generic like `export` lands in site-packages.

@@ -17,6 +17,7 @@ from edgereid.errors import (
     MissingDependencyError,
     ModelFileError,
     ModelVersionError,
+    StoreLockedError,
 )
 
 # public name -> module that defines it; loaded lazily so `import edgereid` imports no backend.
@@ -27,6 +28,7 @@ _LAZY = {
     "ModelMetadata": "edgereid.metadata",
     "read_image": "edgereid.imageio",
     "Gallery": "edgereid.retrieval.gallery",
+    "GalleryStore": "edgereid.retrieval.store",
     "rerank": "edgereid.retrieval.reranking",
     "rerank_distances": "edgereid.retrieval.reranking",
     "evaluate": "edgereid.retrieval.metrics",
@@ -37,6 +39,7 @@ _LAZY = {
 __all__ = [
     "__version__",
     "BackendUnavailableError",
+    "StoreLockedError",
     "DatasetError",
     "EdgereidError",
     "ImageReadError",

@@ -16,6 +16,7 @@ _EXTRAS = {
     "tensorrt": ("trt", "building and running TensorRT engines"),
     "pycuda": ("trt", "running TensorRT engines"),
     "faiss": ("faiss", "approximate search in large galleries"),
+    "pymilvus": ("milvus", "Milvus galleries (edgereid.retrieval.milvus_gallery)"),
     "matplotlib": ("plots", "plots"),
     "tensorboard": ("tensorboard", "TensorBoard logs"),
     "yaml": ("train", "YAML training configs"),

@@ -36,3 +36,7 @@ class DatasetError(EdgereidError, ValueError):
 
 class GalleryFileError(EdgereidError, ValueError):
     """A gallery file that is missing, truncated, corrupt, foreign or of an unsupported format version."""
+
+
+class StoreLockedError(EdgereidError, TimeoutError):
+    """Another connection held a GalleryStore's write lock for longer than the store's `timeout`."""

@@ -1,4 +1,4 @@
-"""Forensic search: "women, top 20 most like this crop" over a saved gallery.
+"""Forensic search: "women, top 20 most like this crop" over a saved gallery or a GalleryStore (.sqlite/.db).
 
     python examples/forensic_search.py model.onnx site.gallery query.jpg [--gender female] [-k 20] [--rerank]
 
@@ -10,12 +10,12 @@ import argparse
 from pathlib import Path
 
 from edgereid import Runtime
-from edgereid.retrieval.gallery import Gallery
+from edgereid.retrieval.store import open_gallery
 
 
 def search(model: Path, gallery_file: Path, query: Path, gender: str | None, k: int, rerank: bool) -> list:
     """The hits (edgereid.retrieval.gallery.Hit) for one query image, closest first."""
-    gallery = Gallery.load(gallery_file)
+    gallery = open_gallery(gallery_file)  # a .gallery file or a durable GalleryStore
     with Runtime(model, max_batch=1) as rt:
         embedding = rt.infer_files([query]).embeddings[0]
     return gallery.search(embedding, k=k, gender=gender, rerank=rerank)

@@ -21,6 +21,7 @@ import numpy as np
 from edgereid import DynamicBatcher, Runtime, read_image
 from edgereid.imageio import list_images
 from edgereid.retrieval.gallery import Gallery
+from edgereid.retrieval.store import save_gallery
 
 
 
@@ -99,7 +100,7 @@ def main(argv: list | None = None) -> int:
             counts = list(pool.map(lambda c: run_camera(c, args.cameras[c], batcher, people, args.min_conf),
                                    range(len(args.cameras))))
     g = people.gallery
-    g.save(args.output)
+    save_gallery(g, args.output)  # .sqlite/.db: a durable GalleryStore; else a .gallery file
     female = int(np.sum(g.gender_prob >= 0.5))
     print(f"{sum(counts)} crops from {len(counts)} cameras ({counts}) -> {people.next_id} people, "
           f"{female} crops female; mean batch {batcher.mean_batch_size:.1f}; saved {args.output}")

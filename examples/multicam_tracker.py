@@ -25,6 +25,7 @@ from edgereid.imageio import list_images
 from edgereid.integrations.boxmot import AppearanceModel, make_tracker, track_ids_of_detections
 from edgereid.integrations.tracklets import IdentityMatcher, TrackletBuilder
 from edgereid.retrieval.gallery import Gallery
+from edgereid.retrieval.store import save_gallery
 
 
 def read_detections(path: Path, min_conf: float) -> dict:
@@ -96,7 +97,7 @@ def run(model: Path, cameras: list, output: Path, tracker: str = "botsort", min_
         for tracklet in sorted((t for c in cams for t in c.tracklets.close_all()), key=lambda t: (t.last, t.camera)):
             add_tracklet(gallery, tracklet, matcher.assign(tracklet))
             closed.append(tracklet)
-    gallery.save(output)
+    save_gallery(gallery, output)  # .sqlite/.db: a durable GalleryStore; else a .gallery file
     return {"crops": [c.crops for c in cams], "untracked": [c.untracked for c in cams], "closed": closed,
             "tracklets": len(matcher.assigned), "people": len(matcher.people), "gallery": gallery}
 

@@ -108,8 +108,10 @@ def test_multicam_loop_builds_a_cross_camera_gallery(model_files, runtime, tmp_p
     assert len(set(others)) == 3 and seen[0, 1, 10] not in others
 
 
-def test_forensic_search_returns_the_closest_women(model_files, runtime, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["site.gallery", "site.sqlite"])  # a saved gallery, or a durable GalleryStore
+def test_forensic_search_returns_the_closest_women(name, model_files, runtime, tmp_path, capsys):
     from edgereid.retrieval.gallery import Gallery
+    from edgereid.retrieval.store import save_gallery
 
     crops = synthetic_crops(8, seed=21, min_hw=(60, 30), max_hw=(140, 70))
     out = runtime.infer(crops)
@@ -117,9 +119,9 @@ def test_forensic_search_returns_the_closest_women(model_files, runtime, tmp_pat
     g = Gallery(dim=out.embeddings.shape[1])
     g.add(out.embeddings, ids=np.arange(100, 108), cameras=np.arange(8) % 3, gender_prob=gender,
           times=np.arange(8) * 10)
-    g.save(tmp_path / "site.gallery")
+    assert save_gallery(g, tmp_path / name) == 8
     cv2.imwrite(str(tmp_path / "query.png"), crops[3])
-    load_example("forensic_search").main([str(model_files["onnx"]), str(tmp_path / "site.gallery"),
+    load_example("forensic_search").main([str(model_files["onnx"]), str(tmp_path / name),
                                           str(tmp_path / "query.png"), "--gender", "female", "-k", "3"])
     lines = capsys.readouterr().out.strip().splitlines()
     ranks = [line.split() for line in lines[1:]]

@@ -34,10 +34,20 @@ def build_gallery(rt, folder: Path):
     return g
 
 
+def save_gallery_as(g, path: Path) -> None:
+    """Write a Gallery or GalleryStore's rows to `path` (a GalleryStore for .sqlite/.db) and say so."""
+    from edgereid.retrieval.store import GalleryStore, save_gallery
+
+    n = save_gallery(g, path)
+    mem = g.gallery if isinstance(g, GalleryStore) else g
+    click.echo(f"wrote {path} ({n} entries, {mem.bytes_per_entry} bytes each)")
+
+
 @click.command("search")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--gallery", "gallery_path", required=True, type=click.Path(exists=True, path_type=Path),
-              help="A folder of crops (embedded now) or a .gallery file saved earlier.")
+              help="A folder of crops (embedded now), a .gallery file saved earlier or a GalleryStore "
+                   "(.sqlite/.db).")
 @click.option("--query", "queries", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False,
                                                                                 path_type=Path))
 @click.option("-k", "k", type=int, default=10, show_default=True)
@@ -46,22 +56,22 @@ def build_gallery(rt, folder: Path):
 @click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result grid: .png, or .html for a page with the same content.")
 @click.option("--save-gallery", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Save the gallery built from a folder, to reuse with --gallery FILE.")
+              help="Save the gallery (a .sqlite/.db name writes a GalleryStore), to reuse with --gallery FILE.")
 @backend_option
 @threads_option
 def search(model, gallery_path, queries, k, rerank, gender, save_path, save_gallery, backend, threads) -> None:
     """Find the K nearest gallery crops of each --query image with MODEL."""
     from edgereid.imageio import read_image
-    from edgereid.retrieval.gallery import Gallery
     from edgereid.retrieval.search_report import Tile, save_grid_png, save_html
     from edgereid.runtime import Runtime
 
+    from edgereid.retrieval.store import open_gallery
+
     with Runtime(model, backend=backend, threads=threads) as rt:
-        g = build_gallery(rt, gallery_path) if gallery_path.is_dir() else Gallery.load(gallery_path)
+        g = build_gallery(rt, gallery_path) if gallery_path.is_dir() else open_gallery(gallery_path)
         q = rt.infer_files([str(p) for p in queries])
     if save_gallery:
-        g.save(save_gallery)
-        click.echo(f"wrote {save_gallery} ({len(g)} entries, {g.bytes_per_entry} bytes each)")
+        save_gallery_as(g, save_gallery)
     results = g.search(q.embeddings, k=k, rerank=rerank, gender=gender)
     rows = []
     for path, prob, hits in zip(queries, q.gender_prob, results):

@@ -18,6 +18,15 @@ DTYPES = ("float32", "float16", "int8")
 CHUNK_ROWS = 65536
 RERANK_FULL_MAX = 20000  # above this, re-ranking runs on a shortlist of each query's nearest entries
 FAISS_MIN_SIZE = 200000
+# index="auto" switches to an approximate FAISS index (IVF-PQ) at this size: below it exact search of the whole
+# gallery takes a few ms per query, so an index (and its build time) buys little. IVF-PQ, not HNSW: on 10^6
+# clustered rows it built in 10 s instead of 200 s with higher recall (benchmarks/results/ann_cpu.json).
+ANN_MIN_SIZE = 200000
+INDEXES = ("auto", "exact", "hnsw", "ivfpq")
+ANN_CANDIDATES = 4  # ANN fetches k x this (/ filter pass rate) candidates, re-scored exactly, before the top k
+# A filter keeping less than this fraction of the gallery is searched exactly over the kept rows: the ANN would
+# need k / fraction candidates, and exact search over few rows is already fast.
+ANN_FILTER_MIN_FRACTION = 0.1
 
 
 @dataclass
@@ -48,12 +57,15 @@ def _column(values, n: int, name: str, dtype, fill) -> np.ndarray:
 class Gallery:
     """Embeddings (float32, float16 or int8 with a per-row scale) plus id, camera, gender, time, track and meta."""
 
-    def __init__(self, dim: int = 128, dtype: str = "float32", metric: str = "euclidean") -> None:
+    def __init__(self, dim: int = 128, dtype: str = "float32", metric: str = "euclidean", index: str = "auto") -> None:
+        if index not in INDEXES:
+            raise InvalidInputError(f"gallery index must be one of {', '.join(INDEXES)}, got {index!r}")
         if dtype not in DTYPES:
             raise InvalidInputError(f"gallery dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if metric not in ("euclidean", "cosine"):
             raise InvalidInputError(f"gallery metric must be 'euclidean' or 'cosine', got {metric!r}")
-        self.dim, self.dtype, self.metric = int(dim), dtype, metric
+        self.dim, self.dtype, self.metric, self.index = int(dim), dtype, metric, index
+        self._ann = None  # AnnIndex over positions 0..ntotal-1; appended to on search, rebuilt after remove()
         self._emb = np.empty((0, self.dim), dtype=np.dtype(dtype))
         self._scale = np.empty(0, dtype=np.float32)  # int8 only: row = stored * scale
         self.ids = np.empty(0, dtype=np.int64)
@@ -142,7 +154,7 @@ class Gallery:
         for name in ("ids", "cameras", "gender_prob", "times", "tracks"):
             setattr(self, name, getattr(self, name)[keep])
         self.meta = [m for m, k in zip(self.meta, keep) if k]
-        self._faiss = self._sqnorm = None
+        self._faiss = self._sqnorm = self._ann = None  # positions shifted: the ANN index is rebuilt when next used
         return int(drop.sum())
 
     def _filter(self, gender, camera, exclude_camera, time_range, gender_threshold) -> np.ndarray | None:
@@ -229,6 +241,67 @@ class Gallery:
         d = 1.0 - d if self.metric == "cosine" else np.sqrt(np.maximum(d, 0))
         return i.astype(np.int64), d.astype(np.float32)
 
+    def _ann_kind(self, use_faiss: bool | None) -> str | None:
+        """The ANN index this search uses: the chosen one, IVF-PQ for index="auto" at ANN_MIN_SIZE rows, else None."""
+        if use_faiss is False or self.index == "exact":
+            return None
+        if self.index == "auto":
+            return "ivfpq" if len(self) >= ANN_MIN_SIZE else None
+        return self.index
+
+    def _ann_sync(self, kind: str, strict: bool):
+        """The ANN index holding every row (built on first use, appended rows added); None if FAISS is absent."""
+        from edgereid.retrieval.faiss_index import AnnIndex
+        # a shorter gallery than the index means rows were dropped behind remove()'s back: positions are stale
+        if self._ann is None or self._ann.kind != kind or self._ann.ntotal > len(self):
+            try:
+                self._ann = AnnIndex(kind, self.dim)
+            except ImportError:
+                if strict:
+                    raise
+                return None
+        for s in range(self._ann.ntotal, len(self), CHUNK_ROWS * 16):  # add() only appends: index the new tail
+            x = self._decode(s, min(len(self), s + CHUNK_ROWS * 16))
+            self._ann.add(_d.l2_normalize(x) if self.metric == "cosine" else x)
+        return self._ann
+
+    def _ann_topk(self, q: np.ndarray, k: int, rows: np.ndarray | None, kind: str, strict: bool):
+        """Top-k by ANN candidates re-scored with exact distances; None = use exact search instead.
+
+        A filter is applied after the ANN search, which fetches k x ANN_CANDIDATES / (fraction of rows passing)
+        candidates; filters passing < ANN_FILTER_MIN_FRACTION of the rows, and queries left with fewer than k
+        candidates after filtering, are searched exactly.
+        """
+        frac = 1.0 if rows is None else len(rows) / len(self)
+        if frac < ANN_FILTER_MIN_FRACTION:
+            return None
+        ann = self._ann_sync(kind, strict)
+        if ann is None:
+            return None
+        cosine = self.metric == "cosine"
+        qq = _d.l2_normalize(q) if cosine else q
+        cand = ann.search(qq, int(np.ceil(k * ANN_CANDIDATES / frac)))
+        ok = cand >= 0
+        if rows is not None:
+            keep = np.zeros(len(self), dtype=bool)
+            keep[rows] = True
+            ok &= keep[np.where(ok, cand, 0)]
+        safe = np.where(ok, cand, 0)
+        g = self._decode_rows(safe.ravel()).reshape(cand.shape + (self.dim,))
+        if cosine:
+            gn = np.linalg.norm(g, axis=2)
+            d = 1 - np.einsum("qcd,qd->qc", g, qq) / np.where(gn > 0, gn, 1)
+        else:
+            d = np.sqrt(np.maximum(np.einsum("qcd,qcd->qc", g - q[:, None], g - q[:, None]), 0))
+        d = np.where(ok, d, np.inf).astype(np.float32)
+        order = np.lexsort((safe, d), axis=1)[:, :k]  # ties in distance: lower position first, as exact search
+        idx, dist = np.take_along_axis(safe, order, axis=1), np.take_along_axis(d, order, axis=1)
+        short = ~np.isfinite(dist).all(axis=1)
+        if short.any():
+            ei, ed = self._exact_topk(q[short], k, rows)
+            idx[short], dist[short] = ei, ed
+        return idx, dist
+
     def search(self, query_embeddings: np.ndarray, k: int = 10, rerank: bool = False, gender: str | None = None,
                camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
                use_faiss: bool | None = None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> list:
@@ -238,7 +311,9 @@ class Gallery:
         camera / exclude_camera (one id or several), time_range (lo, hi; None = open). With rerank=True the
         distances are k-reciprocal re-ranked distances (whole gallery up to 20,000 entries, else a shortlist of
         each query's 1,000 nearest). FAISS (exact flat index) is used when installed, the gallery has at least
-        200,000 entries and no filter is set, unless use_faiss says otherwise.
+        200,000 entries and no filter is set, unless use_faiss says otherwise. With index="hnsw"/"ivfpq", or
+        "auto" at ANN_MIN_SIZE (200,000) entries, an approximate FAISS index gives the candidates (see _ann_topk
+        for filters); use_faiss=False forces exact search.
         """
         single = np.asarray(query_embeddings).ndim == 1
         q = _d.as_matrix(query_embeddings, "query_embeddings", self.dim).astype(np.float32)
@@ -252,7 +327,10 @@ class Gallery:
             idx, dist = self._rerank_topk(q, min(k, n_cand), rows, k1, k2, lambda_value)
         else:
             res = None
-            if rows is None and use_faiss is not False and (use_faiss or len(self) >= FAISS_MIN_SIZE):
+            kind = self._ann_kind(use_faiss)
+            if kind is not None:
+                res = self._ann_topk(q, min(k, n_cand), rows, kind, strict=self.index != "auto")
+            elif rows is None and use_faiss is not False and (use_faiss or len(self) >= FAISS_MIN_SIZE):
                 res = self._faiss_topk(q, min(k, n_cand), strict=bool(use_faiss))
             idx, dist = res if res is not None else self._exact_topk(q, min(k, n_cand), rows)
         hits = [[self._hit(int(i), float(d)) for i, d in zip(ri, rd)] for ri, rd in zip(idx, dist)]
@@ -283,11 +361,12 @@ class Gallery:
         write_gallery_file(path, header, arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Gallery":
-        """Read a gallery written by save(); raises GalleryFileError for truncated, foreign or corrupt files."""
+    def load(cls, path: str | os.PathLike, index: str = "auto") -> "Gallery":
+        """Read a gallery written by save() (an ANN index is rebuilt on first search, not stored); raises
+        GalleryFileError for truncated, foreign or corrupt files."""
         header, arrays = read_gallery_file(path)
         try:
-            g = cls(dim=header["dim"], dtype=header["dtype"], metric=header["metric"])
+            g = cls(dim=header["dim"], dtype=header["dtype"], metric=header["metric"], index=index)
             g._emb, g._scale = arrays["embeddings"], arrays["scale"]
             for name in ("ids", "cameras", "gender_prob", "times", "tracks"):
                 setattr(g, name, arrays[name])

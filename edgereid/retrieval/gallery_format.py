@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereid.atomic import temp_file_beside
+from edgereid.atomic import replace_durably, temp_file_beside
 from edgereid.errors import GalleryFileError
 
 MAGIC = b"EDGEREID-GALLERY\0"
@@ -46,7 +46,7 @@ def write_gallery_file(path: str | os.PathLike, header: dict, arrays: dict) -> P
             f.write(digest.digest())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # a crash before this line leaves the previous file untouched
+        replace_durably(tmp, path)  # a crash before this line leaves the previous file untouched
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,0 +1,167 @@
+"""`MilvusGallery`: the gallery interface on a Milvus collection (milvus-lite file on an edge box, or a cluster)."""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+
+from edgereid.errors import InvalidInputError
+from edgereid.retrieval import distances as _d
+from edgereid.retrieval.gallery import Hit, _column
+
+# Unknown values are stored as sentinels rather than NULL: a comparison filter on a sentinel is simply false
+# (gender >= 0.5, time ranges), the same rows Gallery's NaN comparisons exclude, on every Milvus version.
+NO_GENDER = -1.0
+NO_TIME = -1.0e300
+FIELDS = ["pid", "camera", "gender_prob", "time", "track", "site", "meta"]
+
+
+def _num(x) -> str:
+    return repr(float(x))
+
+
+def _ints(values) -> str:
+    return "[" + ", ".join(str(int(v)) for v in np.atleast_1d(values)) + "]"
+
+
+class MilvusGallery:
+    """Embeddings plus id, camera, gender, time, track, site and meta in one Milvus collection (FLAT = exact)."""
+
+    def __init__(self, uri: str, dim: int = 128, collection: str = "edgereid", metric: str = "euclidean",
+                 site: str = "", index_type: str = "FLAT", token: str = "") -> None:
+        from edgereid._optional import require
+        if metric not in ("euclidean", "cosine"):
+            raise InvalidInputError(f"MilvusGallery metric must be 'euclidean' or 'cosine', got {metric!r}")
+        pymilvus = require("pymilvus", "MilvusGallery")
+        self.dim, self.collection, self.metric, self.site = int(dim), collection, metric, str(site)
+        self._milvus_metric = "COSINE" if metric == "cosine" else "L2"
+        self.client = pymilvus.MilvusClient(uri=str(uri), token=token)
+        if self.client.has_collection(collection):
+            self._check_existing()
+        else:
+            self._create(pymilvus.DataType, index_type)
+        self.client.load_collection(collection)
+
+    def _create(self, DataType, index_type: str) -> None:
+        schema = self.client.create_schema(auto_id=True, enable_dynamic_field=False)
+        # auto_id: the server hands out primary keys, so many sites can insert into one collection at once
+        schema.add_field("pk", DataType.INT64, is_primary=True)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
+        for name in ("pid", "camera", "track"):
+            schema.add_field(name, DataType.INT64)
+        schema.add_field("gender_prob", DataType.FLOAT)
+        schema.add_field("time", DataType.DOUBLE)
+        schema.add_field("site", DataType.VARCHAR, max_length=256)
+        schema.add_field("meta", DataType.VARCHAR, max_length=65535)  # JSON text: any JSON value, null included
+        params = self.client.prepare_index_params()
+        params.add_index(field_name="embedding", index_type=index_type, metric_type=self._milvus_metric)
+        self.client.create_collection(self.collection, schema=schema, index_params=params,
+                                      consistency_level="Strong")
+
+    def _check_existing(self) -> None:
+        desc = self.client.describe_collection(self.collection)
+        vec = [f for f in desc["fields"] if f["name"] == "embedding"]
+        have = int(vec[0]["params"]["dim"]) if vec else None
+        if have != self.dim:
+            raise InvalidInputError(f"Milvus collection {self.collection!r} holds dim={have} embeddings, not "
+                                    f"dim={self.dim}; pass dim={have} or another collection name")
+
+    def __len__(self) -> int:
+        res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def __repr__(self) -> str:
+        return f"MilvusGallery(collection={self.collection!r}, dim={self.dim}, metric={self.metric})"
+
+    def add(self, embeddings: np.ndarray, ids=None, cameras=None, gender_prob=None, times=None, tracks=None,
+            meta: Sequence | None = None) -> np.ndarray:
+        """Insert entries and flush; returns their primary keys (Hit.index). Unknown ids/cameras/tracks are -1."""
+        x = _d.as_matrix(embeddings, "embeddings", self.dim).astype(np.float32)
+        n = len(x)
+        if meta is not None and len(meta) != n:
+            raise InvalidInputError(f"meta has {len(meta)} items for {n} embeddings")
+        meta_text = [json.dumps(m) for m in (meta if meta is not None else [None] * n)]
+        gp = _column(gender_prob, n, "gender_prob", np.float32, np.nan)
+        t = _column(times, n, "times", np.float64, np.nan)
+        cols = {"pid": _column(ids, n, "ids", np.int64, -1), "camera": _column(cameras, n, "cameras", np.int64, -1),
+                "track": _column(tracks, n, "tracks", np.int64, -1),
+                "gender_prob": np.where(np.isnan(gp), NO_GENDER, gp), "time": np.where(np.isnan(t), NO_TIME, t)}
+        rows = [{"embedding": x[i].tolist(), "site": self.site, "meta": meta_text[i],
+                 **{k: v[i].item() for k, v in cols.items()}} for i in range(n)]
+        keys = []
+        for s in range(0, n, 10000):  # bounded gRPC messages
+            keys.extend(self.client.insert(self.collection, rows[s:s + 10000])["ids"])
+        self.client.flush(self.collection)
+        return np.asarray(keys, dtype=np.int64)
+
+    def _expr(self, gender, camera, exclude_camera, time_range, gender_threshold, site) -> str:
+        """The Milvus boolean expression equal to Gallery's filters (evaluated before the vector search)."""
+        parts = []
+        if gender is not None:
+            if gender not in ("female", "male"):
+                raise InvalidInputError(f"gender filter must be 'female' or 'male', got {gender!r}")
+            t = _num(gender_threshold)
+            parts.append(f"gender_prob >= {t}" if gender == "female" else f"(gender_prob >= 0 and gender_prob < {t})")
+        if camera is not None:
+            parts.append(f"camera in {_ints(camera)}")
+        if exclude_camera is not None:
+            parts.append(f"camera not in {_ints(exclude_camera)}")
+        if time_range is not None:
+            lo, hi = time_range
+            parts.append(f"time > {_num(NO_TIME)}")
+            if lo is not None:
+                parts.append(f"time >= {_num(lo)}")
+            if hi is not None:
+                parts.append(f"time <= {_num(hi)}")
+        if site is not None:
+            parts.append("site in [" + ", ".join(json.dumps(str(s)) for s in np.atleast_1d(site)) + "]")
+        return " and ".join(parts)
+
+    def search(self, query_embeddings: np.ndarray, k: int = 10, gender: str | None = None, camera=None,
+               exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
+               site=None) -> list:
+        """Nearest entries per query as Hit lists (a 1-D query gives one list), closest first; filters as Gallery's
+        plus site (one or several). Hit.index is the Milvus primary key; distances are Gallery's."""
+        single = np.asarray(query_embeddings).ndim == 1
+        q = _d.as_matrix(query_embeddings, "query_embeddings", self.dim).astype(np.float32)
+        if k < 1:
+            raise InvalidInputError(f"k must be >= 1, got {k}")
+        res = self.client.search(self.collection, data=q.tolist(), limit=int(k), anns_field="embedding",
+                                 filter=self._expr(gender, camera, exclude_camera, time_range, gender_threshold,
+                                                   site), output_fields=FIELDS,
+                                 search_params={"metric_type": self._milvus_metric})
+        hits = [[self._hit(r) for r in per_query] for per_query in res]
+        return hits[0] if single else hits
+
+    def _hit(self, r: dict) -> Hit:
+        e = r["entity"]
+        # Milvus L2 is the squared distance and COSINE a similarity; Gallery reports the distance and 1 - cos
+        d = float(np.sqrt(max(r["distance"], 0.0))) if self.metric == "euclidean" else 1.0 - float(r["distance"])
+        gp, t = float(e["gender_prob"]), float(e["time"])
+        return Hit(index=int(r.get("pk", r.get("id"))), id=int(e["pid"]), camera=int(e["camera"]), distance=d,
+                   gender_prob=float("nan") if gp < 0 else gp, time=float("nan") if t <= NO_TIME else t,
+                   track=int(e["track"]), meta=json.loads(e["meta"]))
+
+    def _delete(self, expr: str) -> int:
+        before = len(self)
+        self.client.delete(self.collection, filter=expr)
+        self.client.flush(self.collection)
+        return before - len(self)
+
+    def remove(self, indices=None, ids=None) -> int:
+        """Delete entries by primary key (Hit.index) and/or person id; returns how many went."""
+        parts = []
+        if indices is not None and len(np.atleast_1d(indices)):
+            parts.append(f"pk in {_ints(indices)}")
+        if ids is not None and len(np.atleast_1d(ids)):
+            parts.append(f"pid in {_ints(ids)}")
+        return self._delete(" or ".join(parts)) if parts else 0
+
+    def expire(self, older_than: float) -> int:
+        """Retention: delete entries whose time is before older_than (entries of unknown time stay)."""
+        return self._delete(f"time > {_num(NO_TIME)} and time < {_num(older_than)}")
+
+    def close(self) -> None:
+        """Release the client (a milvus-lite file can then be opened again)."""
+        self.client.close()
