@@ -26,6 +26,8 @@ import numpy as np
 from edgereid._optional import require
 from edgereid.errors import InvalidInputError, ModelFileError
 
+from edgereid.calibration.qdq import _consumers as _readers, _producers
+
 log = logging.getLogger(__name__)
 
 INT32 = np.iinfo(np.int32)
@@ -45,18 +47,6 @@ class ConvCorrection:
     def to_dict(self) -> dict:
         """Plain dict."""
         return asdict(self)
-
-
-def _producers(graph) -> dict:
-    return {out: node for node in graph.node for out in node.output}
-
-
-def _readers(graph) -> dict:
-    found: dict = {}
-    for node in graph.node:
-        for name in node.input:
-            found.setdefault(name, []).append(node)
-    return found
 
 
 def int8_convs(model) -> list:

@@ -112,9 +112,8 @@ def compare(ref: dict, got: dict, ev: EvalSet, ref_ret: dict | None = None) -> d
     ret = retrieval(got["embedding"], ev)
     e_err = np.abs(got["embedding"] - ref["embedding"])
     g_err = np.abs(got["gender_logit"] - ref["gender_logit"])
-    a, b = ref["embedding"], got["embedding"]
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    overlap = np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(ref_ret["top10"], ret["top10"])])
+    cos = row_cosine(ref["embedding"], got["embedding"])
+    overlap = neighbour_overlap(ref_ret["top10"], ret["top10"])
     return {
         "embedding_max_abs": float(e_err.max()), "embedding_mean_abs": float(e_err.mean()),
         "gender_logit_max_abs": float(g_err.max()), "gender_logit_mean_abs": float(g_err.mean()),
@@ -123,6 +122,16 @@ def compare(ref: dict, got: dict, ev: EvalSet, ref_ret: dict | None = None) -> d
         "rank1": ret["rank1"], "mAP": ret["mAP"], "rank1_delta": abs(ret["rank1"] - ref_ret["rank1"]),
         "mAP_delta": abs(ret["mAP"] - ref_ret["mAP"]), "top10_overlap": float(overlap),
     }
+
+
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `a` with the same row of `b`."""
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def neighbour_overlap(reference, got) -> float:
+    """Mean share of each row's reference neighbours (index lists) that `got` also lists."""
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(reference, got)]))
 
 
 _SLACK = 1e-9

@@ -25,6 +25,7 @@ from edgereid._optional import require
 
 from edgereid.calibration.int8 import Int8Quantizer
 from edgereid.calibration.int8_plan import Int8Plan
+from edgereid.calibration.parity import neighbour_overlap, row_cosine
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,10 @@ class Scorer:
     def score(self, model) -> dict:
         """Embedding cosine (mean, min), top-10 agreement and mean |gender probability difference| against fp32."""
         got = self.run(model)
-        a, b = self.reference["embedding"], got["embedding"]
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-        mine = nearest(b, self.k)
-        agree = [len(set(r) & set(m)) / self.k for r, m in zip(self.reference_neighbours, mine)] if self.k else [1.0]
+        cos = row_cosine(self.reference["embedding"], got["embedding"])
+        agree = neighbour_overlap(self.reference_neighbours, nearest(got["embedding"], self.k)) if self.k else 1.0
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-                "top10_overlap": float(np.mean(agree)),
+                "top10_overlap": agree,
                 "gender_prob_diff": float(np.abs(got["gender_prob"] - self.reference["gender_prob"]).mean())}
 
 
