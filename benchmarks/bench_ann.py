@@ -1,7 +1,7 @@
 """Approximate search: Gallery's FAISS HNSW / IVF-PQ query time and recall@10 against its exact search at 10^6 and
 10^7 generated 128-d embeddings, plus milvus-lite query time at 10^5. Writes benchmarks/results/ann_cpu.json.
 
-    python benchmarks/bench_ann.py [--quick]      # --quick: 10^5 and 10^6 only
+    python benchmarks/bench_ann.py [--quick] [--only growth]   # --quick: no 10^7 run; --only: one part
 
 Embeddings are clustered like people: identities x 10 noisy views, per-dimension noise 0.6 around a standard-normal
 centre (same-person cosine ~0.73, as trained re-ID embeddings), L2-normalised. Each size runs in a fresh interpreter.
@@ -77,6 +77,36 @@ def gallery_worker(n: int, dtype: str, kinds: list) -> dict:
     return out
 
 
+def growth_worker(n_start: int, n_end: int) -> dict:
+    """IVF-PQ on a growing gallery: trained at n_start rows, appended to n_end - 1 rows (the lists and codebooks
+    of the first people only), then one more row triggers the retrain (IVF_RETRAIN_GROWTH x): recall@10 of both."""
+    from edgereid.retrieval.faiss_index import IVF_RETRAIN_GROWTH
+    from edgereid.retrieval.gallery import Gallery
+
+    assert n_end == IVF_RETRAIN_GROWTH * n_start, "n_end must be the retrain point"
+    chunks = list(people(n_end))
+    q, _ = chunks.pop()
+    x = np.concatenate([c[0] for c in chunks])  # identities arrive in order: later rows are new people
+    del chunks
+    g = Gallery(dim=DIM, index="ivfpq")
+    g.add(x[:n_start])
+    t = time.perf_counter()
+    g.search(q[:1], k=K)
+    out = {"n_start": n_start, "n_end": n_end, "retrain_growth": IVF_RETRAIN_GROWTH,
+           "train_s_at_start": time.perf_counter() - t}
+    for label, stop in (("stale_index_at_n_end_minus_1", n_end - 1), ("retrained_at_n_end", n_end)):
+        g.add(x[len(g):stop])
+        before = g._ann
+        t = time.perf_counter()
+        approx = g.search(q, k=K)
+        first_s = time.perf_counter() - t
+        exact = g.search(q, k=K, use_faiss=False)
+        out[label] = {"rows": len(g), "rebuilt": g._ann is not before, "nlist": int(g._ann.index.nlist),
+                      "trained_rows": g._ann.trained_rows, "first_search_s": first_s,
+                      "recall_at_10": recall(approx, exact)}
+    return out
+
+
 def milvus_worker(n: int) -> dict:
     """milvus-lite (FLAT, exact) insert and query time at n rows, and agreement with Gallery's exact top-10."""
     from edgereid.retrieval.gallery import Gallery
@@ -122,6 +152,7 @@ def main(quick: bool) -> None:
         # 10^7 x 128 float32 is 5.1 GB per copy and an HNSW build would take ~15 min on 2 cores: int8 storage
         # and IVF-PQ only
         runs["1e7"] = run_worker(script, ["gallery", 10**7, "int8", "ivfpq"], timeout=480)
+    runs["ivfpq_growth_2.5e5_to_1e6"] = run_worker(script, ["growth", 250000, 10**6], timeout=480)
     runs["milvus_lite_1e5"] = run_worker(script, ["milvus", 10**5], timeout=300)
     write_result(HERE / "results" / "ann_cpu.json", {
         "faiss_version": faiss.__version__, "dim": DIM, "views_per_identity": VIEWS, "noise": NOISE,
@@ -135,8 +166,12 @@ def main(quick: bool) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         kind = sys.argv[2]
-        res = gallery_worker(int(sys.argv[3]), sys.argv[4], sys.argv[5].split(",")) if kind == "gallery" \
-            else milvus_worker(int(sys.argv[3]))
+        if kind == "gallery":
+            res = gallery_worker(int(sys.argv[3]), sys.argv[4], sys.argv[5].split(","))
+        elif kind == "growth":
+            res = growth_worker(int(sys.argv[3]), int(sys.argv[4]))
+        else:
+            res = milvus_worker(int(sys.argv[3]))
         print(json.dumps(res))
     else:
         main(quick="--quick" in sys.argv)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgereid.atomic import temp_dir_beside
+from edgereid.atomic import publish_dir_durably, temp_dir_beside
 from edgereid.datasets.calibration_set import MANIFEST_NAME, CalibrationManifest, CalibrationSet
 from edgereid.errors import DatasetError, InvalidInputError
 from edgereid.imageio import IMAGE_SUFFIXES, list_images
@@ -107,7 +107,7 @@ def build_calibration_set(source, metadata: ModelMetadata, out_dir: str | os.Pat
             if not (out_dir / MANIFEST_NAME).is_file():
                 raise DatasetError(f"{out_dir} exists and is not a calibration set; choose another -o folder.")
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_dir_durably(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

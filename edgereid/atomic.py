@@ -45,6 +45,22 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file under `folder`, then each folder bottom-up, so a tree about to be renamed into place is on
+    disk first (a power cut after the rename must not leave empty or short files under a complete-looking name)."""
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
+def publish_dir_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename a fully written temp folder to `path` (which must not exist) with its contents and the rename on disk."""
+    fsync_tree(tmp)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
 def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """os.replace(tmp, path), then fsync the folder so the rename is on disk; `tmp` must already be fsynced."""
     os.replace(tmp, path)

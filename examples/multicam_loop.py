@@ -21,7 +21,7 @@ import numpy as np
 from edgereid import DynamicBatcher, Runtime, read_image
 from edgereid.imageio import list_images
 from edgereid.retrieval.gallery import Gallery
-from edgereid.retrieval.store import save_gallery
+from edgereid.retrieval.gallery_paths import save_gallery
 
 
 
@@ -88,7 +88,9 @@ def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description="Multi-camera crops -> dynamic batcher -> cross-camera gallery.")
     parser.add_argument("model", type=Path)
     parser.add_argument("cameras", type=Path, nargs="+", help="MOT-style folders (img1/, det/det.txt)")
-    parser.add_argument("-o", "--output", type=Path, default=Path("site.gallery"))
+    parser.add_argument("-o", "--output", default="site.gallery",
+                        help="a .gallery file, a GalleryStore (.sqlite/.db), NAME.milvus.db or a Milvus server URI")
+    parser.add_argument("--collection", default="edgereid", help="the Milvus collection, when -o is Milvus")
     parser.add_argument("--min-conf", type=float, default=0.0, help="drop detections below this confidence")
     parser.add_argument("--match", type=float, default=0.6, help="max L2 distance to reuse a person id")
     parser.add_argument("--max-latency-ms", type=float, default=5.0)
@@ -100,7 +102,7 @@ def main(argv: list | None = None) -> int:
             counts = list(pool.map(lambda c: run_camera(c, args.cameras[c], batcher, people, args.min_conf),
                                    range(len(args.cameras))))
     g = people.gallery
-    save_gallery(g, args.output)  # .sqlite/.db: a durable GalleryStore; else a .gallery file
+    save_gallery(g, args.output, collection=args.collection)  # Milvus, GalleryStore or .gallery: by name
     female = int(np.sum(g.gender_prob >= 0.5))
     print(f"{sum(counts)} crops from {len(counts)} cameras ({counts}) -> {people.next_id} people, "
           f"{female} crops female; mean batch {batcher.mean_batch_size:.1f}; saved {args.output}")

@@ -25,7 +25,7 @@ from edgereid.imageio import list_images
 from edgereid.integrations.boxmot import AppearanceModel, make_tracker, track_ids_of_detections
 from edgereid.integrations.tracklets import IdentityMatcher, TrackletBuilder
 from edgereid.retrieval.gallery import Gallery
-from edgereid.retrieval.store import save_gallery
+from edgereid.retrieval.gallery_paths import save_gallery
 
 
 def read_detections(path: Path, min_conf: float) -> dict:
@@ -80,8 +80,9 @@ def add_tracklet(gallery: Gallery, tracklet, person: int) -> None:
                 meta=[{"box": [round(v, 1) for v in box]} for box in tracklet.boxes])
 
 
-def run(model: Path, cameras: list, output: Path, tracker: str = "botsort", min_conf: float = 0.0, match: float = 1.0,
-        gender_margin: float = 0.25, max_gap: int = 30, tracker_options: dict | None = None) -> dict:
+def run(model: Path, cameras: list, output: str | Path, tracker: str = "botsort", min_conf: float = 0.0,
+        match: float = 1.0, gender_margin: float = 0.25, max_gap: int = 30, tracker_options: dict | None = None,
+        collection: str = "edgereid") -> dict:
     """Track every camera, match tracklets across cameras and save the gallery; returns a summary."""
     with Runtime(model) as rt:
         cams = [Camera(i, Path(folder), rt, tracker, min_conf, max_gap, tracker_options)
@@ -97,7 +98,7 @@ def run(model: Path, cameras: list, output: Path, tracker: str = "botsort", min_
         for tracklet in sorted((t for c in cams for t in c.tracklets.close_all()), key=lambda t: (t.last, t.camera)):
             add_tracklet(gallery, tracklet, matcher.assign(tracklet))
             closed.append(tracklet)
-    save_gallery(gallery, output)  # .sqlite/.db: a durable GalleryStore; else a .gallery file
+    save_gallery(gallery, output, collection=collection)  # Milvus, GalleryStore or .gallery: by name
     return {"crops": [c.crops for c in cams], "untracked": [c.untracked for c in cams], "closed": closed,
             "tracklets": len(matcher.assigned), "people": len(matcher.people), "gallery": gallery}
 
@@ -107,7 +108,9 @@ def main(argv: list | None = None) -> int:
                                                  "across cameras by tracklet.")
     parser.add_argument("model", type=Path)
     parser.add_argument("cameras", type=Path, nargs="+", help="MOT-style folders (img1/, det/det.txt)")
-    parser.add_argument("-o", "--output", type=Path, default=Path("site.gallery"))
+    parser.add_argument("-o", "--output", default="site.gallery",
+                        help="a .gallery file, a GalleryStore (.sqlite/.db), NAME.milvus.db or a Milvus server URI")
+    parser.add_argument("--collection", default="edgereid", help="the Milvus collection, when -o is Milvus")
     parser.add_argument("--tracker", default="botsort", help="botsort, strongsort, deepocsort, boosttrack, ...")
     parser.add_argument("--min-conf", type=float, default=0.0, help="drop detections below this confidence")
     parser.add_argument("--match", type=float, default=1.0,
@@ -117,7 +120,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--max-gap", type=int, default=30, help="frames unseen before a track becomes a tracklet")
     args = parser.parse_args(argv)
     s = run(args.model, args.cameras, args.output, args.tracker, args.min_conf, args.match, args.gender_margin,
-            args.max_gap)
+            args.max_gap, collection=args.collection)
     g = s["gallery"]
     print(f"{sum(s['crops'])} tracked crops from {len(s['crops'])} cameras ({s['crops']}; {sum(s['untracked'])} "
           f"not yet confirmed by the tracker) -> {s['tracklets']} tracklets -> {s['people']} people, "

@@ -52,3 +52,30 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="tells files from folders through /proc (Linux)")
+def test_a_published_folder_is_on_disk_before_and_after_its_rename(tmp_path, monkeypatch):
+    from edgereid import atomic
+
+    tmp = temp_dir_beside(tmp_path / "calib")
+    (tmp / "sub").mkdir()
+    for name in ("a.npy", "sub/b.npy", "manifest.json"):
+        (tmp / name).write_bytes(b"x")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def record(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", os.path.relpath(target, tmp_path)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("rename", os.path.basename(b))),
+                                                     real_replace(a, b)))
+    atomic.publish_dir_durably(tmp, tmp_path / "calib")
+    rel = tmp.name
+    synced_before = {t for e, t in events[:events.index(("rename", "calib"))] if e == "fsync"}
+    assert synced_before == {f"{rel}/a.npy", f"{rel}/sub/b.npy", f"{rel}/manifest.json", f"{rel}/sub", rel}
+    assert events[-1] == ("fsync", ".")  # the rename itself, through the parent folder
+    assert (tmp_path / "calib" / "sub" / "b.npy").read_bytes() == b"x" and not tmp.exists()

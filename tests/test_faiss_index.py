@@ -134,3 +134,31 @@ def test_save_load_rebuilds_the_index(tmp_path):
     after = h.search(q, k=10)
     assert recall_at(after, before) >= 0.97  # same rows, freshly built graph
     assert Gallery.load(tmp_path / "g.bin").index == "auto"
+
+
+def test_an_ivfpq_index_is_retrained_once_the_gallery_outgrows_it(monkeypatch):
+    from edgereid.retrieval import faiss_index
+
+    x, q, ids = clustered(n_ids=800, views=10)
+    g = Gallery(dim=x.shape[1], index="ivfpq")
+    g.add(x[:1500], ids=ids[:1500])  # trained on 1,500 rows: 39 lists
+    g.search(q[:1])
+    first = g._ann
+    assert first.trained_rows == 1500 and first.index.nlist == faiss_index._ivf_lists(1500)
+    g.add(x[1500:5000], ids=ids[1500:5000])  # 3.3x: appended to the same lists
+    g.search(q[:1])
+    assert g._ann is first and first.ntotal == 5000
+    g.add(x[5000:], ids=ids[5000:])  # 5.3x >= IVF_RETRAIN_GROWTH: rebuilt, lists sized for 8,000 rows
+    hits = g.search(q, k=10)
+    assert g._ann is not first and g._ann.trained_rows == 8000 and g._ann.ntotal == 8000
+    assert g._ann.index.nlist == faiss_index._ivf_lists(8000) > first.index.nlist
+    assert recall_at(hits, g.search(q, k=10, use_faiss=False)) >= 0.85
+
+
+def test_ivfpq_trains_on_rows_spread_over_the_whole_gallery(monkeypatch):
+    from edgereid.retrieval import faiss_index
+
+    monkeypatch.setattr(faiss_index, "IVF_TRAIN_MAX", 1000)
+    pos = faiss_index.train_positions(8000)
+    assert len(pos) == 1000 and (np.diff(pos) > 0).all() and pos[-1] > 7000  # late rows are sampled too
+    assert faiss_index.train_positions(900).tolist() == list(range(900))

@@ -1,6 +1,7 @@
 """Gallery: search against brute force, filters, save/load bit-exactness, file errors, compact storage."""
 from __future__ import annotations
 
+import importlib.util
 import struct
 
 import numpy as np
@@ -169,3 +170,40 @@ def test_faiss_requested_but_missing_names_the_extra():
         exact = g.search(emb[:3], k=5, use_faiss=False)
         fast = g.search(emb[:3], k=5, use_faiss=True)
         assert [[h.index for h in r] for r in exact] == [[h.index for h in r] for r in fast]
+
+
+def test_appends_grow_columns_in_place_and_keep_earlier_views_valid():
+    rng = np.random.default_rng(5)
+    g, emb = make(rng, n=10, dtype="int8")
+    ids_view = g.ids
+    g.add(unit(rng.normal(size=(1, 16))), ids=[99])
+    buf = g._buf__emb
+    for i in range(20):  # spare capacity: no reallocation, the same buffer takes the new rows
+        g.add(unit(rng.normal(size=(1, 16))), ids=[100 + i])
+        if len(g) <= len(buf):
+            assert g._buf__emb is buf
+    assert len(g) == 31 and g.ids[-1] == 119 and len(g._scale) == 31
+    assert ids_view.tolist() == (np.arange(10) // 3).tolist()  # a view taken before still shows its rows
+    other, _ = make(np.random.default_rng(6), n=5, dtype="int8")
+    assert g.extend(other).tolist() == list(range(31, 36))  # stored rows appended as they are, no re-encoding
+    np.testing.assert_array_equal(g._emb[31:], other._emb)
+    np.testing.assert_array_equal(g._scale[31:], other._scale)
+    assert g.meta[31:] == other.meta
+    with pytest.raises(InvalidInputError, match="cannot extend a 16-d int8"):
+        g.extend(Gallery(dim=16, dtype="float32"))
+
+
+def test_search_after_appends_equals_a_gallery_built_at_once():
+    rng = np.random.default_rng(7)
+    x = unit(rng.normal(size=(300, 16)))
+    grown, whole = Gallery(dim=16), Gallery(dim=16)
+    whole.add(x)
+    q = unit(rng.normal(size=(4, 16)))
+    flat = [{"use_faiss": True}] if importlib.util.find_spec("faiss") else []  # faiss is in the cpu extra (CI)
+    for s in range(0, 300, 50):  # norms and the flat FAISS index extend to the appended tail between searches
+        grown.add(x[s:s + 50])
+        for opts in [{}] + flat:
+            grown.search(q, k=5, **opts)
+    for opts in [{}] + flat:
+        assert [[(h.index, round(h.distance, 5)) for h in r] for r in grown.search(q, k=5, **opts)] == \
+               [[(h.index, round(h.distance, 5)) for h in r] for r in whole.search(q, k=5, **opts)]

@@ -18,6 +18,7 @@ from edgereid import atomic
 from edgereid.errors import GalleryFileError, InvalidInputError
 from edgereid.retrieval.gallery import Gallery
 from edgereid.errors import StoreLockedError
+from edgereid.retrieval import store_batches
 from edgereid.retrieval.store import GalleryStore, is_store_path
 
 HERE = Path(__file__).resolve().parent
@@ -162,10 +163,11 @@ def test_a_write_failing_half_way_leaves_the_last_committed_state(tmp_path, monk
     s = GalleryStore(path, dim=16)
     s.add(**{k: v[:20] for k, v in c.items()})
     real_insert = GalleryStore._insert
+    monkeypatch.setattr(store_batches, "BATCH_ROWS", 8)  # the next add is three batch rows
 
     def half(con, params):
-        params = list(params)
-        real_insert(con, params[:10])  # ten rows are inserted inside the transaction ...
+        assert len(params) == 3
+        real_insert(con, params[:1])  # one batch is inserted inside the transaction ...
         raise sqlite3.OperationalError("disk I/O error")  # ... then the disk fails
 
     monkeypatch.setattr(GalleryStore, "_insert", staticmethod(half))

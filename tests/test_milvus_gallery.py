@@ -1,10 +1,11 @@
-"""MilvusGallery on a real embedded milvus-lite file: search equals Gallery.search, filters, remove, expire, reopen."""
+"""MilvusGallery on a real embedded milvus-lite file: search (and rerank=True) equals Gallery.search, filters, remove,
+expire, reopen."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edgereid.errors import InvalidInputError, MissingDependencyError
+from edgereid.errors import GalleryFileError, InvalidInputError, MissingDependencyError
 from edgereid.retrieval.gallery import Gallery
 
 pytest.importorskip("pymilvus", reason="pymilvus + milvus-lite are in the cpu extra; CI installs them")
@@ -120,3 +121,108 @@ def test_missing_pymilvus_names_the_extra(monkeypatch):
     monkeypatch.setattr(opt.importlib, "import_module", fake)
     with pytest.raises(MissingDependencyError, match=r"edgereid\[milvus\]"):
         MilvusGallery("./never.milvus.db")
+
+
+# --- rerank=True: the union of each query's shortlist, re-ranked exactly as Gallery.search(rerank=True) ---
+
+def tie_rows():
+    """rows() with duplicated embeddings (so re-ranked distances tie) and queries equal to duplicated rows."""
+    x, cols, q = rows(2)
+    for a, b in [(10, 50), (10, 120), (11, 200), (30, 31), (77, 78), (77, 230)]:
+        x[b] = x[a]
+    q[:3] = x[[10, 11, 77]]
+    return x, cols, q
+
+
+@pytest.fixture(scope="module", params=["euclidean", "cosine"])
+def rr_pair(request, tmp_path_factory):
+    """One milvus-lite file per metric for the module (start-up costs seconds), and the same rows in a Gallery."""
+    x, cols, q = tie_rows()
+    g = Gallery(dim=DIM, metric=request.param, index="exact")
+    g.add(x, **cols)
+    m = MilvusGallery(str(tmp_path_factory.mktemp("rr") / "rr.milvus.db"), dim=DIM, metric=request.param)
+    keys = np.concatenate([m.add(x[:100], **{k: v[:100] for k, v in cols.items()}),
+                           m.add(x[100:], **{k: v[100:] for k, v in cols.items()})])  # two inserts: pk order holds
+    yield g, m, keys, q
+    m.close()
+
+
+def assert_same_hits(want, got, keys):
+    assert as_rows(got, keys) == [[h.index for h in r] for r in want]
+    for gr, mr in zip(want, got):
+        # the same float32 rows in the same order through the same re-ranking: identical distances
+        assert [h.distance for h in gr] == [h.distance for h in mr]
+        assert [(h.id, h.camera, h.track, h.meta) for h in gr] == [(h.id, h.camera, h.track, h.meta) for h in mr]
+
+
+RERANK_FILTERS = [{}, {"camera": [1, 3]}, {"gender": "female"}, {"exclude_camera": 0, "time_range": (20, 200)}]
+
+
+@pytest.mark.parametrize("filt", RERANK_FILTERS, ids=[str(f) for f in RERANK_FILTERS])
+def test_rerank_equals_gallery_rerank(rr_pair, filt):
+    g, m, keys, q = rr_pair
+    want = g.search(q, k=12, rerank=True, **filt)
+    assert_same_hits(want, m.search(q, k=12, rerank=True, **filt), keys)
+    # re-ranking changed the order somewhere, so the test is not passing on plain distances
+    assert want != g.search(q, k=12, **filt)
+
+
+def test_rerank_ties_follow_insertion_order_and_params_pass_through(rr_pair):
+    g, m, keys, q = rr_pair
+    want = g.search(q[:3], k=6, rerank=True, k1=8, k2=3, lambda_value=0.5)
+    got = m.search(q[:3], k=6, rerank=True, k1=8, k2=3, lambda_value=0.5)
+    assert_same_hits(want, got, keys)
+    first = as_rows(got, keys)
+    assert [set(first[0][:3]), set(first[1][:2]), set(first[2][:3])] == [{10, 50, 120}, {11, 200}, {77, 78, 230}]
+    # exact ties (duplicates of the query): the order among them is the insertion order, as Gallery's
+    assert any(a.distance == b.distance for r in got for a, b in zip(r, r[1:]))
+    assert want != g.search(q[:3], k=6, rerank=True)  # k1/k2/lambda_value reached the re-ranking
+
+
+def test_rerank_single_query_short_and_empty_results(rr_pair):
+    g, m, keys, q = rr_pair
+    assert_same_hits([g.search(q[4], k=5, rerank=True)], [m.search(q[4], k=5, rerank=True)], keys)
+    few = {"camera": 2, "time_range": (0, 40)}  # fewer rows pass than k: all of them come back
+    n_few = len(g._filter(None, 2, None, (0, 40), 0.5))
+    assert_same_hits(g.search(q, k=20, rerank=True, **few), m.search(q, k=20, rerank=True, **few), keys)
+    assert 0 < n_few < 20 and len(m.search(q[0], k=20, rerank=True, **few)) == n_few
+    assert m.search(q, k=3, rerank=True, camera=99) == [[] for _ in q]
+    assert m.search(q[0], k=3, rerank=True, camera=99) == []
+
+
+def test_rerank_above_the_shortlist_reranks_the_union_of_shortlists(rr_pair, monkeypatch):
+    import edgereid.retrieval.milvus_gallery as mg
+    g, m, keys, q = rr_pair
+    monkeypatch.setattr(mg, "RERANK_SHORTLIST", 25)
+    filt = {"exclude_camera": 4}
+    union = np.unique([h.index for r in g.search(q, k=25, **filt) for h in r])
+    assert len(union) < len(g._filter(None, None, 4, None, 0.5))  # the shortlist is really shorter
+    sub = Gallery(dim=DIM, metric=g.metric, index="exact")
+    sub.add(g.embeddings[union], ids=g.ids[union], cameras=g.cameras[union], gender_prob=g.gender_prob[union],
+            times=g.times[union], tracks=g.tracks[union], meta=[g.meta[i] for i in union])
+    want = sub.search(q, k=8, rerank=True)
+    got = m.search(q, k=8, rerank=True, **filt)
+    assert as_rows(got, keys) == [[int(union[h.index]) for h in r] for r in want]
+    assert [[h.distance for h in r] for r in got] == [[h.distance for h in r] for r in want]
+
+
+def test_reopen_adopts_dim_and_metric_and_exports(tmp_path):
+    x, cols, _ = rows(3)
+    path = str(tmp_path / "c.milvus.db")
+    m = MilvusGallery(path, dim=DIM, metric="cosine")
+    m.add(x[:50], **{k: v[:50] for k, v in cols.items()})
+    m.add(x[50:], **{k: v[50:] for k, v in cols.items()})
+    m.close()
+    with pytest.raises(InvalidInputError, match="metric='cosine'"):
+        MilvusGallery(path, metric="euclidean")
+    with pytest.raises(GalleryFileError, match="no Milvus collection 'other'"):
+        MilvusGallery(path, collection="other", create=False)
+    again = MilvusGallery(path)  # dim and metric from the collection
+    assert (again.dim, again.metric, len(again)) == (DIM, "cosine", N)
+    back = again.to_gallery()
+    again.close()
+    g = Gallery(dim=DIM, metric="cosine")
+    g.add(x, **cols)
+    assert back.metric == "cosine" and np.array_equal(back.embeddings, g.embeddings) and back.meta == g.meta
+    for name in ("ids", "cameras", "tracks", "gender_prob", "times"):
+        assert np.array_equal(getattr(back, name), getattr(g, name), equal_nan=name in ("gender_prob", "times"))

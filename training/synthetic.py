@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereid.atomic import temp_dir_beside
+from edgereid.atomic import publish_dir_durably, temp_dir_beside
 from edgereid.errors import DatasetError, InvalidInputError
 
 MAX_CAMERAS = 6  # Market-1501 names carry cameras c1..c6
@@ -190,6 +190,6 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
+    publish_dir_durably(tmp, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

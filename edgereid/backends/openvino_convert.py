@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from edgereid._optional import require
-from edgereid.atomic import temp_dir_beside
+from edgereid.atomic import fsync_dir, fsync_tree, temp_dir_beside
 from edgereid.backends.openvino_backend import (model_props, read_model, set_model_metadata,
                                                 unsign_int8_activations)
 from edgereid.errors import InvalidInputError, ModelFileError
@@ -50,8 +50,10 @@ def convert_to_openvino(onnx_path: str | os.PathLike, out_xml: str | os.PathLike
     tmp = temp_dir_beside(xml)
     try:
         ov.save_model(model, str(tmp / xml.name), compress_to_fp16=bool(compress_to_fp16))
+        fsync_tree(tmp)  # both files on disk before either name points at them
         os.replace(tmp / weights.name, weights)
         os.replace(tmp / xml.name, xml)
+        fsync_dir(xml.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return xml

@@ -1,6 +1,7 @@
 """`edgereid search`: the nearest gallery crops of query crops, printed and drawn as a PNG or HTML grid."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -34,20 +35,42 @@ def build_gallery(rt, folder: Path):
     return g
 
 
-def save_gallery_as(g, path: Path) -> None:
-    """Write a Gallery or GalleryStore's rows to `path` (a GalleryStore for .sqlite/.db) and say so."""
-    from edgereid.retrieval.store import GalleryStore, save_gallery
+def save_gallery_as(g, path: str, collection: str) -> None:
+    """Write a gallery's rows to `path` (a Milvus collection, a GalleryStore or a .gallery file) and say so."""
+    from edgereid.retrieval.gallery_paths import as_memory_gallery, is_milvus_path, save_gallery
 
-    n = save_gallery(g, path)
-    mem = g.gallery if isinstance(g, GalleryStore) else g
-    click.echo(f"wrote {path} ({n} entries, {mem.bytes_per_entry} bytes each)")
+    mem = as_memory_gallery(g)
+    n = save_gallery(mem, path, collection=collection, token=milvus_token())
+    if is_milvus_path(path):  # Milvus sizes its own storage: there is no per-entry byte count to report
+        click.echo(f"wrote {path} collection {collection!r} ({n} entries)")
+    else:
+        click.echo(f"wrote {path} ({n} entries, {mem.bytes_per_entry} bytes each)")
+
+
+def milvus_token() -> str:
+    """A Milvus server's credentials ("user:password" or an API key) from $MILVUS_TOKEN; empty when unset."""
+    return os.environ.get("MILVUS_TOKEN", "")
+
+
+def check_gallery_arg(ctx, param, value: str) -> str:
+    """--gallery must exist unless it is a Milvus server URI (which is only contacted when searched)."""
+    from edgereid.retrieval.gallery_paths import is_milvus_server
+    if not is_milvus_server(value) and not Path(value).exists():
+        raise click.BadParameter(f"{value} does not exist (a crops folder, a saved gallery file, or a Milvus "
+                                 f"http://, https://, tcp:// URI)", ctx=ctx, param=param)
+    return value
+
+
+GALLERY_HELP = ("A folder of crops (embedded now), a .gallery file saved earlier, a GalleryStore (.sqlite/.db), "
+                "or a Milvus gallery: a milvus-lite file NAME.milvus.db or a server URI http://, https://, tcp:// "
+                "(collection from --collection; server credentials from $MILVUS_TOKEN).")
 
 
 @click.command("search")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--gallery", "gallery_path", required=True, type=click.Path(exists=True, path_type=Path),
-              help="A folder of crops (embedded now), a .gallery file saved earlier or a GalleryStore "
-                   "(.sqlite/.db).")
+# a str, not click.Path: Path() would fold the // of a server URI, and a server has no file to check
+@click.option("--gallery", "gallery_path", required=True, metavar="PATH|URI", callback=check_gallery_arg,
+              help=GALLERY_HELP)
 @click.option("--query", "queries", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False,
                                                                                 path_type=Path))
 @click.option("-k", "k", type=int, default=10, show_default=True)
@@ -55,24 +78,36 @@ def save_gallery_as(g, path: Path) -> None:
 @click.option("--gender", type=click.Choice(["female", "male"]), default=None, help="Only gallery entries of this gender.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result grid: .png, or .html for a page with the same content.")
-@click.option("--save-gallery", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Save the gallery (a .sqlite/.db name writes a GalleryStore), to reuse with --gallery FILE.")
+@click.option("--save-gallery", default=None, metavar="PATH|URI",
+              help="Save the gallery, to reuse with --gallery: NAME.milvus.db or a Milvus server URI appends to "
+                   "the --collection, .sqlite/.db appends to a GalleryStore, any other name writes a .gallery file.")
+@click.option("--collection", default="edgereid", show_default=True, metavar="NAME",
+              help="Milvus collection read by --gallery and written by --save-gallery when they are Milvus.")
 @backend_option
 @threads_option
-def search(model, gallery_path, queries, k, rerank, gender, save_path, save_gallery, backend, threads) -> None:
+def search(model, gallery_path, queries, k, rerank, gender, save_path, save_gallery, collection, backend,
+           threads) -> None:
     """Find the K nearest gallery crops of each --query image with MODEL."""
     from edgereid.imageio import read_image
     from edgereid.retrieval.search_report import Tile, save_grid_png, save_html
     from edgereid.runtime import Runtime
 
-    from edgereid.retrieval.store import open_gallery
+    from edgereid.retrieval.gallery_paths import is_milvus_path, open_gallery
 
     with Runtime(model, backend=backend, threads=threads) as rt:
-        g = build_gallery(rt, gallery_path) if gallery_path.is_dir() else open_gallery(gallery_path)
+        # a milvus-lite file is a folder on disk: the name decides before is_dir() takes it for crops
+        if not is_milvus_path(gallery_path) and Path(gallery_path).is_dir():
+            g = build_gallery(rt, Path(gallery_path))
+        else:
+            g = open_gallery(gallery_path, collection=collection, token=milvus_token())
         q = rt.infer_files([str(p) for p in queries])
-    if save_gallery:
-        save_gallery_as(g, save_gallery)
-    results = g.search(q.embeddings, k=k, rerank=rerank, gender=gender)
+    try:
+        if save_gallery:
+            save_gallery_as(g, save_gallery, collection)
+        results = g.search(q.embeddings, k=k, rerank=rerank, gender=gender)
+    finally:
+        if hasattr(g, "close"):  # GalleryStore / MilvusGallery: release the file (milvus-lite locks it)
+            g.close()
     rows = []
     for path, prob, hits in zip(queries, q.gender_prob, results):
         qid = id_and_camera(path)[0]

@@ -10,8 +10,19 @@ HNSW_M = 16  # graph degree: 32 doubles the build time (~80 s for 10^6 rows on 2
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 256  # 64 gave recall@10 0.58 on 10^6 clustered rows: small tight clusters need a wide beam
 IVF_TRAIN_MAX = 100000  # k-means on more rows than this changes the centroids little and costs minutes
+
 # lists probed of <= 1024: on 10^6 clustered rows recall@10 was 0.82 / 0.91 / 0.96 / 0.99 at 32 / 64 / 128 / 256
 IVF_NPROBE = 128
+# An IVF-PQ index is retrained (rebuilt from every row) once the gallery holds this many times the rows it was
+# trained on: its lists (~4 sqrt(n)) would otherwise grow long and its centroids stop covering newer people.
+IVF_RETRAIN_GROWTH = 4
+
+
+def train_positions(n: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of the rows an index over n rows trains on: all, or IVF_TRAIN_MAX spread over the gallery."""
+    if n <= IVF_TRAIN_MAX:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, IVF_TRAIN_MAX, replace=False))
 
 
 def _ivf_lists(n: int) -> int:
@@ -29,34 +40,42 @@ class AnnIndex:
         self.faiss = require("faiss", f"Gallery(index={kind!r})")
         self.kind, self.dim = kind, int(dim)
         self.index = None
+        self.trained_rows = 0  # gallery rows when the index was built (IVF-PQ trains its lists then)
 
     @property
     def ntotal(self) -> int:
         """Rows indexed so far."""
         return 0 if self.index is None else int(self.index.ntotal)
 
-    def _build(self, x: np.ndarray):
+    def outgrown(self, n: int) -> bool:
+        """True when a gallery of n rows should rebuild this index (IVF-PQ grown IVF_RETRAIN_GROWTH x since training)."""
+        return self.kind == "ivfpq" and self.trained_rows > 0 and n >= IVF_RETRAIN_GROWTH * self.trained_rows
+
+    def _build(self, x: np.ndarray, total: int):
         f = self.faiss
         if self.kind == "hnsw":
             index = f.IndexHNSWFlat(self.dim, HNSW_M)
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             return index
         # PQ with 8-bit codes needs >= 256 training rows; 16 sub-quantisers of 8 dims each for 128-d
-        if len(x) < 256:
-            raise InvalidInputError(f"index='ivfpq' needs >= 256 rows to train, the gallery has {len(x)}; "
+        if total < 256:
+            raise InvalidInputError(f"index='ivfpq' needs >= 256 rows to train, the gallery has {total}; "
                                     "use index='auto' or 'hnsw' for small galleries")
         m = next(m for m in (16, 8, 4, 2, 1) if self.dim % m == 0)
-        index = f.IndexIVFPQ(f.IndexFlatL2(self.dim), self.dim, _ivf_lists(len(x)), m, 8)
-        sample = x if len(x) <= IVF_TRAIN_MAX else x[np.random.default_rng(0).choice(len(x), IVF_TRAIN_MAX,
-                                                                                      replace=False)]
-        index.train(sample)
+        index = f.IndexIVFPQ(f.IndexFlatL2(self.dim), self.dim, _ivf_lists(total), m, 8)
+        index.train(x)
         return index
 
+    def train(self, sample: np.ndarray, total: int) -> None:
+        """Build the index for a gallery of `total` rows; IVF-PQ learns its lists and codes from `sample`."""
+        self.index = self._build(np.ascontiguousarray(sample, dtype=np.float32), int(total))
+        self.trained_rows = int(total)
+
     def add(self, x: np.ndarray) -> None:
-        """Append rows (float32, already normalised for the cosine metric); the first call builds/trains."""
+        """Append rows (float32, already normalised for the cosine metric); untrained, it trains on them first."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.index is None:
-            self.index = self._build(x)
+            self.train(x, len(x))
         self.index.add(x)
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:

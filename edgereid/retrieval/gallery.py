@@ -10,6 +10,7 @@ import numpy as np
 
 from edgereid.errors import GalleryFileError, InvalidInputError
 from edgereid.retrieval import distances as _d
+from edgereid.retrieval.columns import Column, append_rows
 from edgereid.retrieval.gallery_format import read_gallery_file, write_gallery_file
 
 DTYPES = ("float32", "float16", "int8")
@@ -56,6 +57,10 @@ def _column(values, n: int, name: str, dtype, fill) -> np.ndarray:
 
 class Gallery:
     """Embeddings (float32, float16 or int8 with a per-row scale) plus id, camera, gender, time, track and meta."""
+
+    # growable columns: add()/extend() append in amortised O(new rows) instead of copying the gallery
+    _emb, _scale, ids, cameras, gender_prob, times, tracks = (Column() for _ in range(7))
+    _COLUMNS = ("_emb", "_scale", "ids", "cameras", "gender_prob", "times", "tracks")
 
     def __init__(self, dim: int = 128, dtype: str = "float32", metric: str = "euclidean", index: str = "auto") -> None:
         if index not in INDEXES:
@@ -124,18 +129,45 @@ class Gallery:
             json.dumps(list(meta))  # fail now, not at save time, on values JSON cannot store
         emb, scale = self._encode(x)
         first = len(self)
-        self._emb = np.concatenate([self._emb, emb])
-        if self.dtype == "int8":
-            self._scale = np.concatenate([self._scale, scale])
-        self.ids = np.concatenate([self.ids, _column(ids, n, "ids", np.int64, -1)])
-        self.cameras = np.concatenate([self.cameras, _column(cameras, n, "cameras", np.int64, -1)])
-        self.gender_prob = np.concatenate([self.gender_prob, _column(gender_prob, n, "gender_prob", np.float32,
-                                                                     np.nan)])
-        self.times = np.concatenate([self.times, _column(times, n, "times", np.float64, np.nan)])
-        self.tracks = np.concatenate([self.tracks, _column(tracks, n, "tracks", np.int64, -1)])
-        self.meta.extend(list(meta) if meta is not None else [None] * n)
-        self._faiss = self._sqnorm = None
+        self._append({"_emb": emb, "_scale": scale, "ids": _column(ids, n, "ids", np.int64, -1),
+                      "cameras": _column(cameras, n, "cameras", np.int64, -1),
+                      "gender_prob": _column(gender_prob, n, "gender_prob", np.float32, np.nan),
+                      "times": _column(times, n, "times", np.float64, np.nan),
+                      "tracks": _column(tracks, n, "tracks", np.int64, -1)},
+                     list(meta) if meta is not None else [None] * n)
         return np.arange(first, first + n)
+
+    def extend(self, other: "Gallery") -> np.ndarray:
+        """Append another gallery's entries as stored (no re-encoding); returns their positions here."""
+        if (other.dim, other.dtype, other.metric) != (self.dim, self.dtype, self.metric):
+            raise InvalidInputError(f"cannot extend a {self.dim}-d {self.dtype} {self.metric} gallery with a "
+                                    f"{other.dim}-d {other.dtype} {other.metric} one; convert one of them first")
+        first = len(self)
+        self._append({name: getattr(other, name) for name in self._COLUMNS}, list(other.meta))
+        return np.arange(first, first + len(other))
+
+    @classmethod
+    def from_encoded(cls, dim: int, dtype: str, metric: str, embeddings: np.ndarray, scale: np.ndarray | None,
+                     ids, cameras, gender_prob, times, tracks, meta: list, index: str = "auto") -> "Gallery":
+        """A gallery over rows already stored in `dtype` (int8 with its per-row scale), as save()/a store hold them."""
+        g = cls(dim=dim, dtype=dtype, metric=metric, index=index)
+        g._emb = np.asarray(embeddings, dtype=g.dtype).reshape(-1, g.dim)
+        g._scale = np.asarray(scale if g.dtype == "int8" else np.empty(0), dtype=np.float32)
+        g.ids, g.cameras, g.tracks = (np.asarray(a, dtype=np.int64) for a in (ids, cameras, tracks))
+        g.gender_prob, g.times = np.asarray(gender_prob, dtype=np.float32), np.asarray(times, dtype=np.float64)
+        g.meta = list(meta)
+        lengths = {len(getattr(g, name)) for name in g._COLUMNS if name != "_scale" or g.dtype == "int8"}
+        if lengths != {len(g.meta)}:
+            raise GalleryFileError(f"gallery columns have different lengths ({sorted(lengths)} rows, "
+                                   f"{len(g.meta)} meta); the file is damaged, re-create it with Gallery.save()")
+        return g
+
+    def _append(self, columns: dict, meta: list) -> None:
+        """Append encoded columns in place; search caches stay valid (they extend to new rows lazily)."""
+        for name in self._COLUMNS:
+            if name != "_scale" or self.dtype == "int8":
+                append_rows(self, name, columns[name])
+        self.meta.extend(meta)
 
     def remove(self, indices: Iterable[int] | None = None, ids: Iterable[int] | None = None) -> int:
         """Remove entries by position and/or by person id; later positions shift down. Returns how many went."""
@@ -176,10 +208,11 @@ class Gallery:
 
     def _norms(self) -> np.ndarray:
         """Squared norms of the stored (dequantised) embeddings, cached until the gallery changes."""
-        if self._sqnorm is None or len(self._sqnorm) != len(self):
-            self._sqnorm = np.concatenate([np.einsum("ij,ij->i", c, c) for c in
-                                           (self._decode(s, s + CHUNK_ROWS) for s in range(0, len(self), CHUNK_ROWS))]
-                                          or [np.empty(0, np.float32)]).astype(np.float32)
+        have = 0 if self._sqnorm is None or len(self._sqnorm) > len(self) else len(self._sqnorm)
+        if have < len(self):  # add() only appends: compute the new tail's norms
+            tail = [np.einsum("ij,ij->i", c, c) for c in
+                    (self._decode(s, min(len(self), s + CHUNK_ROWS)) for s in range(have, len(self), CHUNK_ROWS))]
+            self._sqnorm = np.concatenate(([self._sqnorm] if have else []) + tail).astype(np.float32)
         return self._sqnorm
 
     def _exact_topk(self, q: np.ndarray, k: int, rows: np.ndarray | None) -> tuple:
@@ -231,11 +264,12 @@ class Gallery:
             if strict:
                 raise
             return None
-        if self._faiss is None:
-            x = _d.l2_normalize(self.embeddings) if self.metric == "cosine" else self.embeddings
-            index = faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(self.dim)
-            index.add(np.ascontiguousarray(x, dtype=np.float32))
-            self._faiss = index
+        if self._faiss is None or self._faiss.ntotal > len(self):
+            self._faiss = faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+        for s in range(self._faiss.ntotal, len(self), CHUNK_ROWS):  # add() only appends: index the new tail
+            x = self._decode(s, min(len(self), s + CHUNK_ROWS))
+            self._faiss.add(np.ascontiguousarray(_d.l2_normalize(x) if self.metric == "cosine" else x,
+                                                 dtype=np.float32))
         qq = _d.l2_normalize(q) if self.metric == "cosine" else q
         d, i = self._faiss.search(np.ascontiguousarray(qq, dtype=np.float32), k)
         d = 1.0 - d if self.metric == "cosine" else np.sqrt(np.maximum(d, 0))
@@ -251,15 +285,19 @@ class Gallery:
 
     def _ann_sync(self, kind: str, strict: bool):
         """The ANN index holding every row (built on first use, appended rows added); None if FAISS is absent."""
-        from edgereid.retrieval.faiss_index import AnnIndex
+        from edgereid.retrieval.faiss_index import AnnIndex, train_positions
         # a shorter gallery than the index means rows were dropped behind remove()'s back: positions are stale
-        if self._ann is None or self._ann.kind != kind or self._ann.ntotal > len(self):
+        if (self._ann is None or self._ann.kind != kind or self._ann.ntotal > len(self)
+                or self._ann.outgrown(len(self))):
             try:
                 self._ann = AnnIndex(kind, self.dim)
             except ImportError:
                 if strict:
                     raise
                 return None
+            # trained on rows spread over the whole gallery, so later people are covered as well as early ones
+            sample = self._decode_rows(train_positions(len(self)) if kind == "ivfpq" else np.arange(0))
+            self._ann.train(_d.l2_normalize(sample) if self.metric == "cosine" else sample, len(self))
         for s in range(self._ann.ntotal, len(self), CHUNK_ROWS * 16):  # add() only appends: index the new tail
             x = self._decode(s, min(len(self), s + CHUNK_ROWS * 16))
             self._ann.add(_d.l2_normalize(x) if self.metric == "cosine" else x)
@@ -337,15 +375,15 @@ class Gallery:
         return hits[0] if single else hits
 
     def _rerank_topk(self, q, k, rows, k1, k2, lambda_value) -> tuple:
-        from edgereid.retrieval.reranking import rerank as _rerank
+        from edgereid.retrieval.reranking import rerank_topk
         if rows is None:
             rows = np.arange(len(self))
         if len(rows) > RERANK_FULL_MAX:
             short, _ = self._exact_topk(q, min(1000, len(rows)), rows)
             rows = np.unique(short)
-        d = _rerank(q, self._decode_rows(rows), k1=k1, k2=k2, lambda_value=lambda_value, metric=self.metric)
-        top = _d.stable_topk(d, k)
-        return rows[top], np.take_along_axis(d, top, axis=1)
+        top, dist = rerank_topk(q, self._decode_rows(rows), k, k1=k1, k2=k2, lambda_value=lambda_value,
+                                metric=self.metric)
+        return rows[top], dist
 
     def _hit(self, i: int, d: float) -> Hit:
         return Hit(index=i, id=int(self.ids[i]), camera=int(self.cameras[i]), distance=d,
@@ -366,14 +404,15 @@ class Gallery:
         GalleryFileError for truncated, foreign or corrupt files."""
         header, arrays = read_gallery_file(path)
         try:
-            g = cls(dim=header["dim"], dtype=header["dtype"], metric=header["metric"], index=index)
-            g._emb, g._scale = arrays["embeddings"], arrays["scale"]
-            for name in ("ids", "cameras", "gender_prob", "times", "tracks"):
-                setattr(g, name, arrays[name])
-            g.meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+            g = cls.from_encoded(header["dim"], header["dtype"], header["metric"], arrays["embeddings"],
+                                 arrays["scale"], arrays["ids"], arrays["cameras"], arrays["gender_prob"],
+                                 arrays["times"], arrays["tracks"],
+                                 json.loads(arrays["meta"].tobytes().decode("utf-8")), index=index)
         except (KeyError, ValueError) as exc:
             raise GalleryFileError(f"{path} is missing gallery fields ({exc}); re-create it with Gallery.save()") \
                 from exc
-        if not all(len(a) == header["count"] for a in (g._emb, g.ids, g.cameras, g.meta)):
+        except GalleryFileError as exc:
+            raise GalleryFileError(f"{path}: {exc}") from exc
+        if len(g) != header["count"]:
             raise GalleryFileError(f"{path} has inconsistent section lengths; re-create it with Gallery.save()")
         return g

@@ -6,15 +6,24 @@ from typing import Sequence
 
 import numpy as np
 
-from edgereid.errors import InvalidInputError
+from edgereid.errors import GalleryFileError, InvalidInputError
 from edgereid.retrieval import distances as _d
-from edgereid.retrieval.gallery import Hit, _column
+from edgereid.retrieval.gallery import Gallery, Hit, _column
 
 # Unknown values are stored as sentinels rather than NULL: a comparison filter on a sentinel is simply false
 # (gender >= 0.5, time ranges), the same rows Gallery's NaN comparisons exclude, on every Milvus version.
 NO_GENDER = -1.0
 NO_TIME = -1.0e300
 FIELDS = ["pid", "camera", "gender_prob", "time", "track", "site", "meta"]
+# Milvus servers refuse a search limit (topK) above 16384 by default; milvus-lite has no cap, a cluster does.
+MAX_SEARCH_LIMIT = 16384
+# rerank=True re-ranks the union of each query's RERANK_SHORTLIST nearest entries (Gallery's shortlist size):
+# a collection with no more (filtered) rows is re-ranked whole, exactly as Gallery.search(rerank=True).
+RERANK_SHORTLIST = min(1000, MAX_SEARCH_LIMIT)
+# Queries per shortlist request: each returns RERANK_SHORTLIST rows with embeddings (~0.7 MB at dim 128), so a
+# batch stays far below gRPC's message limits.
+RERANK_QUERY_BATCH = 16
+METRICS = {"euclidean": "L2", "cosine": "COSINE"}
 
 
 def _num(x) -> str:
@@ -25,23 +34,38 @@ def _ints(values) -> str:
     return "[" + ", ".join(str(int(v)) for v in np.atleast_1d(values)) + "]"
 
 
+def _pk(r) -> int:
+    return int(r.get("pk", r.get("id")))
+
+
 class MilvusGallery:
     """Embeddings plus id, camera, gender, time, track, site and meta in one Milvus collection (FLAT = exact)."""
 
-    def __init__(self, uri: str, dim: int = 128, collection: str = "edgereid", metric: str = "euclidean",
-                 site: str = "", index_type: str = "FLAT", token: str = "") -> None:
+    def __init__(self, uri: str, dim: int | None = None, collection: str = "edgereid", metric: str | None = None,
+                 site: str = "", index_type: str = "FLAT", token: str = "", create: bool = True) -> None:
+        """Open `collection` at `uri` (a milvus-lite file such as site.milvus.db, or a server URI), creating it
+        unless create=False; dim and metric None mean the existing collection's (128 / euclidean when new)."""
         from edgereid._optional import require
-        if metric not in ("euclidean", "cosine"):
+        if metric is not None and metric not in METRICS:
             raise InvalidInputError(f"MilvusGallery metric must be 'euclidean' or 'cosine', got {metric!r}")
         pymilvus = require("pymilvus", "MilvusGallery")
-        self.dim, self.collection, self.metric, self.site = int(dim), collection, metric, str(site)
-        self._milvus_metric = "COSINE" if metric == "cosine" else "L2"
+        self.collection, self.site, self.uri = collection, str(site), str(uri)
         self.client = pymilvus.MilvusClient(uri=str(uri), token=token)
-        if self.client.has_collection(collection):
-            self._check_existing()
-        else:
-            self._create(pymilvus.DataType, index_type)
-        self.client.load_collection(collection)
+        try:
+            if self.client.has_collection(collection):
+                self.dim, self.metric = self._check_existing(dim, metric)
+            elif not create:
+                have = self.client.list_collections()
+                raise GalleryFileError(f"{uri} has no Milvus collection {collection!r} (it has {have or 'none'}); "
+                                       f"pass one of those names, or save a gallery into it first")
+            else:
+                self.dim, self.metric = int(128 if dim is None else dim), metric or "euclidean"
+                self._create(pymilvus.DataType, index_type)
+            self._milvus_metric = METRICS[self.metric]
+            self.client.load_collection(collection)
+        except Exception:
+            self.client.close()  # an open client keeps a milvus-lite file locked
+            raise
 
     def _create(self, DataType, index_type: str) -> None:
         schema = self.client.create_schema(auto_id=True, enable_dynamic_field=False)
@@ -55,17 +79,27 @@ class MilvusGallery:
         schema.add_field("site", DataType.VARCHAR, max_length=256)
         schema.add_field("meta", DataType.VARCHAR, max_length=65535)  # JSON text: any JSON value, null included
         params = self.client.prepare_index_params()
-        params.add_index(field_name="embedding", index_type=index_type, metric_type=self._milvus_metric)
+        params.add_index(field_name="embedding", index_type=index_type, metric_type=METRICS[self.metric])
         self.client.create_collection(self.collection, schema=schema, index_params=params,
                                       consistency_level="Strong")
 
-    def _check_existing(self) -> None:
+    def _check_existing(self, dim: int | None, metric: str | None) -> tuple:
+        """(dim, metric) of the existing collection; raises when the caller asked for different ones."""
         desc = self.client.describe_collection(self.collection)
         vec = [f for f in desc["fields"] if f["name"] == "embedding"]
         have = int(vec[0]["params"]["dim"]) if vec else None
-        if have != self.dim:
+        if dim is not None and have != int(dim):
             raise InvalidInputError(f"Milvus collection {self.collection!r} holds dim={have} embeddings, not "
-                                    f"dim={self.dim}; pass dim={have} or another collection name")
+                                    f"dim={dim}; pass dim={have} or another collection name")
+        index = self.client.describe_index(self.collection, "embedding") if vec else {}
+        have_metric = {v: k for k, v in METRICS.items()}.get(str(index.get("metric_type", "L2")).upper())
+        if have_metric is None:
+            raise InvalidInputError(f"Milvus collection {self.collection!r} is indexed with metric "
+                                    f"{index.get('metric_type')!r}; MilvusGallery reads L2 or COSINE collections")
+        if metric is not None and metric != have_metric:
+            raise InvalidInputError(f"Milvus collection {self.collection!r} is indexed for metric={have_metric!r}, "
+                                    f"not {metric!r}; pass metric={have_metric!r} or another collection name")
+        return have, have_metric
 
     def __len__(self) -> int:
         res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
@@ -118,30 +152,85 @@ class MilvusGallery:
             parts.append("site in [" + ", ".join(json.dumps(str(s)) for s in np.atleast_1d(site)) + "]")
         return " and ".join(parts)
 
-    def search(self, query_embeddings: np.ndarray, k: int = 10, gender: str | None = None, camera=None,
-               exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
-               site=None) -> list:
+    def search(self, query_embeddings: np.ndarray, k: int = 10, rerank: bool = False, gender: str | None = None,
+               camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
+               site=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> list:
         """Nearest entries per query as Hit lists (a 1-D query gives one list), closest first; filters as Gallery's
-        plus site (one or several). Hit.index is the Milvus primary key; distances are Gallery's."""
+        plus site (one or several). Hit.index is the Milvus primary key; distances are Gallery's.
+
+        rerank=True: k-reciprocal re-ranked distances (k1, k2, lambda_value as Gallery.search) over the union of
+        each query's RERANK_SHORTLIST nearest entries passing the filters, so a collection with no more rows than
+        that gives Gallery.search(rerank=True)'s result on the same rows; ties go to the lower primary key, which
+        auto_id hands out in insertion order (Gallery's positions).
+        """
         single = np.asarray(query_embeddings).ndim == 1
         q = _d.as_matrix(query_embeddings, "query_embeddings", self.dim).astype(np.float32)
         if k < 1:
             raise InvalidInputError(f"k must be >= 1, got {k}")
-        res = self.client.search(self.collection, data=q.tolist(), limit=int(k), anns_field="embedding",
-                                 filter=self._expr(gender, camera, exclude_camera, time_range, gender_threshold,
-                                                   site), output_fields=FIELDS,
-                                 search_params={"metric_type": self._milvus_metric})
-        hits = [[self._hit(r) for r in per_query] for per_query in res]
+        expr = self._expr(gender, camera, exclude_camera, time_range, gender_threshold, site)
+        if rerank:
+            hits = self._rerank_search(q, k, expr, k1, k2, lambda_value)
+        else:
+            if k > MAX_SEARCH_LIMIT:
+                raise InvalidInputError(f"k={k} is above Milvus's search limit of {MAX_SEARCH_LIMIT}; pass a "
+                                        f"smaller k")
+            res = self._search(q, int(k), expr, FIELDS)
+            hits = [[self._hit(r) for r in per_query] for per_query in res]
         return hits[0] if single else hits
 
+    def _search(self, q: np.ndarray, limit: int, expr: str, fields: list) -> list:
+        return self.client.search(self.collection, data=q.tolist(), limit=limit, anns_field="embedding",
+                                  filter=expr, output_fields=fields, search_params={"metric_type": self._milvus_metric})
+
+    def _rerank_search(self, q: np.ndarray, k: int, expr: str, k1: int, k2: int, lambda_value: float) -> list:
+        """Re-rank the union of the queries' shortlists (fetched with their embeddings) and keep the top k."""
+        from edgereid.retrieval.reranking import rerank_topk
+        entities = {}
+        for s in range(0, len(q), RERANK_QUERY_BATCH):
+            for per_query in self._search(q[s:s + RERANK_QUERY_BATCH], RERANK_SHORTLIST, expr, FIELDS + ["embedding"]):
+                for r in per_query:
+                    entities[_pk(r)] = r["entity"]
+        if not entities:
+            return [[] for _ in q]
+        # columns in primary-key order = insertion order: Gallery's row order, so equal distances break alike
+        pks = sorted(entities)
+        emb = np.asarray([entities[p]["embedding"] for p in pks], dtype=np.float32)
+        cols, dist = rerank_topk(q, emb, k, k1=k1, k2=k2, lambda_value=lambda_value, metric=self.metric)
+        return [[self._entity_hit(pks[j], entities[pks[j]], float(d)) for j, d in zip(rc, rd)]
+                for rc, rd in zip(cols, dist)]
+
     def _hit(self, r: dict) -> Hit:
-        e = r["entity"]
         # Milvus L2 is the squared distance and COSINE a similarity; Gallery reports the distance and 1 - cos
         d = float(np.sqrt(max(r["distance"], 0.0))) if self.metric == "euclidean" else 1.0 - float(r["distance"])
+        return self._entity_hit(_pk(r), r["entity"], d)
+
+    @staticmethod
+    def _entity_hit(pk: int, e: dict, d: float) -> Hit:
         gp, t = float(e["gender_prob"]), float(e["time"])
-        return Hit(index=int(r.get("pk", r.get("id"))), id=int(e["pid"]), camera=int(e["camera"]), distance=d,
+        return Hit(index=int(pk), id=int(e["pid"]), camera=int(e["camera"]), distance=d,
                    gender_prob=float("nan") if gp < 0 else gp, time=float("nan") if t <= NO_TIME else t,
                    track=int(e["track"]), meta=json.loads(e["meta"]))
+
+    def to_gallery(self, index: str = "auto") -> Gallery:
+        """Every entry as an in-memory float32 Gallery, in primary-key (insertion) order: to save as a file."""
+        it = self.client.query_iterator(self.collection, batch_size=4096, filter="",
+                                        output_fields=["pk", "embedding"] + FIELDS)
+        got = []
+        try:
+            while True:
+                batch = it.next()
+                if not batch:
+                    break
+                got.extend(batch)
+        finally:
+            it.close()
+        got.sort(key=lambda e: int(e["pk"]))
+        hits = [self._entity_hit(e["pk"], e, 0.0) for e in got]
+        g = Gallery(dim=self.dim, metric=self.metric, index=index)
+        g.add(np.asarray([e["embedding"] for e in got], dtype=np.float32).reshape(-1, self.dim),
+              ids=[h.id for h in hits], cameras=[h.camera for h in hits], gender_prob=[h.gender_prob for h in hits],
+              times=[h.time for h in hits], tracks=[h.track for h in hits], meta=[h.meta for h in hits])
+        return g
 
     def _delete(self, expr: str) -> int:
         before = len(self)

@@ -291,6 +291,16 @@ def rerank(query_emb: np.ndarray, gallery_emb: np.ndarray, k1: int = 20, k2: int
     return _rerank(_FeatureSource(q, g, metric), len(q), int(k1), int(k2), lambda_value, block_bytes, progress)
 
 
+
+def rerank_topk(query_emb: np.ndarray, gallery_emb: np.ndarray, k: int, k1: int = 20, k2: int = 6,
+                lambda_value: float = 0.3, metric: str = "euclidean") -> tuple:
+    """(columns, distances) of each query's k smallest re-ranked distances over gallery_emb's rows, ties to the
+    lower column: what a gallery shows after re-ranking a (short)list of candidates given in its row order."""
+    d = rerank(query_emb, gallery_emb, k1=k1, k2=k2, lambda_value=lambda_value, metric=metric)
+    top = stable_topk(d, k)
+    return top, np.take_along_axis(d, top, axis=1)
+
+
 def rerank_distances(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray, k1: int = 20, k2: int = 6,
                      lambda_value: float = 0.3, block_bytes: int = DEFAULT_BLOCK_BYTES) -> np.ndarray:
     """Re-ranked (Nq, Ng) float32 distances from distance matrices: the reference `re_ranking` signature."""

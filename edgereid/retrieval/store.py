@@ -1,10 +1,10 @@
 """`GalleryStore`: a durable gallery on SQLite (stdlib `sqlite3`, WAL) that searches exactly like `Gallery`.
 
-SQL is the source of truth; an in-memory `Gallery` mirrors the table and serves every search, so results equal
-`Gallery.search` on the same rows. Each `add`/`remove`/`expire` is one transaction, fsynced before it returns
-(`durability="full"`). Rows get a monotonic row id (AUTOINCREMENT, never reused); deletions are logged in a
-tombstone table, so `refresh()` applies another process's commits in O(changes): rows above the row watermark,
-tombstones above the tombstone watermark.
+SQL is the source of truth (layout: `store_batches`); an in-memory `Gallery` mirrors it and serves every search,
+so results equal `Gallery.search` on the same rows. Each `add`/`remove`/`expire`/`compact` is one transaction,
+fsynced before it returns (`durability="full"`). Appending costs O(new rows): one batch row in SQL, an in-place
+append to the mirror. `refresh()` applies other connections' commits in O(changes): batches above the batch
+watermark, tombstones above the tombstone watermark, a full reload only after a compaction (epoch change).
 """
 from __future__ import annotations
 
@@ -18,39 +18,21 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgereid.errors import GalleryFileError, InvalidInputError, StoreLockedError
+from edgereid.retrieval import store_batches as sb
+from edgereid.retrieval.columns import Column, append_rows
 from edgereid.retrieval.gallery import DTYPES, Gallery
+from edgereid.retrieval.gallery_paths import STORE_SUFFIXES, is_store_path, open_gallery, save_gallery
 
-FORMAT = "edgereid-gallery-store"
-VERSION = 1
-STORE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+__all__ = ["GalleryStore", "STORE_SUFFIXES", "is_store_path", "open_gallery", "save_gallery"]
+
+FORMAT, VERSION = sb.FORMAT, sb.VERSION
 _SYNC = {"full": "FULL", "normal": "NORMAL"}
-_COLS = "row, id, camera, gender_prob, time, track, meta, emb, scale"
-# No index on id: person ids arrive in random order, so one would cost a random B-tree page per appended row
-# (append time growing with the store). remove(ids=) scans the table instead; it is rare.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS entries (
-    row INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL, camera INTEGER NOT NULL, gender_prob REAL,
-    time REAL, track INTEGER NOT NULL, meta TEXT, emb BLOB NOT NULL, scale REAL);
-CREATE INDEX IF NOT EXISTS entries_time ON entries(time);
-CREATE TABLE IF NOT EXISTS tombstones (seq INTEGER PRIMARY KEY AUTOINCREMENT, row INTEGER NOT NULL);
-"""
-
-
-def is_store_path(path: str | os.PathLike) -> bool:
-    """True when `path` names a GalleryStore: a .sqlite/.sqlite3/.db suffix or an SQLite file header."""
-    p = Path(path)
-    if p.suffix.lower() in STORE_SUFFIXES:
-        return True
-    try:
-        with open(p, "rb") as f:
-            return f.read(16) == b"SQLite format 3\0"
-    except OSError:
-        return False
 
 
 class GalleryStore:
     """A durable, appendable gallery in one SQLite file; search, filters and re-ranking are `Gallery`'s."""
+
+    rows = Column()  # durable row id of each mirror position (ascending), grown in place like the mirror
 
     def __init__(self, path: str | os.PathLike, dim: int | None = None, dtype: str | None = None,
                  metric: str | None = None, durability: str = "full", timeout: float = 5.0) -> None:
@@ -88,9 +70,10 @@ class GalleryStore:
         self.dim, self.dtype, self.metric = int(info["dim"]), info["dtype"], info["metric"]
         self.durability = durability
         self._gallery = Gallery(dim=self.dim, dtype=self.dtype, metric=self.metric)
-        self.rows = np.empty(0, dtype=np.int64)  # durable row id of each gallery position
-        self._row_mark = 0
-        self._tomb_mark = 0
+        self.rows = np.empty(0, dtype=np.int64)
+        # what the mirror holds: the epoch it was loaded in, the largest batch and tombstone ids applied and the
+        # largest row id seen (a folded batch re-holds rows already mirrored; those at or below it are skipped)
+        self._epoch, self._batch_mark, self._tomb_mark, self._row_seen = None, 0, 0, 0
         self.refresh()
 
     # -- schema ------------------------------------------------------------------------------------------------
@@ -105,9 +88,10 @@ class GalleryStore:
             Gallery(dim=int(want["dim"]), dtype=want["dtype"], metric=want["metric"])  # validates the values
             self._con.execute("BEGIN IMMEDIATE")  # not executescript: it would commit statement by statement
             try:
-                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                for stmt in filter(str.strip, sb.SCHEMA.split(";")):
                     self._con.execute(stmt)
                 self._con.executemany("INSERT OR IGNORE INTO store_info VALUES (?, ?)", want.items())
+                self._con.executemany("INSERT OR IGNORE INTO counters VALUES (?, ?)", sb.COUNTERS.items())
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")
@@ -115,6 +99,8 @@ class GalleryStore:
         info = dict(self._con.execute("SELECT key, value FROM store_info").fetchall())
         if info.get("format") != FORMAT:
             raise GalleryFileError(f"{self.path} is not an edgereid gallery store (format {info.get('format')!r})")
+        if int(info["version"]) == 1:
+            info = self._migrate(info)
         if int(info["version"]) != VERSION:
             raise GalleryFileError(f"{self.path} has store format version {info['version']}, this edgereid reads "
                                    f"version {VERSION}; open it with the edgereid that wrote it")
@@ -124,56 +110,62 @@ class GalleryStore:
                                        f"{name}={info[name]} (or None), or use another path for a new store")
         return info
 
+    def _migrate(self, info: dict) -> dict:
+        """Rewrite a version-1 store in place (one transaction: a crash leaves version 1 intact)."""
+        self._con.execute("BEGIN IMMEDIATE")
+        try:
+            sb.migrate_v1(self._con, int(info["dim"]), info["dtype"], info["metric"])
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        return dict(self._con.execute("SELECT key, value FROM store_info").fetchall())
+
     # -- reading -----------------------------------------------------------------------------------------------
     def refresh(self) -> int:
         """Apply rows added and removed by other connections since the last refresh; returns the new length."""
         with self._lock:
-            # one read transaction: the new rows and the tombstones come from the same snapshot
-            self._con.execute("BEGIN")
+            self._con.execute("BEGIN")  # one read transaction: batches and tombstones of the same snapshot
             try:
-                new = self._con.execute(f"SELECT {_COLS} FROM entries WHERE row > ? ORDER BY row",
-                                        (self._row_mark,)).fetchall()
-                tombs = self._con.execute("SELECT seq, row FROM tombstones WHERE seq > ? ORDER BY seq",
-                                          (self._tomb_mark,)).fetchall()
+                self._sync(self._con)
             finally:
                 self._con.execute("COMMIT")
-            if tombs:
-                self._tomb_mark = tombs[-1][0]
-                dead = np.fromiter((r for _, r in tombs), dtype=np.int64, count=len(tombs))
-                # rows added and removed elsewhere before we saw them still count as seen (see _in_sync)
-                self._row_mark = max(self._row_mark, int(dead.max()))
-                pos = np.flatnonzero(np.isin(self.rows, dead))
-                if len(pos):
-                    self._gallery.remove(indices=pos)
-                    self.rows = np.delete(self.rows, pos)
-            if new:
-                self._append(new)
-                self._row_mark = max(self._row_mark, int(new[-1][0]))
             return len(self._gallery)
 
-    def _append(self, records: list) -> None:
-        cols = list(zip(*records))
-        n = len(records)
-        itemsize = np.dtype(self.dtype).itemsize
-        blob = b"".join(cols[7])
-        if len(blob) != n * self.dim * itemsize:
-            raise GalleryFileError(f"{self.path} holds embeddings that are not {self.dim} x {self.dtype}; "
-                                   "the store is damaged, restore it from a backup")
-        part = Gallery(dim=self.dim, dtype=self.dtype, metric=self.metric)
-        part._emb = np.frombuffer(blob, dtype=self.dtype).reshape(n, self.dim)
-        part._scale = (np.array(cols[8], dtype=np.float32) if self.dtype == "int8" else np.empty(0, np.float32))
-        part.ids = np.array(cols[1], dtype=np.int64)
-        part.cameras = np.array(cols[2], dtype=np.int64)
-        part.gender_prob = np.array(cols[3], dtype=np.float64).astype(np.float32)  # NULL -> NaN
-        part.times = np.array(cols[4], dtype=np.float64)
-        part.tracks = np.array(cols[5], dtype=np.int64)
-        part.meta = [None if m is None else json.loads(m) for m in cols[6]]
-        rows = np.array(cols[0], dtype=np.int64)
-        if len(self._gallery) == 0:
-            self._gallery = part
+    def _sync(self, con: sqlite3.Connection) -> None:
+        """Inside a transaction: bring the mirror to the committed state (incrementally unless the epoch moved)."""
+        epoch = sb.counter(con, "epoch")
+        full = epoch != self._epoch
+        after = 0 if full else self._batch_mark
+        batches = con.execute(f"SELECT {sb.BATCH_COLS} FROM batches WHERE batch > ? ORDER BY batch",
+                              (after,)).fetchall()
+        tombs = con.execute("SELECT first_row, last_row FROM tombstones WHERE seq > ?",
+                            (0 if full else self._tomb_mark,)).fetchall()
+        marks = sb.sequence(con, "batches"), sb.sequence(con, "tombstones")
+        part, rows = sb.decode_batches(batches, self.dim, self.dtype, self.metric, str(self.path))
+        if full:
+            self._gallery, self.rows, self._row_seen = part, rows, 0
         else:
-            _extend(self._gallery, part)
-        self.rows = np.concatenate([self.rows, rows])
+            fresh = np.flatnonzero(rows > self._row_seen)  # a folded batch re-holds rows mirrored already
+            if len(fresh) < len(rows):
+                part.remove(indices=np.flatnonzero(rows <= self._row_seen))
+                rows = rows[fresh]
+            self._gallery.extend(part)
+            append_rows(self, "rows", rows)
+        if len(self.rows):
+            self._row_seen = max(self._row_seen, int(self.rows[-1]))
+        self._drop(sb.dead_mask(self.rows, tombs))
+        self._epoch, (self._batch_mark, self._tomb_mark) = epoch, marks
+
+    def _drop(self, dead: np.ndarray) -> None:
+        if dead.any():
+            self._gallery.remove(indices=np.flatnonzero(dead))
+            self.rows = self.rows[~dead]
+
+    def _in_sync(self, con: sqlite3.Connection) -> bool:
+        """Inside a write transaction: does the mirror hold every committed batch and removal?"""
+        return (sb.counter(con, "epoch") == self._epoch and sb.sequence(con, "batches") == self._batch_mark
+                and sb.sequence(con, "tombstones") == self._tomb_mark)
 
     def __len__(self) -> int:
         return len(self._gallery)
@@ -201,65 +193,144 @@ class GalleryStore:
         part = Gallery(dim=self.dim, dtype=self.dtype, metric=self.metric)
         part.add(embeddings, ids=ids, cameras=cameras, gender_prob=gender_prob, times=times, tracks=tracks,
                  meta=meta)  # validates and encodes exactly as Gallery does
+        part.meta = json.loads(json.dumps(part.meta))  # memory holds what a reopen reads (tuples -> lists ...)
         n = len(part)
-        scale = part._scale.tolist() if self.dtype == "int8" else [None] * n
-        meta_json = [None if m is None else json.dumps(m) for m in part.meta]
-        part.meta = [None if m is None else json.loads(m) for m in meta_json]  # memory holds what a reopen reads
-        params = zip(part.ids.tolist(), part.cameras.tolist(), _nullable(part.gender_prob), _nullable(part.times),
-                     part.tracks.tolist(), meta_json, (r.tobytes() for r in part._emb), scale)
+        if n == 0:
+            return np.empty(0, dtype=np.int64)
+
+        def body(con):
+            in_sync = self._in_sync(con)
+            first = sb.counter(con, "next_row")
+            rows = np.arange(first, first + n, dtype=np.int64)
+            self._insert(con, [sb.encode_batch(_slice(part, s, s + sb.BATCH_ROWS), rows[s:s + sb.BATCH_ROWS],
+                                               int(min(n - s, sb.BATCH_ROWS) >= sb.SMALL_ROWS))
+                               for s in range(0, n, sb.BATCH_ROWS)])
+            con.execute("UPDATE counters SET value = ? WHERE name = 'next_row'", (first + n,))
+            self._fold(con)
+            return in_sync, rows, sb.sequence(con, "batches")
+
         with self._lock:
-            in_sync, first = self._write(lambda con: (self._in_sync(con), self._insert(con, params)), "add")
-            new_rows = np.arange(first, first + n, dtype=np.int64)
-            if in_sync and n:  # nobody else wrote since our last refresh: append what we wrote, skip re-reading it
-                if len(self._gallery):
-                    _extend(self._gallery, part)
-                else:
-                    self._gallery = part
-                self.rows = np.concatenate([self.rows, new_rows])
-                self._row_mark = int(new_rows[-1])
+            in_sync, rows, batch_mark = self._write(body, "add")
+            if in_sync:  # nobody else wrote since our last sync: append what we wrote, skip re-reading it
+                self._gallery.extend(part)
+                append_rows(self, "rows", rows)
+                self._batch_mark, self._row_seen = batch_mark, int(rows[-1])
             else:
                 self.refresh()
-        return new_rows
-
-    def _in_sync(self, con: sqlite3.Connection) -> bool:
-        """Inside a write transaction: does memory hold every committed row and removal? (marks are maxima)"""
-        seq = con.execute("SELECT seq FROM sqlite_sequence WHERE name='entries'").fetchone()
-        tomb = con.execute("SELECT coalesce(max(seq), 0) FROM tombstones").fetchone()[0]
-        return (seq[0] if seq else 0) == self._row_mark and tomb == self._tomb_mark
+        return rows
 
     @staticmethod
-    def _insert(con: sqlite3.Connection, params: Iterable) -> int | None:
-        before = con.execute("SELECT seq FROM sqlite_sequence WHERE name='entries'").fetchone()
-        con.executemany("INSERT INTO entries (id, camera, gender_prob, time, track, meta, emb, scale) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params)
-        # AUTOINCREMENT inside one write transaction: the new rows are consecutive after the old maximum
-        return (before[0] if before else 0) + 1
+    def _insert(con: sqlite3.Connection, params: list) -> None:
+        con.executemany(sb.INSERT, params)
+
+    def _fold(self, con: sqlite3.Connection) -> None:
+        """Fold the small batches trailing the store into one once FOLD_BATCHES of them have piled up.
+
+        Only a trailing run is folded, so batch order stays row order (what readers rely on)."""
+        last_big = con.execute("SELECT coalesce(max(batch), 0) FROM batches WHERE level > 0").fetchone()[0]
+        small = con.execute("SELECT count(*) FROM batches WHERE batch > ?", (last_big,)).fetchone()[0]
+        if small < sb.FOLD_BATCHES:
+            return
+        recs = con.execute(f"SELECT {sb.BATCH_COLS} FROM batches WHERE batch > ? ORDER BY batch",
+                           (last_big,)).fetchall()
+        g, rows = sb.decode_batches(recs, self.dim, self.dtype, self.metric, str(self.path))
+        tombs = con.execute("SELECT first_row, last_row FROM tombstones WHERE last_row >= ?",
+                            (int(rows[0]),)).fetchall()
+        dead = sb.dead_mask(rows, tombs)
+        g.remove(indices=np.flatnonzero(dead))
+        con.execute("DELETE FROM batches WHERE batch > ?", (last_big,))
+        if len(g):
+            con.execute(sb.INSERT, sb.encode_batch(g, rows[~dead], 1))
 
     def remove(self, ids: Iterable[int] | None = None, rows: Iterable[int] | None = None) -> int:
         """Delete entries by person id and/or durable row id in one durable transaction; returns how many went."""
-        clauses, args = [], []
-        for col, values in (("id", ids), ("row", rows)):
-            if values is not None:
-                v = [int(x) for x in values]
-                if v:
-                    clauses.append(f"{col} IN ({','.join('?' * len(v))})")
-                    args += v
-        if not clauses:
-            return 0
-        return self._delete(" OR ".join(clauses), args, "remove")
+        ids = None if ids is None else np.fromiter((int(x) for x in ids), dtype=np.int64)
+        rows = None if rows is None else np.fromiter((int(x) for x in rows), dtype=np.int64)
+
+        def which(g: Gallery, have: np.ndarray) -> np.ndarray:
+            dead = np.zeros(len(g), dtype=bool)
+            if ids is not None:
+                dead |= np.isin(g.ids, ids)
+            if rows is not None:
+                dead |= np.isin(have, rows)
+            return np.flatnonzero(dead)
+        return self._delete(which, "remove")
 
     def expire(self, older_than: float) -> int:
         """Retention: delete entries whose time is before `older_than` (entries without a time stay)."""
-        return self._delete("time < ?", [float(older_than)], "expire")
+        t = float(older_than)
+        return self._delete(lambda g, have: np.flatnonzero(g.times < t), "expire")
 
-    def _delete(self, where: str, args: list, what: str) -> int:
-        def run(con):
-            con.execute(f"INSERT INTO tombstones (row) SELECT row FROM entries WHERE {where}", args)
-            return con.execute(f"DELETE FROM entries WHERE {where}", args).rowcount
+    def _delete(self, which, what: str) -> int:
+        """One transaction: sync the mirror, pick the doomed positions, log them as tombstones, drop emptied batches."""
+        def body(con):
+            self._sync(con)  # under the write lock: the mirror is the committed state
+            pos = which(self._gallery, self.rows)
+            if len(pos):
+                self._kill(con, pos)
+                self._maybe_compact(con)
+            return pos, self._marks(con)
+
         with self._lock:
-            n = self._write(run, what)
-            self.refresh()
-        return int(n)
+            pos, marks = self._write(body, what)
+            dead = np.zeros(len(self.rows), dtype=bool)
+            dead[pos] = True
+            self._drop(dead)  # what we just committed, applied without re-reading it
+            self._epoch, self._batch_mark, self._tomb_mark = marks
+        return len(pos)
+
+    @staticmethod
+    def _marks(con: sqlite3.Connection) -> tuple:
+        return sb.counter(con, "epoch"), sb.sequence(con, "batches"), sb.sequence(con, "tombstones")
+
+    def _kill(self, con: sqlite3.Connection, pos: np.ndarray) -> None:
+        dead_rows = self.rows[pos]
+        con.executemany("INSERT INTO tombstones (first_row, last_row) VALUES (?, ?)", sb.ranges_of(pos, self.rows))
+        touched = con.execute("SELECT batch, first_row, last_row, n, dead FROM batches WHERE last_row >= ? AND "
+                              "first_row <= ?", (int(dead_rows[0]), int(dead_rows[-1]))).fetchall()
+        gone, hurt = [], []
+        for batch, lo, hi, n, dead in touched:
+            k = int(np.searchsorted(dead_rows, hi, "right") - np.searchsorted(dead_rows, lo, "left"))
+            if k and dead + k >= n:
+                gone.append((batch,))
+            elif k:
+                hurt.append((dead + k, batch))
+        con.executemany("DELETE FROM batches WHERE batch = ?", gone)
+        con.executemany("UPDATE batches SET dead = ? WHERE batch = ?", hurt)
+
+    def _maybe_compact(self, con: sqlite3.Connection) -> None:
+        stored, dead = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(dead), 0) FROM batches").fetchone()
+        tombs = con.execute("SELECT count(*) FROM tombstones").fetchone()[0]
+        if (dead >= sb.COMPACT_MIN_DEAD and 4 * dead >= stored) or tombs >= sb.COMPACT_MAX_TOMBSTONES:
+            self._compact(con)
+
+    def compact(self) -> int:
+        """Rewrite batches holding removed entries and empty the tombstone log (automatic after large removals);
+        returns the dead rows dropped. Other connections reload once on their next refresh."""
+        def body(con):
+            self._sync(con)
+            return self._compact(con), self._marks(con)
+
+        with self._lock:
+            dropped, marks = self._write(body, "compact")
+            self._epoch, self._batch_mark, self._tomb_mark = marks  # the mirror's rows are unchanged
+        return dropped
+
+    def _compact(self, con: sqlite3.Connection) -> int:
+        tombs = con.execute("SELECT first_row, last_row FROM tombstones").fetchall()
+        dropped = 0
+        for batch, level in con.execute("SELECT batch, level FROM batches WHERE dead > 0").fetchall():
+            rec = con.execute(f"SELECT {sb.BATCH_COLS} FROM batches WHERE batch = ?", (batch,)).fetchall()
+            g, rows = sb.decode_batches(rec, self.dim, self.dtype, self.metric, str(self.path))
+            dead = sb.dead_mask(rows, tombs)
+            g.remove(indices=np.flatnonzero(dead))
+            dropped += int(dead.sum())
+            con.execute("DELETE FROM batches WHERE batch = ?", (batch,))
+            if len(g):  # same batch id: batch order stays row order
+                con.execute(sb.INSERT_AT, (batch, *sb.encode_batch(g, rows[~dead], level)))
+        con.execute("DELETE FROM tombstones")
+        con.execute("UPDATE counters SET value = value + 1 WHERE name = 'epoch'")
+        return dropped
 
     def _commit(self, con: sqlite3.Connection) -> None:
         con.execute("COMMIT")
@@ -300,39 +371,14 @@ class GalleryStore:
         self.close()
 
 
-def _nullable(a: np.ndarray) -> list:
-    """Python floats with NaN as None: SQLite stores NaN as NULL anyway, this makes it explicit."""
-    return [None if v != v else v for v in a.tolist()]
-
-
 def _is_locked(exc: Exception) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-def _extend(g: Gallery, part: Gallery) -> None:
-    """Append `part`'s already-encoded rows to `g` (no re-encoding) and drop g's search caches."""
-    g._emb = np.concatenate([g._emb, part._emb])
-    if g.dtype == "int8":
-        g._scale = np.concatenate([g._scale, part._scale])
-    for name in ("ids", "cameras", "gender_prob", "times", "tracks"):
-        setattr(g, name, np.concatenate([getattr(g, name), getattr(part, name)]))
-    g.meta.extend(part.meta)
-    g._faiss = g._sqnorm = None
-
-
-def open_gallery(path: str | os.PathLike):
-    """A GalleryStore for a store path, else `Gallery.load(path)`: what the CLI accepts as a saved gallery."""
-    return GalleryStore(path) if is_store_path(path) else Gallery.load(path)
-
-
-def save_gallery(g, path: str | os.PathLike) -> int:
-    """Write a Gallery's (or GalleryStore's) rows to `path`: a GalleryStore for .sqlite/.db, else a .gallery
-    file; returns the entries written."""
-    mem = g.gallery if isinstance(g, GalleryStore) else g
-    if not is_store_path(path):
-        mem.save(path)
-        return len(mem)
-    with GalleryStore(path, dim=mem.dim, dtype=mem.dtype, metric=mem.metric) as store:
-        store.add(mem.embeddings, ids=mem.ids, cameras=mem.cameras, gender_prob=mem.gender_prob,
-                  times=mem.times, tracks=mem.tracks, meta=mem.meta)
-        return len(store)
+def _slice(g: Gallery, start: int, stop: int) -> Gallery:
+    """Entries start:stop of `g` as a Gallery sharing its encoded arrays."""
+    if start == 0 and stop >= len(g):
+        return g
+    s = slice(start, stop)
+    return Gallery.from_encoded(g.dim, g.dtype, g.metric, g._emb[s], g._scale[s] if g.dtype == "int8" else None,
+                                g.ids[s], g.cameras[s], g.gender_prob[s], g.times[s], g.tracks[s], g.meta[s])
