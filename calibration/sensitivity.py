@@ -11,7 +11,13 @@ fused, so int8 products are exact and the verdict does not depend on the checkin
 3. Plan: while the all-INT8 file is below `target_cosine`, the most sensitive unit still in INT8 goes to float,
    as long as the float Convs stay under `max_float_share` of the model's multiply-accumulates (speed) and it
    raises the model's cosine without lowering its retrieval agreement (each crop's 10 nearest calibration
-   crops, fp32 against the file); then every float Conv the plan no longer needs goes back to INT8.
+   crops, fp32 against the file). A unit that does not help alone is tried together with its neighbours, the
+   units on the other side of its quantized tensors (through Relu / MaxPool / Concat): a long-tailed tensor
+   keeps its Q/DQ while either its producer or its reader is INT8, so only both in float remove it. Then every
+   float unit the plan no longer needs goes back to INT8.
+4. Ranges again: the plan's float units change which range method is best (the method that wins all-INT8 may
+   clip a tensor the plan now leaves in float), so the plan is scored with each candidate's ranges and takes the
+   best, then is pruned again under them.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from edgereid._optional import require
 from edgereid.calibration.int8 import Int8Quantizer
 from edgereid.calibration.int8_plan import Int8Plan
 from edgereid.calibration.parity import neighbour_overlap, row_cosine
+from edgereid.calibration.qdq import QUANTIZED_OPS, _consumers, _producers
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,9 @@ PLAN_OPS = ("Conv", "Add", "GlobalAveragePool")
 CANDIDATE_RANGES = (("minmax", 99.999), ("percentile", 99.99), ("percentile", 99.999), ("entropy", 99.999))
 TARGET_COSINE = 0.995  # on the calibration crops; parity's INT8 budget on held-out crops is a mean >= 0.99
 MAX_FLOAT_SHARE = 0.25  # of the Conv multiply-accumulates
+# Quantized ops that are not plan units: a quantized tensor passes through them unchanged in scale, so the units
+# on either side of them share its Q/DQ.
+PASS_THROUGH = tuple(op for op in QUANTIZED_OPS if op not in PLAN_OPS)
 # Retrieval agreement: a crop's nearest calibration crops. Cosine alone can rise while neighbours reorder: on
 # the real CUHK03 model a float pooling raised the cpu form's calibration cosine 0.994 -> 0.995 and its
 # held-out rank-1 delta went from inside the budget to one query over it.
@@ -78,6 +88,40 @@ def unit_macs(model, ops=PLAN_OPS) -> dict:
         spatial = shapes.get(node.output[0], [])[2:]
         macs[node.name] = int(cout * cin_per_group * np.prod(kernel) * np.prod(spatial or [1]))
     return macs
+
+
+def unit_neighbours(model, units: list) -> dict:
+    """{unit: the other units sharing one of its quantized tensors} (through PASS_THROUGH ops), in `units` order."""
+    graph = model.graph
+    producers, consumers = _producers(graph), _consumers(graph)
+    by_name = {n.name: n for n in graph.node}
+    wanted = set(units)
+
+    def walk(tensor: str, forward: bool, seen: set) -> set:
+        if tensor in seen:
+            return set()
+        seen.add(tensor)
+        found = set()
+        for node in (consumers.get(tensor, []) if forward else [producers[tensor]] if tensor in producers else []):
+            if node.name in wanted:
+                found.add(node.name)
+            elif node.op_type in PASS_THROUGH:
+                for nxt in (node.output if forward else node.input):
+                    found |= walk(nxt, forward, seen)
+        return found
+
+    order = {u: i for i, u in enumerate(units)}
+    out = {}
+    for u in units:
+        node = by_name[u]
+        found = set()
+        for t in node.output:
+            found |= walk(t, True, set())
+        for t in node.input:
+            found |= walk(t, False, set())
+        found.discard(u)
+        out[u] = sorted(found, key=order.__getitem__)
+    return out
 
 
 class Scorer:
@@ -169,25 +213,41 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
     rows = layer_sensitivity(quantizer, scorer, ranges, progress)
     keep, reasons, share = [], {}, 0.0
     score = method_scores[range_label(method, pct)]  # the all-INT8 file, scored while choosing the ranges
-    for rank, row in enumerate(rows, 1):
+    neighbours = unit_neighbours(quantizer.model, [r.name for r in rows])
+    by_name = {r.name: r for r in rows}
+    rank_of = {r.name: i for i, r in enumerate(rows, 1)}
+    for row in rows:
         if score["cosine_mean"] >= target_cosine:
             break
-        if share + row.macs_share > max_float_share:
-            continue  # too costly to leave in float; a cheaper, less sensitive layer may still fit
+        if row.name in keep:
+            continue  # already float, as a neighbour of a more sensitive unit
         before = score["cosine_mean"]
-        candidate = scorer.score(quantizer.quantize(ranges, keep_float=keep + [row.name]))
-        if candidate["cosine_mean"] <= before:
-            continue  # float here does not help the whole model (its error is masked downstream)
-        if candidate["top10_overlap"] < score["top10_overlap"]:
-            continue  # closer on average but the neighbours reorder: no gain for search
-        keep.append(row.name)
-        share += row.macs_share
-        score = candidate
-        row.kept_float = True
-        row.reason = reasons[row.name] = (
-            f"sensitivity rank {rank} of {len(rows)} (alone in INT8: cosine {row.cosine_mean:.4f}); in float "
-            f"the model's cosine rises {before:.4f} -> {candidate['cosine_mean']:.4f}")
+        others = [n for n in neighbours[row.name] if n not in keep]
+        for group in ([row.name], [row.name] + others) if others else ([row.name],):
+            cost = sum(by_name[n].macs_share for n in group)
+            if share + cost > max_float_share:
+                continue  # too costly to leave in float; a cheaper, less sensitive layer may still fit
+            candidate = scorer.score(quantizer.quantize(ranges, keep_float=keep + group))
+            if candidate["cosine_mean"] <= before:
+                continue  # float here does not help the whole model (its error is masked downstream)
+            if candidate["top10_overlap"] < score["top10_overlap"]:
+                continue  # closer on average but the neighbours reorder: no gain for search
+            keep += group
+            share += cost
+            score = candidate
+            for n in group:
+                with_ = "" if n == row.name else f" together with {row.name}, which shares its quantized tensor"
+                by_name[n].kept_float = True
+                by_name[n].reason = reasons[n] = (
+                    f"sensitivity rank {rank_of[n]} of {len(rows)} (alone in INT8: cosine "
+                    f"{by_name[n].cosine_mean:.4f}); in float{with_} the model's cosine rises {before:.4f} -> "
+                    f"{candidate['cosine_mean']:.4f}")
+            break
     keep, score = _prune(quantizer, scorer, ranges, keep, score, rows, reasons)
+    if keep:
+        (method, pct), ranges, score = _ranges_for_plan(quantizer, scorer, candidates, (method, pct), keep, score,
+                                                        echo)
+        keep, score = _prune(quantizer, scorer, ranges, keep, score, rows, reasons)
     share = sum(r.macs_share for r in rows if r.name in keep)
     if score["cosine_mean"] < target_cosine:
         echo(f"  the plan reaches cosine {score['cosine_mean']:.4f} < {target_cosine} on the calibration crops "
@@ -199,9 +259,24 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
     return plan, rows, method_scores
 
 
+def _ranges_for_plan(quantizer, scorer, candidates, chosen: tuple, keep: list, score: dict, echo) -> tuple:
+    """((method, percentile), ranges, score): the candidate ranges that score best with `keep` in float."""
+    best = chosen
+    for method, pct in candidates:
+        if (method, pct) == chosen:
+            continue
+        s = scorer.score(quantizer.quantize(quantizer.ranges(method, pct), keep_float=keep))
+        if s["cosine_mean"] > score["cosine_mean"] and s["top10_overlap"] >= score["top10_overlap"]:
+            echo(f"  with the plan's {len(keep)} float units, {range_label(method, pct)} ranges score higher than "
+                 f"{range_label(*best)}: cosine {score['cosine_mean']:.4f} -> {s['cosine_mean']:.4f}; the plan "
+                 f"uses them")
+            best, score = (method, pct), s
+    return best, quantizer.ranges(*best), score
+
+
 def _prune(quantizer, scorer, ranges, keep: list, score: dict, rows: list, reasons: dict) -> tuple:
-    """Back to INT8 every float layer the final plan does not need (an early pick can be made redundant by a
-    later one: the two Convs around one long-tailed tensor both look sensitive, one of them in float fixes it)."""
+    """Back to INT8 every float unit the final plan does not need (an early pick can be made redundant by a later
+    one, or by other ranges)."""
     for name in list(keep):
         trial = [k for k in keep if k != name]
         s = scorer.score(quantizer.quantize(ranges, keep_float=trial))

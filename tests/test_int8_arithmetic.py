@@ -2,6 +2,8 @@
 reference), the choice of ONNX Runtime kernels on CPUs with and without VNNI, and the CPU features behind it."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -272,9 +274,30 @@ def test_cpu_features_of_this_process():
     except OSError:
         return
     # what this process sees is never more than the kernel reports (an emulator may show less)
-    for key in ("avx2", "avx512_vnni"):
+    for key in ("avx2", "avx512_vnni", "amx_int8"):
         if f[key]:
-            assert key in flags
+            assert key in flags, key
+
+
+def test_cpuid_is_read_directly_on_x86_64_linux():
+    """AVX-VNNI and AMX come from CPUID itself, not /proc/cpuinfo (the host's file, also under qemu-user)."""
+    import platform
+    import struct
+
+    from edgereid.backends.cpu_features import cpuid, cpuid_int8_features
+
+    if platform.machine().lower() not in ("x86_64", "amd64") or not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("CPUID is read directly on x86-64 Linux/macOS only")
+    top = cpuid(0)
+    assert top is not None, "the CPUID routine could not run (executable memory refused?)"
+    vendor = struct.pack("<III", top[1], top[3], top[2]).decode("ascii")  # ebx, edx, ecx spell the vendor
+    assert vendor in open("/proc/cpuinfo").read()
+    direct = cpuid_int8_features()
+    assert set(direct) == {"avx_vnni", "amx_int8"}
+    flags = open("/proc/cpuinfo").read()
+    for key in ("avx_vnni", "amx_int8"):  # natively, a feature the kernel lists is one CPUID reports
+        if f" {key}" in flags:
+            assert direct[key], key
 
 
 # -- a CPU without VNNI, emulated: the same INT8 files under qemu's Zen 1 (AVX2, no AVX-512, no VNNI) ----------

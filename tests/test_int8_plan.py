@@ -82,7 +82,7 @@ def outlier_model(int8_setup, tmp_path_factory):
 def test_sensitivity_ranks_the_outlier_layer_first_and_the_plan_keeps_it_in_float(outlier_model, tmp_path):
     from edgereid.calibration.int8 import Int8Quantizer, quantize_int8
     from edgereid.calibration.int8_plan import Int8Plan
-    from edgereid.calibration.sensitivity import Scorer, choose_plan, sensitivity_table
+    from edgereid.calibration.sensitivity import Scorer, choose_plan, sensitivity_table, unit_neighbours
     from edgereid.export.metadata import get_metadata
 
     pair = outlier_model["pair"]
@@ -97,7 +97,10 @@ def test_sensitivity_ranks_the_outlier_layer_first_and_the_plan_keeps_it_in_floa
     # Q/DQ) are the most sensitive layers, far ahead of the rest.
     assert {rows[0].name, rows[1].name} == pair, sensitivity_table(rows)
     assert rows[1].cosine_mean < rows[2].cosine_mean - 0.1, sensitivity_table(rows)
-    assert pair & set(plan.keep_float) and all(n in plan.reasons for n in plan.keep_float), plan
+    # the tensor between them keeps its Q/DQ while either is INT8: the plan takes them as a group
+    assert pair <= set(plan.keep_float) and all(n in plan.reasons for n in plan.keep_float), plan
+    first, second = sorted(pair)
+    assert second in unit_neighbours(quantizer.model, [r.name for r in rows])[first]
     assert plan.calibration_score["cosine_mean"] > all_int8 + 0.2  # float there repairs the model
     assert plan.calibration_score["float_macs_share"] <= 0.25
 

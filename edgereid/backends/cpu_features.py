@@ -4,14 +4,74 @@ Without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with VPM
 products into a saturating 16-bit sum (255 x 127 x 2 = 64,770 is clamped to 32,767); VNNI (AVX-512 VNNI,
 AVX-VNNI) and AMX accumulate in 32 bits. So the same INT8 file computes different numbers on different x86 CPUs.
 
-Features are read as this process sees them (CPUID, through numpy's dispatcher) where numpy knows the feature,
-and from /proc/cpuinfo for the two it does not (AVX-VNNI, AMX). The CPUID view is the one ONNX Runtime's
-dispatcher acts on; it differs from /proc/cpuinfo under an emulator or a hypervisor that masks features.
+Features are read as this process sees them: CPUID, the view ONNX Runtime's dispatcher acts on (numpy's
+dispatcher for AVX2 / AVX-512 VNNI, a 30-byte CPUID routine for AVX-VNNI and AMX, which numpy does not report).
+/proc/cpuinfo is only the fallback: it describes the host, not an emulated CPU (qemu-user passes the host's
+file through: on a host with AVX-VNNI, qemu's Zen 1 read "AVX-VNNI yes" there) or a hypervisor that masks
+features.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
+import mmap
 import platform
+import sys
+
+# cpuid(leaf, subleaf, uint32 out[4]) for the System V x86-64 ABI (Linux, macOS): rbx is callee-saved, rdx is
+# the out pointer and CPUID overwrites it, so it is moved to r8 first.
+_CPUID_CODE = bytes([
+    0x53,                    # push rbx
+    0x49, 0x89, 0xD0,        # mov r8, rdx
+    0x89, 0xF8,              # mov eax, edi
+    0x89, 0xF1,              # mov ecx, esi
+    0x0F, 0xA2,              # cpuid
+    0x41, 0x89, 0x00,        # mov [r8], eax
+    0x41, 0x89, 0x58, 0x04,  # mov [r8+4], ebx
+    0x41, 0x89, 0x48, 0x08,  # mov [r8+8], ecx
+    0x41, 0x89, 0x50, 0x0C,  # mov [r8+12], edx
+    0x5B,                    # pop rbx
+    0xC3,                    # ret
+])
+
+
+def cpuid(leaf: int, subleaf: int = 0) -> tuple | None:
+    """(eax, ebx, ecx, edx) of CPUID(leaf, subleaf) as this process sees it; None off x86-64 System V or where
+    executable memory is refused (a hardened kernel), so callers fall back to /proc/cpuinfo."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or sys.platform == "win32":
+        return None
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except (OSError, ValueError, AttributeError):
+        return None
+    try:
+        page.write(_CPUID_CODE)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
+        fn = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))(addr)
+        out = (ctypes.c_uint32 * 4)()
+        fn(leaf, subleaf, out)
+        result = tuple(int(v) for v in out)
+        del fn, addr
+        return result
+    finally:
+        try:
+            page.close()
+        except BufferError:  # a ctypes view still holds the page: leave it to the garbage collector
+            pass
+
+
+@functools.lru_cache(maxsize=1)
+def cpuid_int8_features() -> dict | None:
+    """{"avx_vnni": bool, "amx_int8": bool} from CPUID, or None where CPUID cannot be read from Python."""
+    top = cpuid(0)
+    if top is None:
+        return None
+    if top[0] < 7:
+        return {"avx_vnni": False, "amx_int8": False}
+    leaf7 = cpuid(7, 0)
+    # leaf 7 subleaf 1 exists when leaf 7 subleaf 0 reports max subleaf >= 1 (in eax)
+    leaf7_1 = cpuid(7, 1) if leaf7[0] >= 1 else (0, 0, 0, 0)
+    return {"avx_vnni": bool(leaf7_1[0] >> 4 & 1), "amx_int8": bool(leaf7[3] >> 25 & 1)}
 
 
 def proc_flags() -> set:
@@ -49,10 +109,16 @@ def cpu_features() -> dict:
         avx2, avx512_vnni = "avx2" in flags, "avx512_vnni" in flags
     else:
         avx2, avx512_vnni = bool(cpuid.get("AVX2")), bool(cpuid.get("AVX512VNNI"))
-    # numpy does not report AVX-VNNI or AMX; /proc/cpuinfo does, and neither exists on a CPU without AVX2
-    # (AMX parts all have AVX-512 VNNI), which keeps an emulated CPU that hides those consistent.
-    avx_vnni = avx2 and "avx_vnni" in flags
-    amx_int8 = avx512_vnni and "amx_int8" in flags
+    # numpy does not report AVX-VNNI or AMX: CPUID does, else /proc/cpuinfo (the host's). Neither exists on a
+    # CPU without AVX2 (AMX parts all have AVX-512 VNNI), which keeps the fallback consistent under emulation.
+    direct = cpuid_int8_features() if x86 else None
+    if direct is not None:
+        # AMX also needs the kernel's support (tile state): Linux lists amx_int8 only where it enables it
+        avx_vnni = avx2 and direct["avx_vnni"]
+        amx_int8 = avx512_vnni and direct["amx_int8"] and ("amx_int8" in flags or not flags)
+    else:
+        avx_vnni = avx2 and "avx_vnni" in flags
+        amx_int8 = avx512_vnni and "amx_int8" in flags
     return {"x86": x86, "avx2": x86 and avx2, "avx512_vnni": x86 and avx512_vnni, "avx_vnni": x86 and avx_vnni,
             "amx_int8": x86 and amx_int8}
 

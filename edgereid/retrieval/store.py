@@ -114,7 +114,10 @@ class GalleryStore:
         """Rewrite a version-1 store in place (one transaction: a crash leaves version 1 intact)."""
         self._con.execute("BEGIN IMMEDIATE")
         try:
-            sb.migrate_v1(self._con, int(info["dim"]), info["dtype"], info["metric"])
+            # another process may have upgraded the file while we waited for the write lock
+            version = self._con.execute("SELECT value FROM store_info WHERE key = 'version'").fetchone()[0]
+            if int(version) == 1:
+                sb.migrate_v1(self._con, int(info["dim"]), info["dtype"], info["metric"])
             self._con.execute("COMMIT")
         except BaseException:
             self._con.execute("ROLLBACK")
