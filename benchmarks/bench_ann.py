@@ -72,6 +72,14 @@ def gallery_worker(n: int, dtype: str, kinds: list) -> dict:
         one_ms = (time.perf_counter() - t) / 20 * 1e3
         out[kind] = {"build_s": build, "query_ms": batch_ms, "single_query_ms": one_ms,
                      "recall_at_10": recall(approx, exact), "speedup_vs_exact": out["exact"]["query_ms"] / batch_ms}
+        if kind == "ivfpq":  # retention: drop the oldest 1% and search again (HNSW would rebuild: its build_s)
+            index = g._ann
+            t = time.perf_counter()
+            g.remove(indices=np.arange(n // 100))
+            approx = g.search(q, k=K)
+            out[kind]["remove_1pct_then_search_s"] = time.perf_counter() - t
+            out[kind]["rebuilt_after_remove"] = g._ann is not index
+            out[kind]["recall_at_10_after_remove"] = recall(approx, g.search(q, k=K, use_faiss=False))
     import resource
     out["rss_high_water_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out

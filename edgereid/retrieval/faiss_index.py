@@ -7,7 +7,9 @@ from edgereid.errors import InvalidInputError
 
 KINDS = ("hnsw", "ivfpq")
 HNSW_M = 16  # graph degree: 32 doubles the build time (~80 s for 10^6 rows on 2 cores) for little recall
-HNSW_EF_CONSTRUCTION = 40
+# construction beam: FAISS's default 40 gave recall@10 0.83 on 10^6 clustered rows (efSearch 256), 128 gave 0.998
+# for 2.9x the build time (255 s vs 87 s on 2 cores; benchmarks/results/ann_cpu.json)
+HNSW_EF_CONSTRUCTION = 128
 HNSW_EF_SEARCH = 256  # 64 gave recall@10 0.58 on 10^6 clustered rows: small tight clusters need a wide beam
 IVF_TRAIN_MAX = 100000  # k-means on more rows than this changes the centroids little and costs minutes
 
@@ -31,7 +33,8 @@ def _ivf_lists(n: int) -> int:
 
 
 class AnnIndex:
-    """A FAISS index whose ids are gallery positions 0..n-1; rows are only ever appended (removal = rebuild)."""
+    """A FAISS index keyed by the gallery's row keys (int64, ascending, never reused): rows are appended, and
+    removed in place from IVF-PQ (HNSW graphs cannot remove: the gallery rebuilds those)."""
 
     def __init__(self, kind: str, dim: int) -> None:
         if kind not in KINDS:
@@ -41,6 +44,7 @@ class AnnIndex:
         self.kind, self.dim = kind, int(dim)
         self.index = None
         self.trained_rows = 0  # gallery rows when the index was built (IVF-PQ trains its lists then)
+        self.last_key = -1  # the largest row key added: rows with larger keys are the gallery's new tail
 
     @property
     def ntotal(self) -> int:
@@ -54,9 +58,10 @@ class AnnIndex:
     def _build(self, x: np.ndarray, total: int):
         f = self.faiss
         if self.kind == "hnsw":
-            index = f.IndexHNSWFlat(self.dim, HNSW_M)
-            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-            return index
+            graph = f.IndexHNSWFlat(self.dim, HNSW_M)
+            graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            self._graph = graph  # the map does not own it: keep it alive, and reachable for efSearch
+            return f.IndexIDMap(graph)  # HNSW has no ids of its own: the map keeps the row keys
         # PQ with 8-bit codes needs >= 256 training rows; 16 sub-quantisers of 8 dims each for 128-d
         if total < 256:
             raise InvalidInputError(f"index='ivfpq' needs >= 256 rows to train, the gallery has {total}; "
@@ -71,18 +76,32 @@ class AnnIndex:
         self.index = self._build(np.ascontiguousarray(sample, dtype=np.float32), int(total))
         self.trained_rows = int(total)
 
-    def add(self, x: np.ndarray) -> None:
-        """Append rows (float32, already normalised for the cosine metric); untrained, it trains on them first."""
+    def add(self, x: np.ndarray, keys: np.ndarray) -> None:
+        """Append rows (float32, already normalised for the cosine metric) under their row keys (ascending, above
+        every key added before); untrained, the index trains on them first."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
         if self.index is None:
             self.train(x, len(x))
-        self.index.add(x)
+        self.index.add_with_ids(x, keys)
+        if len(keys):
+            self.last_key = int(keys[-1])
+
+    @property
+    def can_remove(self) -> bool:
+        """IVF-PQ removes rows in place; an HNSW graph cannot."""
+        return self.kind == "ivfpq"
+
+    def remove(self, keys: np.ndarray) -> None:
+        """Drop rows by key (IVF-PQ only: a scan of the inverted lists, no retraining)."""
+        if self.index is not None and len(keys):
+            self.index.remove_ids(self.faiss.IDSelectorBatch(np.ascontiguousarray(keys, dtype=np.int64)))
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:
-        """Candidate positions (queries x k), nearest first by the index's own (approximate) distance; -1 = none."""
+        """Candidate row keys (queries x k), nearest first by the index's own (approximate) distance; -1 = none."""
         k = max(1, min(int(k), self.ntotal))
         if self.kind == "hnsw":
-            self.index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+            self._graph.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
         else:
             self.index.nprobe = min(IVF_NPROBE, self.index.nlist)
         _, i = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)

@@ -61,6 +61,9 @@ class Gallery:
     # growable columns: add()/extend() append in amortised O(new rows) instead of copying the gallery
     _emb, _scale, ids, cameras, gender_prob, times, tracks = (Column() for _ in range(7))
     _COLUMNS = ("_emb", "_scale", "ids", "cameras", "gender_prob", "times", "tracks")
+    # in-memory row keys (ascending, never reused, not saved): what the ANN index knows rows by, so removing rows
+    # shifts positions without invalidating it
+    _keys = Column()
 
     def __init__(self, dim: int = 128, dtype: str = "float32", metric: str = "euclidean", index: str = "auto") -> None:
         if index not in INDEXES:
@@ -70,7 +73,8 @@ class Gallery:
         if metric not in ("euclidean", "cosine"):
             raise InvalidInputError(f"gallery metric must be 'euclidean' or 'cosine', got {metric!r}")
         self.dim, self.dtype, self.metric, self.index = int(dim), dtype, metric, index
-        self._ann = None  # AnnIndex over positions 0..ntotal-1; appended to on search, rebuilt after remove()
+        self._ann = None  # AnnIndex over the row keys; appended to on search, rows removed from it by remove()
+        self._keys, self._next_key = np.empty(0, dtype=np.int64), 0
         self._emb = np.empty((0, self.dim), dtype=np.dtype(dtype))
         self._scale = np.empty(0, dtype=np.float32)  # int8 only: row = stored * scale
         self.ids = np.empty(0, dtype=np.int64)
@@ -156,6 +160,7 @@ class Gallery:
         g.ids, g.cameras, g.tracks = (np.asarray(a, dtype=np.int64) for a in (ids, cameras, tracks))
         g.gender_prob, g.times = np.asarray(gender_prob, dtype=np.float32), np.asarray(times, dtype=np.float64)
         g.meta = list(meta)
+        g._keys, g._next_key = np.arange(len(g.meta), dtype=np.int64), len(g.meta)
         lengths = {len(getattr(g, name)) for name in g._COLUMNS if name != "_scale" or g.dtype == "int8"}
         if lengths != {len(g.meta)}:
             raise GalleryFileError(f"gallery columns have different lengths ({sorted(lengths)} rows, "
@@ -164,9 +169,12 @@ class Gallery:
 
     def _append(self, columns: dict, meta: list) -> None:
         """Append encoded columns in place; search caches stay valid (they extend to new rows lazily)."""
+        n = len(columns["ids"])
+        start, self._next_key = self._next_key, self._next_key + n  # a counter: removed keys are never reused
         for name in self._COLUMNS:
             if name != "_scale" or self.dtype == "int8":
                 append_rows(self, name, columns[name])
+        append_rows(self, "_keys", np.arange(start, start + n, dtype=np.int64))
         self.meta.extend(meta)
 
     def remove(self, indices: Iterable[int] | None = None, ids: Iterable[int] | None = None) -> int:
@@ -186,7 +194,12 @@ class Gallery:
         for name in ("ids", "cameras", "gender_prob", "times", "tracks"):
             setattr(self, name, getattr(self, name)[keep])
         self.meta = [m for m, k in zip(self.meta, keep) if k]
-        self._faiss = self._sqnorm = self._ann = None  # positions shifted: the ANN index is rebuilt when next used
+        if self._ann is not None and self._ann.can_remove:
+            self._ann.remove(self._keys[drop])  # IVF-PQ drops the rows by key: no retraining
+        else:
+            self._ann = None  # an HNSW graph cannot drop rows: rebuilt at the next search
+        self._keys = self._keys[keep]
+        self._faiss = self._sqnorm = None  # position-based caches
         return int(drop.sum())
 
     def _filter(self, gender, camera, exclude_camera, time_range, gender_threshold) -> np.ndarray | None:
@@ -286,7 +299,7 @@ class Gallery:
     def _ann_sync(self, kind: str, strict: bool):
         """The ANN index holding every row (built on first use, appended rows added); None if FAISS is absent."""
         from edgereid.retrieval.faiss_index import AnnIndex, train_positions
-        # a shorter gallery than the index means rows were dropped behind remove()'s back: positions are stale
+        # an index holding more rows than the gallery missed a removal: rebuild rather than trust it
         if (self._ann is None or self._ann.kind != kind or self._ann.ntotal > len(self)
                 or self._ann.outgrown(len(self))):
             try:
@@ -298,9 +311,11 @@ class Gallery:
             # trained on rows spread over the whole gallery, so later people are covered as well as early ones
             sample = self._decode_rows(train_positions(len(self)) if kind == "ivfpq" else np.arange(0))
             self._ann.train(_d.l2_normalize(sample) if self.metric == "cosine" else sample, len(self))
-        for s in range(self._ann.ntotal, len(self), CHUNK_ROWS * 16):  # add() only appends: index the new tail
-            x = self._decode(s, min(len(self), s + CHUNK_ROWS * 16))
-            self._ann.add(_d.l2_normalize(x) if self.metric == "cosine" else x)
+        tail = int(np.searchsorted(self._keys, self._ann.last_key, "right"))  # rows added since: larger keys
+        for s in range(tail, len(self), CHUNK_ROWS * 16):
+            e = min(len(self), s + CHUNK_ROWS * 16)
+            x = self._decode(s, e)
+            self._ann.add(_d.l2_normalize(x) if self.metric == "cosine" else x, self._keys[s:e])
         return self._ann
 
     def _ann_topk(self, q: np.ndarray, k: int, rows: np.ndarray | None, kind: str, strict: bool):
@@ -318,8 +333,9 @@ class Gallery:
             return None
         cosine = self.metric == "cosine"
         qq = _d.l2_normalize(q) if cosine else q
-        cand = ann.search(qq, int(np.ceil(k * ANN_CANDIDATES / frac)))
-        ok = cand >= 0
+        keys = ann.search(qq, int(np.ceil(k * ANN_CANDIDATES / frac)))
+        cand = np.minimum(np.searchsorted(self._keys, keys), max(len(self) - 1, 0))  # row keys -> positions
+        ok = (keys >= 0) & (self._keys[cand] == keys)
         if rows is not None:
             keep = np.zeros(len(self), dtype=bool)
             keep[rows] = True
