@@ -161,19 +161,23 @@ class Gallery:
         g.gender_prob, g.times = np.asarray(gender_prob, dtype=np.float32), np.asarray(times, dtype=np.float64)
         g.meta = list(meta)
         g._keys, g._next_key = np.arange(len(g.meta), dtype=np.int64), len(g.meta)
-        lengths = {len(getattr(g, name)) for name in g._COLUMNS if name != "_scale" or g.dtype == "int8"}
+        lengths = {len(getattr(g, name)) for name in g._stored}
         if lengths != {len(g.meta)}:
             raise GalleryFileError(f"gallery columns have different lengths ({sorted(lengths)} rows, "
                                    f"{len(g.meta)} meta); the file is damaged, re-create it with Gallery.save()")
         return g
 
+    @property
+    def _stored(self) -> tuple:
+        """The columns this gallery fills (the int8 scale only for int8)."""
+        return self._COLUMNS if self.dtype == "int8" else tuple(c for c in self._COLUMNS if c != "_scale")
+
     def _append(self, columns: dict, meta: list) -> None:
         """Append encoded columns in place; search caches stay valid (they extend to new rows lazily)."""
         n = len(columns["ids"])
         start, self._next_key = self._next_key, self._next_key + n  # a counter: removed keys are never reused
-        for name in self._COLUMNS:
-            if name != "_scale" or self.dtype == "int8":
-                append_rows(self, name, columns[name])
+        for name in self._stored:
+            append_rows(self, name, columns[name])
         append_rows(self, "_keys", np.arange(start, start + n, dtype=np.int64))
         self.meta.extend(meta)
 
@@ -188,10 +192,7 @@ class Gallery:
         if ids is not None:
             drop |= np.isin(self.ids, np.asarray(list(ids), dtype=np.int64))
         keep = ~drop
-        self._emb = self._emb[keep]
-        if self.dtype == "int8":
-            self._scale = self._scale[keep]
-        for name in ("ids", "cameras", "gender_prob", "times", "tracks"):
+        for name in self._stored:
             setattr(self, name, getattr(self, name)[keep])
         self.meta = [m for m, k in zip(self.meta, keep) if k]
         if self._ann is not None and self._ann.can_remove:
@@ -219,12 +220,19 @@ class Gallery:
             mask &= (self.times >= (-np.inf if lo is None else lo)) & (self.times <= (np.inf if hi is None else hi))
         return None if mask.all() else np.flatnonzero(mask)
 
+    def _tail(self, start: int, rows: int = CHUNK_ROWS, normalise: bool = False):
+        """(start, stop, float32 rows) chunks of the entries from `start` on; L2-normalised for the cosine metric
+        when `normalise` (what the FAISS indexes hold)."""
+        for s in range(start, len(self), rows):
+            e = min(len(self), s + rows)
+            x = self._decode(s, e)
+            yield s, e, _d.l2_normalize(x) if normalise and self.metric == "cosine" else x
+
     def _norms(self) -> np.ndarray:
         """Squared norms of the stored (dequantised) embeddings, cached until the gallery changes."""
         have = 0 if self._sqnorm is None or len(self._sqnorm) > len(self) else len(self._sqnorm)
         if have < len(self):  # add() only appends: compute the new tail's norms
-            tail = [np.einsum("ij,ij->i", c, c) for c in
-                    (self._decode(s, min(len(self), s + CHUNK_ROWS)) for s in range(have, len(self), CHUNK_ROWS))]
+            tail = [np.einsum("ij,ij->i", c, c) for _, _, c in self._tail(have)]
             self._sqnorm = np.concatenate(([self._sqnorm] if have else []) + tail).astype(np.float32)
         return self._sqnorm
 
@@ -279,10 +287,8 @@ class Gallery:
             return None
         if self._faiss is None or self._faiss.ntotal > len(self):
             self._faiss = faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(self.dim)
-        for s in range(self._faiss.ntotal, len(self), CHUNK_ROWS):  # add() only appends: index the new tail
-            x = self._decode(s, min(len(self), s + CHUNK_ROWS))
-            self._faiss.add(np.ascontiguousarray(_d.l2_normalize(x) if self.metric == "cosine" else x,
-                                                 dtype=np.float32))
+        for _, _, x in self._tail(self._faiss.ntotal, normalise=True):  # add() only appends: index the new tail
+            self._faiss.add(np.ascontiguousarray(x, dtype=np.float32))
         qq = _d.l2_normalize(q) if self.metric == "cosine" else q
         d, i = self._faiss.search(np.ascontiguousarray(qq, dtype=np.float32), k)
         d = 1.0 - d if self.metric == "cosine" else np.sqrt(np.maximum(d, 0))
@@ -312,10 +318,8 @@ class Gallery:
             sample = self._decode_rows(train_positions(len(self)) if kind == "ivfpq" else np.arange(0))
             self._ann.train(_d.l2_normalize(sample) if self.metric == "cosine" else sample, len(self))
         tail = int(np.searchsorted(self._keys, self._ann.last_key, "right"))  # rows added since: larger keys
-        for s in range(tail, len(self), CHUNK_ROWS * 16):
-            e = min(len(self), s + CHUNK_ROWS * 16)
-            x = self._decode(s, e)
-            self._ann.add(_d.l2_normalize(x) if self.metric == "cosine" else x, self._keys[s:e])
+        for s, e, x in self._tail(tail, CHUNK_ROWS * 16, normalise=True):
+            self._ann.add(x, self._keys[s:e])
         return self._ann
 
     def _ann_topk(self, q: np.ndarray, k: int, rows: np.ndarray | None, kind: str, strict: bool):

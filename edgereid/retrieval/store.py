@@ -137,28 +137,32 @@ class GalleryStore:
 
     def _sync(self, con: sqlite3.Connection) -> None:
         """Inside a transaction: bring the mirror to the committed state (incrementally unless the epoch moved)."""
-        epoch = sb.counter(con, "epoch")
-        full = epoch != self._epoch
+        marks = self._marks(con)
+        full = marks[0] != self._epoch
         after = 0 if full else self._batch_mark
         batches = con.execute(f"SELECT {sb.BATCH_COLS} FROM batches WHERE batch > ? ORDER BY batch",
                               (after,)).fetchall()
         tombs = con.execute("SELECT first_row, last_row FROM tombstones WHERE seq > ?",
                             (0 if full else self._tomb_mark,)).fetchall()
-        marks = sb.sequence(con, "batches"), sb.sequence(con, "tombstones")
         part, rows = sb.decode_batches(batches, self.dim, self.dtype, self.metric, str(self.path))
         if full:
             self._gallery, self.rows, self._row_seen = part, rows, 0
         else:
-            fresh = np.flatnonzero(rows > self._row_seen)  # a folded batch re-holds rows mirrored already
-            if len(fresh) < len(rows):
-                part.remove(indices=np.flatnonzero(rows <= self._row_seen))
-                rows = rows[fresh]
+            seen = rows <= self._row_seen  # a folded batch re-holds rows mirrored already
+            if seen.any():
+                part.remove(indices=np.flatnonzero(seen))
+                rows = rows[~seen]
             self._gallery.extend(part)
             append_rows(self, "rows", rows)
         if len(self.rows):
             self._row_seen = max(self._row_seen, int(self.rows[-1]))
         self._drop(sb.dead_mask(self.rows, tombs))
-        self._epoch, (self._batch_mark, self._tomb_mark) = epoch, marks
+        self._epoch, self._batch_mark, self._tomb_mark = marks
+
+    @staticmethod
+    def _marks(con: sqlite3.Connection) -> tuple:
+        """(epoch, last batch id, last tombstone id) of the committed state: what a mirror in sync has applied."""
+        return sb.counter(con, "epoch"), sb.sequence(con, "batches"), sb.sequence(con, "tombstones")
 
     def _drop(self, dead: np.ndarray) -> None:
         if dead.any():
@@ -167,8 +171,7 @@ class GalleryStore:
 
     def _in_sync(self, con: sqlite3.Connection) -> bool:
         """Inside a write transaction: does the mirror hold every committed batch and removal?"""
-        return (sb.counter(con, "epoch") == self._epoch and sb.sequence(con, "batches") == self._batch_mark
-                and sb.sequence(con, "tombstones") == self._tomb_mark)
+        return self._marks(con) == (self._epoch, self._batch_mark, self._tomb_mark)
 
     def __len__(self) -> int:
         return len(self._gallery)
@@ -236,14 +239,19 @@ class GalleryStore:
             return
         recs = con.execute(f"SELECT {sb.BATCH_COLS} FROM batches WHERE batch > ? ORDER BY batch",
                            (last_big,)).fetchall()
-        g, rows = sb.decode_batches(recs, self.dim, self.dtype, self.metric, str(self.path))
-        tombs = con.execute("SELECT first_row, last_row FROM tombstones WHERE last_row >= ?",
-                            (int(rows[0]),)).fetchall()
-        dead = sb.dead_mask(rows, tombs)
-        g.remove(indices=np.flatnonzero(dead))
+        g, rows, _ = self._live(con, recs)
         con.execute("DELETE FROM batches WHERE batch > ?", (last_big,))
         if len(g):
-            con.execute(sb.INSERT, sb.encode_batch(g, rows[~dead], 1))
+            con.execute(sb.INSERT, sb.encode_batch(g, rows, 1))
+
+    def _live(self, con: sqlite3.Connection, records: list) -> tuple:
+        """(Gallery, row ids, dead count) of batch records without their tombstoned rows."""
+        g, rows = sb.decode_batches(records, self.dim, self.dtype, self.metric, str(self.path))
+        tombs = con.execute("SELECT first_row, last_row FROM tombstones WHERE last_row >= ? AND first_row <= ?",
+                            (int(rows[0]), int(rows[-1]))).fetchall() if len(rows) else []
+        dead = sb.dead_mask(rows, tombs)
+        g.remove(indices=np.flatnonzero(dead))
+        return g, rows[~dead], int(dead.sum())
 
     def remove(self, ids: Iterable[int] | None = None, rows: Iterable[int] | None = None) -> int:
         """Delete entries by person id and/or durable row id in one durable transaction; returns how many went."""
@@ -282,9 +290,6 @@ class GalleryStore:
             self._epoch, self._batch_mark, self._tomb_mark = marks
         return len(pos)
 
-    @staticmethod
-    def _marks(con: sqlite3.Connection) -> tuple:
-        return sb.counter(con, "epoch"), sb.sequence(con, "batches"), sb.sequence(con, "tombstones")
 
     def _kill(self, con: sqlite3.Connection, pos: np.ndarray) -> None:
         dead_rows = self.rows[pos]
@@ -320,17 +325,14 @@ class GalleryStore:
         return dropped
 
     def _compact(self, con: sqlite3.Connection) -> int:
-        tombs = con.execute("SELECT first_row, last_row FROM tombstones").fetchall()
         dropped = 0
         for batch, level in con.execute("SELECT batch, level FROM batches WHERE dead > 0").fetchall():
             rec = con.execute(f"SELECT {sb.BATCH_COLS} FROM batches WHERE batch = ?", (batch,)).fetchall()
-            g, rows = sb.decode_batches(rec, self.dim, self.dtype, self.metric, str(self.path))
-            dead = sb.dead_mask(rows, tombs)
-            g.remove(indices=np.flatnonzero(dead))
-            dropped += int(dead.sum())
+            g, rows, dead = self._live(con, rec)
+            dropped += dead
             con.execute("DELETE FROM batches WHERE batch = ?", (batch,))
             if len(g):  # same batch id: batch order stays row order
-                con.execute(sb.INSERT_AT, (batch, *sb.encode_batch(g, rows[~dead], level)))
+                con.execute(sb.INSERT_AT, (batch, *sb.encode_batch(g, rows, level)))
         con.execute("DELETE FROM tombstones")
         con.execute("UPDATE counters SET value = value + 1 WHERE name = 'epoch'")
         return dropped
