@@ -128,9 +128,10 @@ INT8_HW = (64, 32)
 
 
 @pytest.fixture(scope="session")
-def int8_setup(trained_small, small_synthetic, tmp_path_factory):
+def int8_setup(request, small_synthetic, tmp_path_factory):
     """The trained model, its fp32 ONNX, a larger synthetic evaluation set and a calibration set of training
-    images (the model's own training split, as a user would calibrate)."""
+    images (the model's own training split, as a user would calibrate). EDGEREID_INT8_CHECKPOINT names a
+    checkpoint to use instead of training `trained_small`."""
     from edgereid.calibration.calibset import build_calibration_set
     from edgereid.datasets import load_gender_list, load_market1501
     from edgereid.export.metadata import get_metadata, load_onnx
@@ -149,7 +150,7 @@ def int8_setup(trained_small, small_synthetic, tmp_path_factory):
     if os.environ.get("EDGEREID_INT8_CHECKPOINT"):
         model = load_checkpoint(os.environ["EDGEREID_INT8_CHECKPOINT"], with_classifier=False)[0].eval()
     else:
-        model = trained_small["model"]
+        model = request.getfixturevalue("trained_small")["model"]
     fp32 = export_small(model, root / "model.onnx")
     meta = get_metadata(load_onnx(fp32))
     calib = build_calibration_set(small_synthetic["splits"].train, meta, root / "calib", num=96, seed=0,
@@ -200,6 +201,41 @@ def assert_int8_conv(model, conv, activation_dtype) -> None:
     assert x_zp.dtype == activation_dtype and x_zp.size == 1, conv.name
     if activation_dtype == np.int8:
         assert int(x_zp) == 0, conv.name  # symmetric activations
+
+
+# qemu's AMD EPYC (Zen 1) model: the slowest CI machine kind, AVX2 without VNNI, emulated on any x86-64 host
+QEMU_CPU = "EPYC"
+
+
+def qemu_x86_64() -> str:
+    """qemu-user's x86-64 emulator, to run a probe as a CPU without VNNI; fails in CI where it is missing."""
+    import platform
+    import shutil
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("emulating an x86 CPU without VNNI needs an x86_64 host")
+    found = shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("qemu-x86_64 is missing; .ci/run installs Debian's qemu-user so this test runs in CI")
+    pytest.skip("qemu-x86_64 not installed (apt-get install qemu-user) to emulate a CPU without VNNI")
+
+
+def run_as_cpu_without_vnni(probe: str, tmp_path, **arrays) -> tuple:
+    """Run the Python `probe` under qemu's Zen 1 with `arrays` saved as in.npz (argv[1]); the probe writes its
+    arrays to argv[2] and prints one JSON line last. Returns (that JSON, the probe's arrays)."""
+    import json
+    import subprocess
+    import sys
+
+    qemu = qemu_x86_64()
+    np.savez(tmp_path / "in.npz", **arrays)
+    (tmp_path / "probe.py").write_text(probe)
+    run = subprocess.run([qemu, "-cpu", QEMU_CPU, sys.executable, str(tmp_path / "probe.py"), str(tmp_path / "in.npz"),
+                          str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1]), np.load(tmp_path / "out.npz")
 
 
 def load_sweep(monkeypatch):

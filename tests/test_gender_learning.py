@@ -4,55 +4,35 @@ Before the fix, the triplet on the raw pooled gender feature drove every crop to
 broad classes the hardest positive is farther than the nearest negative for almost every anchor, so the
 cheapest way to the loss's floor (the margin) is a constant feature, which leaves BCE at log 2. The triplet now
 sees the feature standardised over the batch, where a constant feature is impossible.
+
+The run judged is conftest's `trained_small` (shared with the learning and quantization tests, so the suite
+trains it once): stage 1 trains re-ID and gender together with the triplet active on every gender batch.
 """
+import json
 import math
 
-import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("edgereid.training.synthetic")
-
-from conftest import SMALL_TRAIN as SMALL  # noqa: E402
+pytest.importorskip("torch")
+yaml = pytest.importorskip("yaml")
 
 from edgereid.training.config import TrainConfig  # noqa: E402
-from edgereid.training.losses import GenderLoss  # noqa: E402
-from edgereid.training.trainer import Trainer  # noqa: E402
-
-STEPS = 150
 
 
-def _gender_bce_and_accuracy(model, dataset) -> tuple:
-    model.eval()
-    with torch.no_grad():
-        x = torch.stack([dataset[i][0] for i in range(len(dataset))])
-        y = np.array([dataset[i][1] for i in range(len(dataset))])
-        p = torch.sigmoid(model.forward_gender(x)["gender_logit"]).reshape(-1).numpy()
-    model.train()
-    bce = -np.mean(y * np.log(p + 1e-7) + (1 - y) * np.log(1 - p + 1e-7))
-    return float(bce), float(((p >= 0.5) == y).mean())
-
-
-def test_gender_triplet_with_default_weight_does_not_collapse(small_synthetic, tmp_path):
-    from edgereid.training.data import GenderDataset
-    from edgereid.training.transforms import EvalTransform
-
+def test_gender_triplet_with_default_weight_does_not_collapse(trained_small):
     defaults = TrainConfig()
     assert defaults.gender_triplet_weight == 1.0 and defaults.triplet_margin == 0.3  # the default recipe's
-    data = small_synthetic
-    cfg = TrainConfig(out=str(tmp_path / "run"), **{**SMALL, "lr_gender": 1e-3})
-    tr = Trainer(cfg, data["splits"], data["gender_train"], data["gender_test"])
-    assert isinstance(tr.gender_loss, GenderLoss) and tr.gender_loss.triplet_weight == 1.0
-    test = GenderDataset(data["gender_test"], EvalTransform(tr.metadata))
-    step, parts = 0, []
-    while step < STEPS:
-        for batch in tr.loaders["gender"]:
-            parts.append(tr.train_step("gender", batch, stage=1))
-            step += 1
-            if step == STEPS:
-                break
-    bce, acc = _gender_bce_and_accuracy(tr.model, test)
-    train_bce = np.mean([p["bce"] for p in parts[-40:]])
-    # log 2 = 0.693 is where a collapsed head sits; 250 balanced test images: chance 0.5, std 0.032
-    assert train_bce < math.log(2) - 0.1, (train_bce, parts[-1])
-    assert bce < math.log(2) - 0.05 and acc >= 0.62, (bce, acc)
+    run = trained_small["out"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["gender_triplet_weight"] == defaults.gender_triplet_weight
+    assert config["triplet_margin"] == defaults.triplet_margin
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    stage1 = [r for r in rows if r["stage"] == 1]
+    first, last = stage1[0]["train"], stage1[-1]["train"]
+    # the triplet really ran (a collapsed feature would sit at the margin, 0.3, with BCE at log 2 = 0.693)
+    assert last["gender/triplet"] > 0 and first["gender/triplet"] > 0
+    assert last["gender/bce"] < math.log(2) - 0.1, stage1[-1]
+    # evaluated at the end of stage 1, before the gender-only stage: 250 balanced test images, chance 0.5 (std
+    # 0.032); observed 0.78
+    assert "gender" in stage1[-1], stage1[-1]
+    assert stage1[-1]["gender"]["accuracy"] >= 0.62, stage1[-1]

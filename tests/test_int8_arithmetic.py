@@ -10,6 +10,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from conftest import run_as_cpu_without_vnni  # noqa: E402
 from edgereid.backends.cpu_features import cpu_features, describe_cpu_features, has_vnni, int8_saturates  # noqa: E402
 
 
@@ -301,7 +302,6 @@ def test_cpuid_is_read_directly_on_x86_64_linux():
 
 
 # -- a CPU without VNNI, emulated: the same INT8 files under qemu's Zen 1 (AVX2, no AVX-512, no VNNI) ----------
-QEMU_CPU = "EPYC"  # qemu's AMD EPYC (Zen 1) model: the slowest CI machine kind, AVX2 without VNNI
 PROBE = '''
 import json, sys
 import numpy as np
@@ -320,40 +320,14 @@ print(json.dumps({"saturates": int8_saturates(), "features": cpu_features()}))
 '''
 
 
-def _qemu() -> str:
-    import os
-    import platform
-    import shutil
-
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("emulating an x86 CPU without VNNI needs an x86_64 host")
-    found = shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("qemu-x86_64 is missing; .ci/run installs Debian's qemu-user so this test runs in CI")
-    pytest.skip("qemu-x86_64 not installed (apt-get install qemu-user) to emulate a CPU without VNNI")
-
-
 def test_int8_is_exact_on_a_cpu_without_vnni(int8_setup, int8_cpu_file, int8_tensorrt_file, tmp_path):
     """Under qemu's Zen 1 (no VNNI), the cpu form on the default exact kernels agrees with fp32 as on a VNNI CPU,
     the emulated TensorRT form equals this machine's, and the fast u8s8 kernels measurably saturate there."""
-    import json
-    import subprocess
-    import sys
-
     from edgereid.backends import open_backend
 
-    qemu = _qemu()
     x = int8_setup["calib"].array()[:32]
-    np.savez(tmp_path / "in.npz", x=x, cpu=str(int8_cpu_file), trt=str(int8_tensorrt_file))
-    (tmp_path / "probe.py").write_text(PROBE)
-    run = subprocess.run([qemu, "-cpu", QEMU_CPU, sys.executable, str(tmp_path / "probe.py"), str(tmp_path / "in.npz"),
-                          str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen, emu = run_as_cpu_without_vnni(PROBE, tmp_path, x=x, cpu=str(int8_cpu_file), trt=str(int8_tensorrt_file))
     assert seen["saturates"] and not seen["features"]["avx512_vnni"], seen  # the emulated CPU really lacks VNNI
-    emu = np.load(tmp_path / "out.npz")
     fp32 = open_backend(int8_setup["fp32"]).infer({"images": x})["embedding"]
     here = {"cpu_exact": open_backend(int8_cpu_file).infer({"images": x})["embedding"],
             "trt_emulated": open_backend(int8_tensorrt_file, emulate="tensorrt").infer({"images": x})["embedding"]}

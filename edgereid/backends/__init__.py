@@ -63,5 +63,6 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, **options)
     if name == "openvino":
         from edgereid.backends.openvino_backend import OpenVINOBackend
 
-        return OpenVINOBackend(path, device=options.get("device") or "CPU", threads=options.get("threads"))
+        return OpenVINOBackend(path, device=options.get("device") or "CPU", threads=options.get("threads"),
+                               int8_kernels=int8_kernels)
     raise ModelFileError(f"unknown backend {name!r}; choose one of onnxruntime, openvino, torch, tensorrt.")

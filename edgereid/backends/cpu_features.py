@@ -18,6 +18,12 @@ import mmap
 import platform
 import sys
 
+from edgereid.errors import InvalidInputError
+
+# How a backend computes INT8 on a CPU whose u8 x i8 kernels saturate: "exact" (the default) avoids the
+# saturation at some speed, "fast" keeps the saturating kernels and warns. One choice for every CPU backend.
+INT8_KERNELS = ("exact", "fast")
+
 # cpuid(leaf, subleaf, uint32 out[4]) for the System V x86-64 ABI (Linux, macOS): rbx is callee-saved, rdx is
 # the out pointer and CPUID overwrites it, so it is moved to r8 first.
 _CPUID_CODE = bytes([
@@ -133,6 +139,12 @@ def int8_saturates(features: dict | None = None) -> bool:
     """True when ONNX Runtime's fast u8 x s8 kernels saturate here: an x86 CPU without VNNI or AMX."""
     f = features or cpu_features()
     return bool(f["x86"] and not has_vnni(f))
+
+
+def check_int8_kernels(int8_kernels: str) -> None:
+    """Raise InvalidInputError for an `int8_kernels` value other than "exact" or "fast"."""
+    if int8_kernels not in INT8_KERNELS:
+        raise InvalidInputError(f"int8_kernels={int8_kernels!r} is not known; use one of {', '.join(INT8_KERNELS)}.")
 
 
 def describe_cpu_features(features: dict | None = None) -> str:

@@ -20,14 +20,13 @@ import numpy as np
 
 from edgereid._optional import require
 from edgereid.backends.base import Backend, check_io
-from edgereid.backends.cpu_features import describe_cpu_features, int8_saturates
+from edgereid.backends.cpu_features import check_int8_kernels, describe_cpu_features, int8_saturates
 from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
 EMULATIONS = ("tensorrt",)
-INT8_KERNELS = ("exact", "fast")
 # ONNX Runtime session config keys (onnxruntime_session_options_config_keys.h)
 DISABLE_QDQ_FUSION = "session.disable_quant_qdq"
 X64_QUANT_PRECISION = "session.x64quantprecision"
@@ -38,8 +37,7 @@ def check_int8_options(emulate: str | None, int8_kernels: str) -> None:
     if emulate is not None and emulate not in EMULATIONS:
         raise InvalidInputError(f"emulate={emulate!r} is not known; use emulate='tensorrt' (check a TensorRT-form "
                                 f"INT8 file on a CPU) or leave it unset.")
-    if int8_kernels not in INT8_KERNELS:
-        raise InvalidInputError(f"int8_kernels={int8_kernels!r} is not known; use one of {', '.join(INT8_KERNELS)}.")
+    check_int8_kernels(int8_kernels)
 
 
 def int8_session_config(emulate: str | None = None, int8_kernels: str = "exact",

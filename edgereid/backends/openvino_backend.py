@@ -8,11 +8,12 @@ fp16 file's weights are widened and computed in f32, and a Q/DQ INT8 file runs i
 kernels (OpenVINO's low-precision transformations fold each Q/DQ pair into them) and every other layer in f32.
 `inference_precision` is what the compiled model reports; `layer_precisions()` counts what its layers execute in.
 
-Signed activations. OpenVINO 2026.4's CPU plugin miscomputes int8 activations (zero point 0, the TensorRT form)
-that follow a Concat, as the IBN blocks have: the real CUHK03 INT8 file scored cosine 0.89 against fp32 where
-ONNX Runtime scores 0.98. The same grid in uint8 (zero point + 128) holds the same values and OpenVINO computes
-it right, so every file read here has its int8 activation quantizers rewritten to uint8
-(`unsign_int8_activations`). The weights stay int8.
+INT8 on CPUs without VNNI. Every file read here has its int8 activations rewritten to uint8 holding the same
+values (OpenVINO miscomputes signed ones behind a Concat), and, on an x86 CPU whose u8 x i8 kernels add
+products into saturating 16-bit pairs (no VNNI: Zen 1-3, Intel before Ice Lake / Alder Lake, or oneDNN capped
+by ONEDNN_MAX_CPU_ISA), each convolution that could saturate runs as a float convolution on its dequantized
+weights (`int8_kernels="exact"`, the default) or is left to saturate with a warning (`"fast"`); see
+openvino_int8.py for the rules and `rt.int8_arithmetic` for what a loaded model does.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import numpy as np
 
 from edgereid._optional import require
 from edgereid.backends.base import Backend, check_io
+from edgereid.backends.cpu_features import check_int8_kernels, describe_cpu_features, int8_saturates
+from edgereid.backends.openvino_int8 import compute_in_f32, quantized_convs, unsign_int8_activations
 from edgereid.errors import BackendUnavailableError, InvalidInputError, ModelFileError
 from edgereid.metadata import PREFIX, ModelMetadata
 
@@ -39,7 +42,14 @@ VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 RT_SECTION = "edgereid"  # rt_info section of an IR written by convert_to_openvino
 ONNX_SECTION = "framework"  # where OpenVINO's ONNX reader puts the file's metadata_props
 METADATA_KEYS = tuple(k[len(PREFIX):] for k in ModelMetadata().to_props())
+# oneDNN's ISA names below the first with VNNI (ONEDNN_MAX_CPU_ISA caps what OpenVINO's CPU plugin uses)
+ONEDNN_ISAS_WITHOUT_VNNI = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
 QUANTIZED_LAYERS = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution")
+
+
+def onednn_isa_without_vnni() -> bool:
+    """True when ONEDNN_MAX_CPU_ISA caps OpenVINO's CPU kernels below VNNI (what a CPU without it runs)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in ONEDNN_ISAS_WITHOUT_VNNI
 
 
 def check_device(device: str | None, available: list) -> str:
@@ -81,77 +91,6 @@ def set_model_metadata(model, metadata: ModelMetadata) -> None:
         model.set_rt_info(value, [RT_SECTION, key[len(PREFIX):]])
 
 
-def _opset():
-    try:
-        import openvino.opset13 as ops
-    except ImportError:  # OpenVINO before the top-level opset modules
-        import openvino.runtime.opset13 as ops
-    return ops
-
-
-def _constant(node):
-    return node.get_data() if node.get_type_name() == "Constant" else None
-
-
-def _is_constant(node) -> bool:
-    """A Constant, or a Convert of one (fp16 weights widened to f32)."""
-    while node.get_type_name() == "Convert":
-        node = node.input_value(0).get_node()
-    return node.get_type_name() == "Constant"
-
-
-def unsign_int8_activations(model) -> tuple:
-    """Rewrite int8 activation quantizers to uint8 (zero point + 128), in place; returns (rewritten, left).
-
-    OpenVINO's ONNX reader turns QuantizeLinear/DequantizeLinear into FakeQuantize(-128..127) -> Convert(i8) ->
-    Convert(float) -> Subtract(zero point) -> Multiply(scale). The same FakeQuantize onto 0..255, Convert(u8) and
-    a zero point 128 higher give identical values. `left` counts int8 activations in another shape (not changed).
-    """
-    ov = require("openvino")
-    ops = _opset()
-    rewritten = left = 0
-    shared: dict = {}
-
-    def constant(values: np.ndarray):
-        # one node per value: OpenVINO merges quantizers only when their inputs are the same nodes, and two
-        # consumers of one tensor (a block's conv1 and its downsample) then share one INT8 input
-        key = (values.dtype.str, values.shape, values.tobytes())
-        if key not in shared:
-            shared[key] = ops.constant(values)
-        return shared[key]
-
-    for node in model.get_ordered_ops():
-        if node.get_type_name() != "Convert" or node.get_output_element_type(0) != ov.Type.i8:
-            continue
-        fq = node.input_value(0).get_node()
-        if fq.get_type_name() != "FakeQuantize" or _is_constant(fq.input_value(0).get_node()):
-            continue  # weights: OpenVINO folds them into int8 constants, which it computes right
-        low, high = _constant(fq.input_value(3).get_node()), _constant(fq.input_value(4).get_node())
-        widen = [t.get_node() for t in node.output(0).get_target_inputs()]
-        sub = [t.get_node() for w in widen for t in w.output(0).get_target_inputs()]
-        zp = None
-        if len(widen) == 1 and widen[0].get_type_name() == "Convert" and len(sub) == 1 \
-                and sub[0].get_type_name() == "Subtract" \
-                and sub[0].input_value(0).get_node().get_friendly_name() == widen[0].get_friendly_name():
-            zp_node = sub[0].input_value(1).get_node()
-            zp = _constant(zp_node.input_value(0).get_node() if zp_node.get_type_name() == "Convert" else zp_node)
-        if low is None or high is None or zp is None or not (np.all(low == -128) and np.all(high == 127)):
-            left += 1
-            continue
-        float_type = widen[0].get_output_element_type(0)
-        fq_u8 = ops.fake_quantize(fq.input_value(0), fq.input_value(1), fq.input_value(2),
-                                  constant(np.zeros_like(low)), constant(np.full_like(high, 255)),
-                                  fq.get_attributes()["levels"])
-        values = ops.convert(ops.convert(fq_u8, ov.Type.u8), float_type)
-        zero_point = ops.convert(constant((np.asarray(zp).astype(np.int16) + 128).astype(np.uint8)), float_type)
-        sub[0].input(0).replace_source_output(values.output(0))
-        sub[0].input(1).replace_source_output(zero_point.output(0))
-        rewritten += 1
-    if rewritten:
-        model.validate_nodes_and_infer_types()
-    return rewritten, left
-
-
 def make_batch_dynamic(model, input_name: str, source: str) -> None:
     """Give the input a dynamic batch dimension where the file fixed one (edgereid exports are dynamic)."""
     ov = require("openvino")
@@ -172,12 +111,14 @@ class OpenVINOBackend(Backend):
 
     name = "openvino"
 
-    def __init__(self, path: str | os.PathLike, device: str = "CPU", threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "CPU", threads: int | None = None,
+                 int8_kernels: str = "exact") -> None:
         super().__init__()
         ov = require("openvino")
         import openvino.properties as props
         import openvino.properties.hint as hints
 
+        check_int8_kernels(int8_kernels)
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"model file not found: {self.path}")
@@ -195,6 +136,15 @@ class OpenVINOBackend(Backend):
             warnings.warn(f"{self.path}: {left} int8 activation quantizers have a form edgereid cannot rewrite to "
                           f"uint8; OpenVINO may miscompute them. Quantize with `edgereid quantize --target cpu`.",
                           stacklevel=2)
+        #: True when this model's INT8 convolutions run on u8 x i8 CPU kernels that saturate (no VNNI)
+        self.int8_saturates = self._saturates()
+        convs = quantized_convs(model)
+        risky = [c for c in convs if c.can_saturate] if self.int8_saturates else []
+        #: names of the convolutions whose u8 x i8 pair sums could saturate on this CPU; how many run in f32
+        self.saturating_convs = [c.name for c in risky]
+        self.saturating_mac_share = sum(c.macs for c in risky) / max(1, sum(c.macs for c in convs))
+        self.f32_convs = compute_in_f32(model, risky) if int8_kernels == "exact" else 0
+        self.int8_kernels = int8_kernels
         make_batch_dynamic(model, self._metadata.input_name, str(self.path))
         config = {hints.inference_precision: ov.Type.f32}
         if threads:
@@ -238,13 +188,36 @@ class OpenVINOBackend(Backend):
                 counts[(info["layerType"].astype(str), info["runtimePrecision"].astype(str))] += 1
         return counts
 
+    def _saturates(self) -> bool:
+        """True when this model's INT8 convolutions would run on saturating u8 x i8 CPU kernels."""
+        if self._metadata.precision != "int8" or self.device.split(":")[0].split(".")[0] in ("GPU", "NPU"):
+            return False  # GPU and NPU plugins have their own int8 arithmetic; AUTO may pick the CPU
+        return int8_saturates() or onednn_isa_without_vnni()
+
     def _int8_arithmetic(self) -> str | None:
         """How the compiled model computes the file's INT8 layers, in words (None for a float file)."""
         if self._metadata.precision != "int8":
             return None
         layers = {k: v for k, v in self.layer_precisions().items() if k[0] in QUANTIZED_LAYERS}
         int8 = sum(v for (_, p), v in layers.items() if p in ("u8", "i8"))
-        return f"OpenVINO INT8 kernels on {self.device}: {int8} of {sum(layers.values())} conv/matmul layers in u8/i8"
+        words = f"OpenVINO INT8 kernels on {self.device}: {int8} of {sum(layers.values())} conv/matmul layers in u8/i8"
+        if not self.saturating_convs:
+            return words + (" (no saturation: every u8 x i8 pair fits 16 bits)" if self.int8_saturates else "")
+        n, share = len(self.saturating_convs), f"{self.saturating_mac_share:.0%} of the INT8 multiply-adds"
+        if self.f32_convs:
+            message = (f"{self.path}: this CPU has no VNNI ({describe_cpu_features()}); {n} INT8 convolutions "
+                       f"({share}) could saturate its 16-bit u8 x i8 sums and run in f32 instead (exact). A file "
+                       f"quantized with `edgereid quantize --reduce-range` (7-bit weights) keeps them on INT8 kernels, "
+                       f"and ONNX Runtime's exact U8U8 kernels keep INT8 speed for this file.")
+            if self.saturating_mac_share > 0.5:  # INT8 buys little here: say so where the user sees it
+                warnings.warn(message, stacklevel=3)
+            else:
+                log.info(message)
+            return words + f"; {n} conv in f32 ({share}: exact where u8 x i8 pairs could saturate without VNNI)"
+        warnings.warn(f"{self.path}: int8_kernels='fast' on a CPU without VNNI ({describe_cpu_features()}): {n} "
+                      f"convolutions ({share}) can saturate their 16-bit sums and the outputs drift from the "
+                      f"model's; int8_kernels='exact' avoids it.", stacklevel=3)
+        return words + f" (saturating: {n} conv, {share}, can overflow 16-bit sums without VNNI)"
 
     @property
     def metadata(self) -> ModelMetadata:

@@ -1,7 +1,8 @@
 """edgereid ONNX -> OpenVINO IR (.xml + .bin), with the edgereid metadata inside the IR's rt_info.
 
 The IR holds the graph as OpenVINO reads it, with int8 activations already rewritten to uint8 (see
-openvino_backend), so loading it skips the ONNX import. Weights stay as the ONNX file stores them unless
+openvino_int8; the rewrite is the same on every CPU, and what depends on the CPU is decided when the backend
+loads the IR), so loading it skips the ONNX import. Weights stay as the ONNX file stores them unless
 `compress_to_fp16`: OpenVINO's own save_model halves fp32 weights to fp16 by default, which edgereid does not do
 silently; a compressed IR says precision "fp16" in its metadata.
 """
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from edgereid._optional import require
 from edgereid.atomic import fsync_dir, fsync_tree, temp_dir_beside
-from edgereid.backends.openvino_backend import (model_props, read_model, set_model_metadata,
-                                                unsign_int8_activations)
+from edgereid.backends.openvino_backend import model_props, read_model, set_model_metadata
+from edgereid.backends.openvino_int8 import unsign_int8_activations
 from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 

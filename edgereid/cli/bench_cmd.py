@@ -42,8 +42,9 @@ def parse_int_list(text: str, name: str, allow_auto: bool = False) -> list:
                    "Default: synthetic crops of varied sizes in memory.")
 @backend_option
 @click.option("--int8-kernels", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
-              help="INT8 .onnx on x86 CPUs without VNNI: exact U8U8 kernels, or the faster saturating u8s8 ones "
-                   "(no difference where the CPU has VNNI).")
+              help="INT8 files on x86 CPUs without VNNI: exact (ONNX Runtime's U8U8 kernels; OpenVINO runs the "
+                   "convs that could saturate in f32), or fast (saturating u8s8 kernels). No difference where the "
+                   "CPU has VNNI.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write every result (and the host description) to this JSON file.")
 @click.option("--progress/--no-progress", default=True, show_default=True)

@@ -28,8 +28,9 @@ class Runtime:
 
     INT8 ONNX files: `emulate="tensorrt"` computes as TensorRT does (int8 products without saturation, the
     same on every CPU), for checking a TensorRT-form file on a CPU; deployment leaves it unset and gets ONNX
-    Runtime's INT8 kernels. `int8_kernels="exact"` (default) keeps those exact on x86 CPUs without VNNI,
-    where ONNX Runtime's fast u8s8 kernels saturate; "fast" accepts the saturation for speed.
+    Runtime's INT8 kernels. `int8_kernels="exact"` (default) keeps INT8 exact on x86 CPUs without VNNI, where
+    fast u8s8 kernels saturate: ONNX Runtime switches to its U8U8 kernels, OpenVINO runs the convolutions that
+    could saturate in f32. "fast" accepts the saturation for speed. `rt.int8_arithmetic` says what runs.
     """
 
     def __init__(self, model: str | os.PathLike | Backend, backend: str | None = None, max_batch: int = 32,
