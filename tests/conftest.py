@@ -203,6 +203,34 @@ def assert_int8_conv(model, conv, activation_dtype) -> None:
         assert int(x_zp) == 0, conv.name  # symmetric activations
 
 
+def real_layout_copy(synthetic_root, dest):
+    """The generated people in the layouts real public data comes in: a CUHK03 `NNNN_KK` folder (KK 00-04
+    camera A, 05-09 camera B) and a PETA subset (`archive/` with Label.txt keyed by each image's number)."""
+    import shutil
+    from collections import defaultdict
+
+    from edgereid.datasets import load_gender_list, load_market1501
+
+    splits = load_market1501(synthetic_root / "market1501")
+    shots = defaultdict(int)
+    cuhk = dest / "cuhk03" / "labeled" / "train"
+    cuhk.mkdir(parents=True)
+    for r in splits.train + splits.query + splits.gallery:
+        pid, cam = r.orig_pid, r.camid
+        if pid <= 0 or shots[pid, cam] >= 5:
+            continue
+        shutil.copy(r.path, cuhk / f"{pid:04d}_{5 * cam + shots[pid, cam]:02d}.jpg")
+        shots[pid, cam] += 1
+    peta = dest / "PETA dataset" / "SYN" / "archive"
+    peta.mkdir(parents=True)
+    lines = []
+    for i, g in enumerate(load_gender_list(synthetic_root / "gender" / "gender.csv")):
+        shutil.copy(g.path, peta / f"{i:04d}_1.jpg")
+        lines.append(f"{i:04d} upperBodyBlue {'personalFemale' if g.label else 'personalMale'}")
+    (peta / "Label.txt").write_text("\n".join(lines) + "\n")
+    return dest / "cuhk03", dest / "PETA dataset"
+
+
 # qemu's AMD EPYC (Zen 1) model: the slowest CI machine kind, AVX2 without VNNI, emulated on any x86-64 host
 QEMU_CPU = "EPYC"
 

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from conftest import real_layout_copy
+
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("edgereid.pipelines.quickstart")
@@ -62,41 +64,13 @@ def test_full_quickstart_meets_the_readme_targets(tmp_path):
         assert abs(other["gender"]["accuracy"] - fp32["gender"]["accuracy"]) <= 0.01 + 1e-9, (fp32, other)
 
 
-def _real_layout_copy(synthetic_root, dest):
-    """The generated people in the layouts real public data comes in: a CUHK03 `NNNN_KK` folder (KK 00-04
-    camera A, 05-09 camera B) and a PETA subset (`archive/` with Label.txt keyed by each image's number)."""
-    import shutil
-    from collections import defaultdict
-
-    from edgereid.datasets import load_gender_list, load_market1501
-
-    splits = load_market1501(synthetic_root / "market1501")
-    shots = defaultdict(int)
-    cuhk = dest / "cuhk03" / "labeled" / "train"
-    cuhk.mkdir(parents=True)
-    for r in splits.train + splits.query + splits.gallery:
-        pid, cam = r.orig_pid, r.camid
-        if pid <= 0 or shots[pid, cam] >= 5:
-            continue
-        shutil.copy(r.path, cuhk / f"{pid:04d}_{5 * cam + shots[pid, cam]:02d}.jpg")
-        shots[pid, cam] += 1
-    peta = dest / "PETA dataset" / "SYN" / "archive"
-    peta.mkdir(parents=True)
-    lines = []
-    for i, g in enumerate(load_gender_list(synthetic_root / "gender" / "gender.csv")):
-        shutil.copy(g.path, peta / f"{i:04d}_1.jpg")
-        lines.append(f"{i:04d} upperBodyBlue {'personalFemale' if g.label else 'personalMale'}")
-    (peta / "Label.txt").write_text("\n".join(lines) + "\n")
-    return dest / "cuhk03", dest / "PETA dataset"
-
-
 def test_real_data_quickstart_runs_on_a_generated_folder_in_a_real_layout(tmp_path):
     from edgereid.pipelines.quickstart import run_quickstart
     from edgereid.training.synthetic import generate_synthetic
 
     generate_synthetic(tmp_path / "syn", num_ids=16, images_per_id_per_cam=3, num_cameras=2, gender_images=80,
                        image_size=(64, 32), num_distractors=0, num_junk=0, seed=5, progress=False)
-    cuhk, peta = _real_layout_copy(tmp_path / "syn", tmp_path / "real")
+    cuhk, peta = real_layout_copy(tmp_path / "syn", tmp_path / "real")
     lines = []
     report = run_quickstart(
         tmp_path / "qs", threads=2, progress=False, echo=lines.append, reid_data=cuhk, reid_dataset="cuhk03",

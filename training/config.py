@@ -16,9 +16,17 @@ class TrainConfig:
     """Defaults follow the seed release's Market-1501 recipe (BoT-style re-ID + a gender branch)."""
 
     # data
-    reid_data: str = ""  # re-ID data-set root
-    reid_dataset: str = "market1501"  # market1501 | dukemtmc | msmt17 | folder | cuhk03
+    reid_data: str = ""  # re-ID data-set root, or LAYOUT=PATH
+    # layout of a reid_data / reid_sources entry without LAYOUT= (a name of edgereid.datasets.REID_DATASETS);
+    # auto = detected from what the folder holds
+    reid_dataset: str = "auto"
+    reid_sources: list = field(default_factory=list)  # more re-ID sources ([LAYOUT=]PATH), trained together
+    # P x K batches across sources: 0 = each identity weighs the same (a source weighs its identity count),
+    # 1 = each source weighs the same; between: identity counts to the power (1 - balance)
+    reid_source_balance: float = 0.0
+    reid_val_ids: int = 100  # identities a flat CUHK03 folder holds out for validation (its reader's val_ids)
     gender_data: str = ""  # gender list (path,label) or attribute table for training
+    gender_sources: list = field(default_factory=list)  # more gender lists / tables / PETA folders, trained together
     gender_test_data: str = ""  # held-out gender list; empty = hold out gender_val_fraction of gender_data
     gender_val_fraction: float = 0.2
     gender_subsets: list = field(default_factory=list)  # a PETA folder as gender_data: its subsets to use ([] = all)
@@ -44,6 +52,8 @@ class TrainConfig:
     gender_batch: int = 64
     gender_ratio: float = 0.5  # gender batches per re-ID batch
     # shuffle: every image once per pass | balanced: each person and each class weigh the same (with replacement)
+    # | subsets: each subset or source weighs the same (a PETA subset, or each gender source), and within it
+    # each person and each class
     gender_sampling: str = "shuffle"
     max_reid_batches: int = 0  # per epoch; 0 = one pass over the identities
     # optimisation (stage 1: both tasks, each with its own optimizer)

@@ -14,9 +14,16 @@ class PKSampler:
     An identity with fewer than K images is sampled with replacement. One epoch visits every identity
     once (identities are shuffled and cut into groups of P; the last partial group is dropped, so
     `len(self)` = num_ids // P). Deterministic for a given seed and epoch (call `set_epoch`).
+
+    Several sources (`groups`: each index's source name) can be balanced: with `balance` b in (0, 1] each of
+    a batch's P identities comes from source s with probability proportional to (identities of s)^(1 - b):
+    b = 0 is the plain sampler (a source weighs as many identities as it has), b = 1 weighs every source the
+    same. Each source's identities are then drawn in a shuffled cycle, so a small source repeats within an
+    epoch while a large one is not exhausted; the batch count per epoch stays num_ids // P.
     """
 
-    def __init__(self, labels: Sequence[int], p: int, k: int, seed: int = 0) -> None:
+    def __init__(self, labels: Sequence[int], p: int, k: int, seed: int = 0, groups: Sequence[str] | None = None,
+                 balance: float = 0.0) -> None:
         self.index = defaultdict(list)
         for i, label in enumerate(labels):
             self.index[int(label)].append(i)
@@ -26,7 +33,20 @@ class PKSampler:
         if len(self.pids) < p:
             raise DatasetError(f"P x K sampling needs at least P={p} identities; the data set has {len(self.pids)}. "
                                f"Lower P (e.g. --set reid_p={max(1, len(self.pids))}).")
+        if not 0.0 <= balance <= 1.0:
+            raise InvalidInputError(f"reid_source_balance must be within [0, 1], got {balance}")
         self.p, self.k, self.seed, self.epoch = p, k, seed, 0
+        self.groups: dict = {}
+        if groups is not None and balance > 0:
+            by_group = defaultdict(set)
+            for i, label in enumerate(labels):
+                by_group[groups[i]].add(int(label))
+            if len(by_group) > 1:
+                self.groups = {g: sorted(ids) for g, ids in sorted(by_group.items())}
+        sizes = {g: len(ids) for g, ids in self.groups.items()}
+        total = sum(w ** (1.0 - balance) for w in sizes.values()) if sizes else 1.0
+        #: each source's probability of filling one identity slot of a batch
+        self.group_weights = {g: n ** (1.0 - balance) / total for g, n in sizes.items()}
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the shuffle for this epoch (so a resumed run repeats the same order)."""
@@ -35,13 +55,35 @@ class PKSampler:
     def __len__(self) -> int:
         return len(self.pids) // self.p
 
+    def _identity_batches(self, rng: random.Random) -> Iterator[list]:
+        if not self.groups:
+            pids = list(self.pids)
+            rng.shuffle(pids)
+            for start in range(0, len(self) * self.p, self.p):
+                yield pids[start:start + self.p]
+            return
+        cycles = {g: [] for g in self.groups}
+        names, weights = list(self.group_weights), list(self.group_weights.values())
+        for _ in range(len(self)):
+            batch: list = []
+            while len(batch) < self.p:
+                open_groups = [i for i, g in enumerate(names) if not set(self.groups[g]) <= set(batch)]
+                g = names[rng.choices(open_groups, [weights[i] for i in open_groups])[0]]
+                while True:
+                    if not cycles[g]:
+                        cycles[g] = list(self.groups[g])
+                        rng.shuffle(cycles[g])
+                    pid = cycles[g].pop()
+                    if pid not in batch:
+                        break
+                batch.append(pid)
+            yield batch
+
     def __iter__(self) -> Iterator[list]:
         rng = random.Random(self.seed * 100003 + self.epoch)
-        pids = list(self.pids)
-        rng.shuffle(pids)
-        for start in range(0, len(self) * self.p, self.p):
+        for pids in self._identity_batches(rng):
             batch = []
-            for pid in pids[start:start + self.p]:
+            for pid in pids:
                 pool = self.index[pid]
                 picks = rng.sample(pool, self.k) if len(pool) >= self.k else rng.choices(pool, k=self.k)
                 batch.extend(picks)
@@ -106,10 +148,13 @@ class BalancedBatchSampler(ShuffleBatchSampler):
     A sample's weight is 1 / (images of its person), then each class's weights are scaled to sum to 1/2: a
     data set of 7,000 video frames of 230 people and 900 single photos of 900 people gives both groups their
     people's share, not their frames' (PETA's TownCentre is 65% of the frames of its training subsets).
-    Images without a person name count as people of their own. Seeded per epoch like PKSampler.
+    Images without a person name count as people of their own. `groups` (a subset name per sample) makes each
+    group weigh the same as well, with people and classes balanced within it: no subset or camera dominates
+    because it has more frames. Seeded per epoch like PKSampler.
     """
 
-    def __init__(self, labels: Sequence[int], persons: Sequence[str], batch_size: int, seed: int = 0) -> None:
+    def __init__(self, labels: Sequence[int], persons: Sequence[str], batch_size: int, seed: int = 0,
+                 groups: Sequence[str] | None = None) -> None:
         import numpy as np
 
         super().__init__(len(labels), batch_size, seed)
@@ -119,9 +164,14 @@ class BalancedBatchSampler(ShuffleBatchSampler):
             counts[k] += 1
         w = np.array([1.0 / counts[k] for k in keys])
         y = np.asarray(labels)
-        classes = [c for c in np.unique(y)]
-        for c in classes:
-            w[y == c] /= w[y == c].sum() * len(classes)
+        g = np.asarray(groups if groups is not None else [""] * len(y))
+        names = list(np.unique(g))
+        for name in names:
+            in_group = g == name
+            classes = list(np.unique(y[in_group]))
+            for c in classes:
+                cell = in_group & (y == c)
+                w[cell] /= w[cell].sum() * len(classes) * len(names)
         self.weights = w / w.sum()
 
     def __iter__(self) -> Iterator[list]:

@@ -64,6 +64,12 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def gender_subset(person: str) -> str:
+    """The subset a gender record's person belongs to: its source and PETA subset ("0:MIT/12" -> "0:MIT");
+    "" for a person without a subset (one group)."""
+    return person.rsplit("/", 1)[0] if "/" in person else person.split(":", 1)[0] if ":" in person else ""
+
+
 def split_gender(records: list, fraction: float, seed: int) -> tuple:
     """(train, held-out) with `fraction` held out, stratified by label and seeded."""
     rng = random.Random(seed)
@@ -119,15 +125,24 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _load_reid(self):
-        from edgereid.datasets import load_reid_dataset
+        from edgereid.datasets.sources import combine_sources, load_source
 
-        return load_reid_dataset(self.cfg.reid_dataset, self.cfg.reid_data)
+        specs = ([self.cfg.reid_data] if self.cfg.reid_data else []) + list(self.cfg.reid_sources)
+        if not specs:
+            raise InvalidInputError("no re-ID data: give --reid-data (repeat it for several sources).")
+        options = {"cuhk03": {"val_ids": self.cfg.reid_val_ids}}
+        return combine_sources([load_source(spec, self.cfg.reid_dataset, options) for spec in specs])
 
     def _load_gender(self) -> tuple:
         from edgereid.datasets import load_gender_dataset
 
         cfg = self.cfg
-        train = load_gender_dataset(cfg.gender_data, subsets=cfg.gender_subsets or None)
+        train = []
+        for k, source in enumerate([cfg.gender_data, *cfg.gender_sources]):
+            records = load_gender_dataset(source, subsets=(cfg.gender_subsets or None) if k == 0 else None)
+            # people of different sources never merge; a source without person names is one subset of its own
+            train += [replace(r, person=f"{k}:{r.person or '#' + str(i)}") if len(cfg.gender_sources) else r
+                      for i, r in enumerate(records)]
         if cfg.gender_test_data:
             return train, load_gender_dataset(cfg.gender_test_data, subsets=cfg.gender_test_subsets or None)
         return split_gender(train, self.cfg.gender_val_fraction, self.cfg.seed)
@@ -147,9 +162,14 @@ class Trainer:
         size = min(cfg.gender_batch, len(data))
         if cfg.gender_sampling == "shuffle":
             return ShuffleBatchSampler(len(data), size, seed=cfg.seed)
+        persons = [r.person for r in self.gender_train]
         if cfg.gender_sampling == "balanced":
-            return BalancedBatchSampler(data.labels, [r.person for r in self.gender_train], size, seed=cfg.seed)
-        raise InvalidInputError(f"gender_sampling must be 'shuffle' or 'balanced', got {cfg.gender_sampling!r}")
+            return BalancedBatchSampler(data.labels, persons, size, seed=cfg.seed)
+        if cfg.gender_sampling == "subsets":
+            return BalancedBatchSampler(data.labels, persons, size, seed=cfg.seed,
+                                        groups=[gender_subset(p) for p in persons])
+        raise InvalidInputError(f"gender_sampling must be 'shuffle', 'balanced' or 'subsets', got "
+                                f"{cfg.gender_sampling!r}")
 
     def _build_loaders(self) -> None:
         cfg = self.cfg
@@ -161,7 +181,8 @@ class Trainer:
                                          cache=cfg.cache_images)
         common = dict(num_workers=cfg.num_workers, worker_init_fn=seed_worker if cfg.num_workers else None,
                       pin_memory=self.device.startswith("cuda"))
-        pk = PKSampler(self.reid_data.pids, cfg.reid_p, cfg.reid_k, seed=cfg.seed)
+        pk = PKSampler(self.reid_data.pids, cfg.reid_p, cfg.reid_k, seed=cfg.seed,
+                       groups=[r.source for r in self.splits.train], balance=cfg.reid_source_balance)
         gb = self._gender_sampler()
         self.loaders = {"reid": DataLoader(self.reid_data, batch_sampler=pk, **common),
                         "gender": DataLoader(self.gender_data, batch_sampler=gb, **common)}
@@ -299,7 +320,7 @@ class Trainer:
             if self.writer is not None:
                 for task, vals in metrics.items():
                     for k, v in vals.items():
-                        self.writer.add_scalar(f"eval/{task}_{k}", v, self.state["step"])
+                        self.writer.add_scalar(f"eval/{task.replace(':', '/')}_{k}", v, self.state["step"])
             self.last_metrics.update(metrics)  # stage 2 re-scores gender only; keep stage 1's re-ID
         self._save("last.pt", record)
         with open(self.out / "metrics.jsonl", "a") as f:

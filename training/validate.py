@@ -64,21 +64,34 @@ def gender_accuracy(prob: np.ndarray, labels: Sequence[int], threshold: float = 
 def evaluate_model(model: torch.nn.Module, splits=None, gender_records: Sequence | None = None,
                    batch_size: int = 64, device: str = "cpu", max_query: int = 0, progress: bool = False,
                    metadata=None, rerank: bool = False) -> dict:
-    """Re-ID rank-1/mAP on splits.query vs splits.gallery (also re-ranked when `rerank`) and gender accuracy."""
+    """Re-ID rank-1/mAP on splits.query vs splits.gallery (also re-ranked when `rerank`) and gender accuracy.
+
+    Splits combined from several sources are scored per source ("reid:<source>", each its own query/gallery)
+    and "reid" is the mean over those sources (rank-1, rank-5, mAP; queries summed).
+    """
     results: dict = {}
     tf = EvalTransform(metadata)
     if splits is not None and splits.query and splits.gallery:
-        query = list(splits.query)
-        if max_query and len(query) > max_query:
-            step = len(query) / max_query  # an even subsample keeps every identity's share
-            query = [query[int(i * step)] for i in range(max_query)]
-        q = model_outputs(model, ReidDataset(query, tf), batch_size, device, progress, "query")
-        g = model_outputs(model, ReidDataset(splits.gallery, tf), batch_size, device, progress, "gallery")
-        ids = ([r.pid for r in query], [r.pid for r in splits.gallery], [r.camid for r in query],
-               [r.camid for r in splits.gallery])
-        results["reid"] = reid_scores(q["embedding"], g["embedding"], *ids)
-        if rerank:
-            results["reid_reranked"] = reid_scores(q["embedding"], g["embedding"], *ids, rerank=True)
+        sources = list(dict.fromkeys(r.source for r in splits.query))
+        for source in sources:
+            query = [r for r in splits.query if r.source == source]
+            gallery = [r for r in splits.gallery if r.source == source]
+            if max_query and len(query) > max_query:
+                step = len(query) / max_query  # an even subsample keeps every identity's share
+                query = [query[int(i * step)] for i in range(max_query)]
+            q = model_outputs(model, ReidDataset(query, tf), batch_size, device, progress, "query")
+            g = model_outputs(model, ReidDataset(gallery, tf), batch_size, device, progress, "gallery")
+            ids = ([r.pid for r in query], [r.pid for r in gallery], [r.camid for r in query],
+                   [r.camid for r in gallery])
+            suffix = f":{source}" if len(sources) > 1 else ""
+            results["reid" + suffix] = reid_scores(q["embedding"], g["embedding"], *ids)
+            if rerank:
+                results["reid_reranked" + suffix] = reid_scores(q["embedding"], g["embedding"], *ids, rerank=True)
+        if len(sources) > 1:
+            for key in ("reid", "reid_reranked") if rerank else ("reid",):
+                per = [results[f"{key}:{s}"] for s in sources]
+                results[key] = {m: float(np.mean([r[m] for r in per])) for m in ("rank1", "rank5", "mAP")}
+                results[key]["queries"] = int(sum(r["queries"] for r in per))
     if gender_records:
         out = model_outputs(model, GenderDataset(gender_records, tf), batch_size, device, progress, "gender")
         results["gender"] = {"accuracy": gender_accuracy(out["gender_prob"], [r.label for r in gender_records])}

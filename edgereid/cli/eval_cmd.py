@@ -35,7 +35,9 @@ def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, j
     from edgereid.retrieval.reranking import rerank as rerank_fn
     from edgereid.runtime import Runtime
 
-    splits = load_reid_dataset(dataset, data_root)
+    from edgereid.datasets.records import check_splits
+
+    splits = check_splits(load_reid_dataset(dataset, data_root), need_train=False)  # a training-only folder
     report = {"model": str(model), "dataset": dataset, "root": str(data_root), "rerank": rerank,
               "metric": metric}
     with Runtime(model, backend=backend, max_batch=max_batch, threads=threads) as rt:

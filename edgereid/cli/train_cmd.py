@@ -5,15 +5,19 @@ from pathlib import Path
 
 import click
 
+from edgereid.datasets.registry import REID_DATASETS
+
 
 @click.command("train")
-@click.option("--reid-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Re-ID data-set root (e.g. data/market1501).")
-@click.option("--reid-dataset", type=click.Choice(["market1501", "dukemtmc", "msmt17", "folder", "cuhk03"]),
-              help="Layout of --reid-data [default: market1501].")
-@click.option("--gender-data", type=click.Path(exists=True, path_type=Path),
+@click.option("--reid-data", multiple=True, metavar="[LAYOUT=]PATH",
+              help="Re-ID data-set root (e.g. data/market1501, or cuhk03=data/cuhk03/labeled/train). Repeat it to "
+                   "train on several sources in one label space (--set reid_source_balance=1 weighs them alike).")
+@click.option("--reid-dataset", type=click.Choice(["auto", *REID_DATASETS]),
+              help="Layout of a --reid-data without LAYOUT= [default: auto, detected from the folder].")
+@click.option("--gender-data", type=click.Path(exists=True, path_type=Path), multiple=True,
               help="Gender list (path,label), PETA/RAP/PA-100K-style attribute table, or a PETA folder "
-                   "(its Label.txt files; --set gender_subsets=[MIT,i-LID] picks subsets).")
+                   "(its Label.txt files; --set gender_subsets=[MIT,i-LID] picks subsets). Repeatable; "
+                   "--set gender_sampling=subsets weighs each source and PETA subset alike.")
 @click.option("--gender-test-data", type=click.Path(exists=True, path_type=Path),
               help="Held-out gender list or PETA folder (default: hold out gender_val_fraction of --gender-data).")
 @click.option("--recipe", type=click.Choice(["cpu", "gpu"]), default=None,
@@ -57,7 +61,16 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minute
         from edgereid.training.recipes import recipe as recipe_fields
 
         cfg.update(recipe_fields(recipe))
-    explicit = {"reid_data": reid_data, "reid_dataset": reid_dataset, "gender_data": gender_data,
+    from edgereid.datasets.sources import parse_spec
+
+    for spec in reid_data:
+        if not Path(parse_spec(spec)[1]).expanduser().is_dir():
+            raise click.BadParameter(f"{spec}: no such folder", param_hint="--reid-data")
+    if reid_data:
+        cfg.update({"reid_data": reid_data[0], "reid_sources": list(reid_data[1:])})
+    if gender_data:
+        cfg.update({"gender_data": str(gender_data[0]), "gender_sources": [str(g) for g in gender_data[1:]]})
+    explicit = {"reid_dataset": reid_dataset,
                 "gender_test_data": gender_test_data, "out": out, "epochs": epochs,
                 "stage2_epochs": stage2_epochs, "device": device, "pretrained": pretrained, "minutes": minutes}
     cfg.update({k: str(v) if isinstance(v, Path) else v for k, v in explicit.items() if v is not None})
@@ -70,7 +83,8 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minute
     from edgereid.training.trainer import Trainer
 
     trainer = Trainer(cfg)
-    click.echo(f"re-ID: {len(trainer.splits.train)} images of {trainer.splits.num_train_pids} identities; "
+    click.echo(f"re-ID ({trainer.splits.name}): {len(trainer.splits.train)} images of "
+               f"{trainer.splits.num_train_pids} identities; "
                f"gender: {len(trainer.gender_train)} train / {len(trainer.gender_test)} test images; "
                f"device {trainer.device}; writing to {cfg.out}")
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgereid.datasets._common import list_images, resolve_root, unparsable_error
 from edgereid.datasets.records import ImageRecord, ReidSplits, check_splits, relabel_train
+from edgereid.errors import DatasetError
 
 NAME_RE = re.compile(r"^(-?\d+)_c(\d+)")
 JUNK_PID = -1        # Market: detector boxes judged junk; ignored by the benchmark everywhere
@@ -33,9 +34,22 @@ def parse_folder(folder: Path, split: str, name: str, max_cam: int) -> list:
 
 
 def load_market_like(root, name: str, candidates: tuple, max_cam: int, use_gt_bbox: bool = False) -> ReidSplits:
-    """Load a data set in the Market-1501 folder layout; train pids relabelled to 0..N-1."""
+    """Load a data set in the Market-1501 folder layout; train pids relabelled to 0..N-1.
+
+    A folder holding only `bounding_box_train/` (no `query/` nor `bounding_box_test/`) is a training-only
+    source: its splits have empty query and gallery (for training alongside other sources).
+    """
     folders = ("bounding_box_train", "query", "bounding_box_test")
-    base = resolve_root(root, name, folders, candidates)
+    try:
+        base = resolve_root(root, name, folders, candidates)
+    except DatasetError:
+        base = resolve_root(root, name, folders[:1], candidates)
+        if any((base / f).exists() for f in folders[1:]):
+            raise
+        train = parse_folder(base / "bounding_box_train", "train", name, max_cam)
+        if not train:
+            raise DatasetError(f"{name}: {base / 'bounding_box_train'} holds no parsable images.") from None
+        return ReidSplits(name, str(base), relabel_train(train))
     train = parse_folder(base / "bounding_box_train", "train", name, max_cam)
     query = parse_folder(base / "query", "query", name, max_cam)
     gallery = parse_folder(base / "bounding_box_test", "gallery", name, max_cam)

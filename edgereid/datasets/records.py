@@ -12,13 +12,15 @@ SPLITS = ("train", "query", "gallery", "extra")
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One re-ID image: path, label pid (relabelled in train), 0-based camera, split and original pid."""
+    """One re-ID image: path, label pid (relabelled in train), 0-based camera, split, original pid, and the
+    source data set it came from where several are combined ("" for one)."""
 
     path: str
     pid: int
     camid: int
     split: str
     orig_pid: int = -2  # -2 = "same as pid"; set by __post_init__
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.orig_pid == -2:
@@ -106,7 +108,7 @@ class ReidSplits:
 def relabel_train(records: list) -> list:
     """Map train pids to 0..N-1 in sorted order of the original pid, keeping the original in orig_pid."""
     mapping = {pid: i for i, pid in enumerate(sorted({r.orig_pid for r in records}))}
-    return [ImageRecord(r.path, mapping[r.orig_pid], r.camid, "train", r.orig_pid) for r in records]
+    return [ImageRecord(r.path, mapping[r.orig_pid], r.camid, "train", r.orig_pid, r.source) for r in records]
 
 
 def check_splits(splits: ReidSplits, need_train: bool = True) -> ReidSplits:

@@ -8,6 +8,7 @@ from edgereid.datasets.dukemtmc import load_dukemtmc
 from edgereid.datasets.folder import load_folder
 from edgereid.datasets.market1501 import load_market1501
 from edgereid.datasets.msmt17 import load_msmt17
+from edgereid.datasets.peta_reid import load_peta_reid
 from edgereid.datasets.records import ReidSplits
 from edgereid.datasets.two_camera import load_two_camera
 from edgereid.errors import DatasetError
@@ -22,15 +23,25 @@ REID_DATASETS = {
     "prid": partial(load_two_camera, layout="prid"),
     "grid": partial(load_two_camera, layout="grid"),
     "two_camera": load_two_camera,
+    "peta": load_peta_reid,
 }
 ALIASES = {"market": "market1501", "market-1501": "market1501", "duke": "dukemtmc", "dukemtmc-reid": "dukemtmc",
            "msmt": "msmt17"}
 
 
-def load_reid_dataset(name: str, root, **kwargs) -> ReidSplits:
-    """Load a re-ID data set by name (market1501, dukemtmc, msmt17, folder, cuhk03, viper, prid, grid,
-    two_camera) from `root`."""
+def canonical_name(name: str) -> str:
+    """The registry's name for a layout name or alias; DatasetError listing the names for an unknown one."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in REID_DATASETS:
         raise DatasetError(f"unknown re-ID data set {name!r}; choose one of {', '.join(sorted(REID_DATASETS))}.")
-    return REID_DATASETS[key](root, **kwargs)
+    return key
+
+
+def load_reid_dataset(name: str, root, **kwargs) -> ReidSplits:
+    """Load a re-ID data set by name (market1501, dukemtmc, msmt17, folder, cuhk03, viper, prid, grid,
+    two_camera, peta) from `root`; "auto" detects the layout (edgereid.datasets.sources)."""
+    if name.lower() == "auto":
+        from edgereid.datasets.sources import detect_layout
+
+        name = detect_layout(root)
+    return REID_DATASETS[canonical_name(name)](root, **kwargs)

@@ -1,0 +1,59 @@
+"""PETA's re-ID subsets as one training source: the people of 3DPeS, CAVIAR4REID, i-LID, SARC3D and TownCentre
+with two or more crops each (~650 identities), read from the same `<subset>/archive/` folders as the gender
+reader (`peta.py`); an image belongs to the id its leading number names.
+
+Identities and cameras are kept apart per subset (subset k's ids are offset by k x 100,000). A camera is read
+where the names carry one (3DPeS: `100_3_FRAME_26_RGB.bmp` is person 100 seen by camera 3); elsewhere each
+subset counts as one camera. The result has a training split only: PETA has no query/gallery protocol.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+from edgereid.datasets._common import list_images
+from edgereid.datasets.peta import image_key, peta_subsets, subset_folder
+from edgereid.datasets.records import ImageRecord, ReidSplits, relabel_train
+from edgereid.errors import DatasetError
+
+REID_SUBSETS = ("3DPeS", "CAVIAR4REID", "i-LID", "SARC3D", "TownCentre")
+ID_STRIDE = 100_000  # subset k's person n becomes k * ID_STRIDE + n
+
+
+def camera_of(subset: str, name: str) -> int:
+    """The 0-based camera a file name carries within its subset (0 where it carries none)."""
+    parts = name.split("_")
+    if subset.lower() == "3dpes" and len(parts) > 1 and parts[1].isdigit():
+        return int(parts[1]) - 1 if int(parts[1]) > 0 else 0
+    return 0
+
+
+def load_peta_reid(root, subsets: Sequence[str] | None = None, min_images: int = 2) -> ReidSplits:
+    """ReidSplits (training only) of PETA's re-ID subsets under `root` (default REID_SUBSETS present there)."""
+    found = peta_subsets(root)
+    lower = {k.lower(): k for k in found}
+    wanted = [s for s in (subsets or REID_SUBSETS) if subsets or s.lower() in lower]
+    missing = [s for s in wanted if s.lower() not in lower]
+    if missing or not wanted:
+        raise DatasetError(f"peta: re-ID subsets {missing or list(REID_SUBSETS)} are not under {root}; it holds "
+                           f"{', '.join(found)}. Pass the 'PETA dataset' folder or name subsets it has.")
+    records, camera_base = [], 0
+    for k, name in enumerate(lower[s.lower()] for s in wanted):
+        base = subset_folder(found[name])
+        by_id: dict = defaultdict(list)
+        for path in list_images(base):
+            key = image_key(path)
+            if key is not None:
+                by_id[key].append(path)
+        cameras = set()
+        for pid, paths in sorted(by_id.items()):
+            if len(paths) < min_images:
+                continue
+            for path in paths:
+                cam = camera_of(name, path.stem)
+                cameras.add(cam)
+                records.append(ImageRecord(str(path.resolve()), k * ID_STRIDE + pid, camera_base + cam, "train"))
+        camera_base += max(cameras, default=-1) + 1
+    if not records:
+        raise DatasetError(f"peta: no identity with {min_images} or more crops in {', '.join(wanted)} under {root}.")
+    return ReidSplits("peta", str(root), relabel_train(records))
