@@ -50,8 +50,8 @@ def _peta_copy(market_root, dest):
 
 
 def _peta_reid_tree(root):
-    """Two PETA re-ID subsets: 3DPeS names carry the camera (`<id>_<cam>_FRAME_<n>_RGB`), TownCentre's do not;
-    person 5 exists in both (two different people), person 9 has one crop only (not a re-ID identity)."""
+    """Two PETA re-ID subsets; person 5 exists in both (two different people), person 9 has one crop only (not
+    a re-ID identity)."""
     import cv2
 
     img = np.full((32, 16, 3), 128, np.uint8)
@@ -67,14 +67,15 @@ def _peta_reid_tree(root):
     return root
 
 
-def test_peta_reid_keeps_subsets_apart_and_reads_cameras_from_names(tmp_path):
+def test_peta_reid_keeps_subsets_apart(tmp_path):
     splits = load_peta_reid(_peta_reid_tree(tmp_path / "PETA dataset"), subsets=["3DPeS", "TownCentre"])
     assert not splits.query and not splits.gallery  # a training source only
     by_person = Counter((r.orig_pid, r.camid) for r in splits.train)
-    # 3DPeS: person 5 by cameras 1 and 2, person 7 by 1 and 3 (0-based 0, 1, 2); person 9 has one crop: dropped.
-    # TownCentre: one camera, numbered after 3DPeS's three; its person 5 is not 3DPeS's person 5.
-    assert by_person == {(5, 0): 1, (5, 1): 1, (7, 0): 1, (7, 2): 1, (100_005, 3): 3, (100_008, 3): 2}
+    # 3DPeS persons 5 and 7 (person 9 has one crop: dropped) on camera 0; TownCentre's on its own camera 1, and
+    # its person 5 is not 3DPeS's person 5
+    assert by_person == {(5, 0): 2, (7, 0): 2, (100_005, 1): 3, (100_008, 1): 2}
     assert splits.num_train_pids == 4 and sorted({r.pid for r in splits.train}) == [0, 1, 2, 3]
+    assert detect_layout(tmp_path / "PETA dataset") == "peta"
     with pytest.raises(DatasetError, match="not under"):
         load_peta_reid(tmp_path / "PETA dataset", subsets=["CAVIAR4REID"])
 

@@ -2,9 +2,10 @@
 with two or more crops each (~650 identities), read from the same `<subset>/archive/` folders as the gender
 reader (`peta.py`); an image belongs to the id its leading number names.
 
-Identities and cameras are kept apart per subset (subset k's ids are offset by k x 100,000). A camera is read
-where the names carry one (3DPeS: `100_3_FRAME_26_RGB.bmp` is person 100 seen by camera 3); elsewhere each
-subset counts as one camera. The result has a training split only: PETA has no query/gallery protocol.
+Identities and cameras are kept apart per subset (subset k's ids are offset by k x 100,000, and each subset is
+one camera of its own): the names carry no camera (3DPeS's `100_3_FRAME_26_RGB.bmp` is person 100 in its
+sequence 3, numbered up to ~1,950, not one of its 8 cameras). The result has a training split only: PETA has
+no query/gallery protocol.
 """
 from __future__ import annotations
 
@@ -20,14 +21,6 @@ REID_SUBSETS = ("3DPeS", "CAVIAR4REID", "i-LID", "SARC3D", "TownCentre")
 ID_STRIDE = 100_000  # subset k's person n becomes k * ID_STRIDE + n
 
 
-def camera_of(subset: str, name: str) -> int:
-    """The 0-based camera a file name carries within its subset (0 where it carries none)."""
-    parts = name.split("_")
-    if subset.lower() == "3dpes" and len(parts) > 1 and parts[1].isdigit():
-        return int(parts[1]) - 1 if int(parts[1]) > 0 else 0
-    return 0
-
-
 def load_peta_reid(root, subsets: Sequence[str] | None = None, min_images: int = 2) -> ReidSplits:
     """ReidSplits (training only) of PETA's re-ID subsets under `root` (default REID_SUBSETS present there)."""
     found = peta_subsets(root)
@@ -37,23 +30,16 @@ def load_peta_reid(root, subsets: Sequence[str] | None = None, min_images: int =
     if missing or not wanted:
         raise DatasetError(f"peta: re-ID subsets {missing or list(REID_SUBSETS)} are not under {root}; it holds "
                            f"{', '.join(found)}. Pass the 'PETA dataset' folder or name subsets it has.")
-    records, camera_base = [], 0
+    records = []
     for k, name in enumerate(lower[s.lower()] for s in wanted):
-        base = subset_folder(found[name])
         by_id: dict = defaultdict(list)
-        for path in list_images(base):
+        for path in list_images(subset_folder(found[name])):
             key = image_key(path)
             if key is not None:
                 by_id[key].append(path)
-        cameras = set()
         for pid, paths in sorted(by_id.items()):
-            if len(paths) < min_images:
-                continue
-            for path in paths:
-                cam = camera_of(name, path.stem)
-                cameras.add(cam)
-                records.append(ImageRecord(str(path.resolve()), k * ID_STRIDE + pid, camera_base + cam, "train"))
-        camera_base += max(cameras, default=-1) + 1
+            if len(paths) >= min_images:
+                records += [ImageRecord(str(p.resolve()), k * ID_STRIDE + pid, k, "train") for p in paths]
     if not records:
         raise DatasetError(f"peta: no identity with {min_images} or more crops in {', '.join(wanted)} under {root}.")
     return ReidSplits("peta", str(root), relabel_train(records))
