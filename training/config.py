@@ -93,6 +93,16 @@ class TrainConfig:
     # gender batches' colour jitter [p, brightness, contrast, saturation]; [] = the re-ID batches' (0.5, 0.2,
     # 0.15, 0.15). Gender must hold across cameras whose colours differ; identity leans on colour more.
     gender_jitter: list = field(default_factory=list)
+    # domain generalisation (training only; the exported graph is unchanged)
+    mixstyle_p: float = 0.0  # MixStyle: probability a batch mixes feature statistics across samples; 0 = off
+    mixstyle_alpha: float = 0.1  # Beta(alpha, alpha) of the mixing weight
+    mixstyle_layers: list = field(default_factory=lambda: ["layer1", "layer2"])  # backbone stages it follows
+    # what other cameras do to a crop (probabilities, 0 = off; training/transforms.py)
+    scale_p: float = 0.0  # scale / aspect jitter
+    cast_p: float = 0.0  # white-balance colour cast
+    gray_p: float = 0.0  # grayscale
+    blur_p: float = 0.0  # Gaussian blur
+    lowres_p: float = 0.0  # low resolution (down and up again)
     # evaluation and logging
     eval_every: int = 10  # epochs; the last epoch of each stage is always evaluated; 0 = never
     eval_batch: int = 64

@@ -107,6 +107,12 @@ class Trainer:
 
             log.info("%s", load_backbone_weights(self.model.backbone, cfg.pretrained))
         self.model.to(self.device)
+        self.mixstyle = []  # forward hooks; never part of a checkpoint or an export
+        if cfg.mixstyle_p > 0:
+            from edgereid.training.mixstyle import attach_mixstyle
+
+            self.mixstyle = attach_mixstyle(self.model.backbone, cfg.mixstyle_layers, cfg.mixstyle_p,
+                                            cfg.mixstyle_alpha)
         margin = cfg.triplet_margin if cfg.triplet_margin > 0 else None
         self.reid_loss = ReidLoss(num_classes, cfg.embedding_dim, cfg.metric_loss, margin, cfg.label_smoothing,
                                   center_weight=cfg.center_weight, circle_margin=cfg.circle_margin,
@@ -173,7 +179,9 @@ class Trainer:
 
     def _build_loaders(self) -> None:
         cfg = self.cfg
-        aug = AugmentConfig(flip_p=cfg.flip_p, pad=cfg.pad, jitter_p=cfg.jitter_p, erase_p=cfg.erase_p)
+        aug = AugmentConfig(flip_p=cfg.flip_p, pad=cfg.pad, jitter_p=cfg.jitter_p, erase_p=cfg.erase_p,
+                            scale_p=cfg.scale_p, cast_p=cfg.cast_p, gray_p=cfg.gray_p, blur_p=cfg.blur_p,
+                            lowres_p=cfg.lowres_p)
         self.metadata = ModelMetadata(height=cfg.image_height, width=cfg.image_width)
         tf = TrainTransform(self.metadata, aug)
         self.reid_data = ReidDataset(self.splits.train, tf, seed=cfg.seed, cache=cfg.cache_images)

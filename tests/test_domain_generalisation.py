@@ -1,0 +1,120 @@
+"""Domain generalisation in training: MixStyle mixes per-sample feature statistics in training and leaves eval
+and the exported ONNX untouched; the camera-style augmentations do what they say, and cost nothing when off."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgereid.training.mixstyle import MixStyle, attach_mixstyle  # noqa: E402
+from edgereid.training.model import DualHeadReID  # noqa: E402
+from edgereid.training.transforms import (AugmentConfig, TrainTransform, colour_cast, gaussian_blur,  # noqa: E402
+                                          grayscale, low_resolution, scale_jitter)
+
+
+def test_mixstyle_moves_each_sample_to_the_mixed_statistics():
+    """out_i has channel mean lam_i mu_i + (1 - lam_i) mu_j and std lam_i s_i + (1 - lam_i) s_j (j = perm(i)),
+    computed here from the input by hand; the normalised content is kept."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 5, 3) * torch.rand(6, 4, 1, 1) * 3 + torch.randn(6, 4, 1, 1) * 2
+    mix = MixStyle(p=1.0, alpha=0.1, eps=0.0)
+    out = mix(x)
+    lam, perm = mix.last["lam"], mix.last["perm"]
+    mu, sd = x.mean(dim=(2, 3)), x.var(dim=(2, 3)).sqrt()
+    want_mu = lam[:, :, 0, 0] * mu + (1 - lam[:, :, 0, 0]) * mu[perm]
+    want_sd = lam[:, :, 0, 0] * sd + (1 - lam[:, :, 0, 0]) * sd[perm]
+    assert torch.allclose(out.mean(dim=(2, 3)), want_mu, atol=1e-4)
+    assert torch.allclose(out.var(dim=(2, 3)).sqrt(), want_sd, atol=1e-4)
+    z = lambda t: (t - t.mean(dim=(2, 3), keepdim=True)) / t.std(dim=(2, 3), keepdim=True)  # noqa: E731
+    assert torch.allclose(z(out), z(x), atol=1e-4)
+    assert sorted(perm.tolist()) == list(range(6))  # a permutation of the batch
+    assert MixStyle(p=0.0)(x) is x  # p = 0: untouched
+
+
+def test_mixstyle_acts_in_training_only_and_never_reaches_the_export(tmp_path):
+    from edgereid.export.onnx_export import export_onnx
+    from edgereid.training.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(1)
+    model = DualHeadReID()
+    x = torch.randn(4, 3, 64, 32)
+    model.eval()
+    plain = model(x)["embedding"]
+    handles = attach_mixstyle(model.backbone, p=1.0, alpha=0.1)
+    assert model(x)["embedding"].equal(plain)  # eval: hooks pass through
+    model.train()
+    model.backbone(x)
+    assert all(h.mixstyle.last for h in handles)  # training: both stages mixed
+    model.eval()
+    onnx_with = export_onnx(model, tmp_path / "with.onnx")
+    for h in handles:
+        h.remove()
+    onnx_without = export_onnx(model, tmp_path / "without.onnx")
+    import onnx
+
+    a, b = onnx.load(str(onnx_with)), onnx.load(str(onnx_without))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    # a checkpoint holds no hook: the reloaded model computes what the model does in eval (the training
+    # forward above moved its BatchNorm statistics, so not `plain`)
+    save_checkpoint(tmp_path / "m.pt", model)
+    again = load_checkpoint(tmp_path / "m.pt")[0].eval()
+    assert again(x)["embedding"].allclose(model(x)["embedding"], atol=1e-6)
+
+
+def test_trainer_attaches_mixstyle_only_when_asked(small_synthetic, tmp_path):
+    from conftest import SMALL_TRAIN
+    from edgereid.training.config import TrainConfig
+    from edgereid.training.trainer import Trainer
+
+    data = small_synthetic
+    off = Trainer(TrainConfig(out=str(tmp_path / "a"), **SMALL_TRAIN), data["splits"], data["gender_train"],
+                  data["gender_test"])
+    assert off.mixstyle == []
+    on = Trainer(TrainConfig(out=str(tmp_path / "b"), mixstyle_p=1.0, **SMALL_TRAIN), data["splits"],
+                 data["gender_train"], data["gender_test"])
+    task, batch = next(iter(on.stage1.epoch(0)))
+    on.train_step(task, batch, stage=1)
+    assert len(on.mixstyle) == 2 and all(h.mixstyle.last for h in on.mixstyle)
+
+
+# -- camera-style augmentations ---------------------------------------------------------------------------------
+def _crop(seed=0, h=64, w=32):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(yy * 3 + xx * 5 + 40 * c) % 256 for c in range(3)], axis=-1)
+    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _detail(img):
+    """Mean absolute difference between neighbouring pixels: what blur and low resolution remove."""
+    f = img.astype(np.float32)
+    return float(np.abs(np.diff(f, axis=0)).mean() + np.abs(np.diff(f, axis=1)).mean())
+
+
+def test_camera_augmentations_do_what_they_say():
+    img, rng = _crop(), np.random.default_rng(0)
+    g = grayscale(img)
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    luma = img.astype(np.float64) @ [0.114, 0.587, 0.299]
+    assert np.abs(g[..., 0] - luma).max() <= 0.5 + 1e-9
+    cast = colour_cast(img, 0.2, np.random.default_rng(3))
+    gains = cast.reshape(-1, 3).astype(float).sum(0) / img.reshape(-1, 3).astype(float).sum(0)
+    assert ((gains > 0.75) & (gains < 1.25)).all() and np.ptp(gains) > 0.01  # per-channel gains within 1 +- 0.2
+    assert _detail(gaussian_blur(img, rng)) < _detail(img)
+    assert _detail(low_resolution(img, rng)) < 0.8 * _detail(img)
+    for out in (scale_jitter(img, rng), low_resolution(img, rng), gaussian_blur(img, rng)):
+        assert out.shape == img.shape and out.dtype == np.uint8
+
+
+def test_augmentations_off_by_default_draw_nothing():
+    """With the camera-style probabilities at 0, the same seed gives the same image as a config without them;
+    switched on, the image differs."""
+    crop = _crop(1, 100, 45)
+    base = TrainTransform(config=AugmentConfig())
+    same = base.augment(crop, np.random.default_rng(5))
+    assert np.array_equal(same, TrainTransform(config=AugmentConfig()).augment(crop, np.random.default_rng(5)))
+    on = TrainTransform(config=AugmentConfig(scale_p=1, cast_p=1, gray_p=1, blur_p=1, lowres_p=1, erase_p=0))
+    changed = on.augment(crop, np.random.default_rng(5))
+    assert changed.shape == same.shape and not np.array_equal(changed, same)
+    assert (changed[..., 0] == changed[..., 1]).all()  # grayscale ran after the cast; blur and resizing keep it
