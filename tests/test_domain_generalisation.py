@@ -118,3 +118,29 @@ def test_augmentations_off_by_default_draw_nothing():
     changed = on.augment(crop, np.random.default_rng(5))
     assert changed.shape == same.shape and not np.array_equal(changed, same)
     assert (changed[..., 0] == changed[..., 1]).all()  # grayscale ran after the cast; blur and resizing keep it
+
+
+# -- where a training step's time goes --------------------------------------------------------------------------
+def test_step_profile_splits_each_step_into_its_parts(small_synthetic, tmp_path):
+    """A fake clock that advances 1 s per reading: every timed part spans exactly one tick, so each task's
+    step is 4 ticks (data, forward, backward, optimizer) and each part a quarter of it."""
+    import itertools
+
+    from conftest import SMALL_TRAIN
+    from edgereid.training.config import TrainConfig
+    from edgereid.training.step_profile import PARTS, format_profile, profile_steps
+    from edgereid.training.trainer import Trainer
+
+    data = small_synthetic
+    trainer = Trainer(TrainConfig(out=str(tmp_path / "p"), **SMALL_TRAIN), data["splits"], data["gender_train"],
+                      data["gender_test"])
+    ticks = itertools.count()
+    summary = profile_steps(trainer, steps=6, warmup=1, clock=lambda: float(next(ticks)))
+    tasks = [t for t in summary if t != "all"]
+    assert set(tasks) <= {"reid", "gender"} and sum(summary[t]["steps"] for t in tasks) == 6
+    for t in tasks:
+        assert summary[t]["ms_per_step"] == pytest.approx(4000.0)
+        assert all(summary[t][f"{p}_share"] == pytest.approx(0.25) for p in PARTS)
+    assert summary["all"]["steps_per_min"] == pytest.approx(15.0)  # 4 s a step
+    table = format_profile(summary)
+    assert "steps per minute: 15.0" in table and "forward" in table

@@ -8,6 +8,7 @@ the running epoch and `resume=True` continues exactly where the checkpoint was t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -220,24 +221,29 @@ class Trainer:
         for group, base in zip(self.opt[name].param_groups, self.base_lr[name]):
             group["lr"] = base * factor
 
-    def train_step(self, task: str, batch: tuple, stage: int) -> dict:
-        """One optimizer step of `task` on `batch`; returns the loss parts."""
+    def train_step(self, task: str, batch: tuple, stage: int, timer: Callable | None = None) -> dict:
+        """One optimizer step of `task` on `batch`; returns the loss parts. `timer(name)` (a context manager
+        factory, see step_profile.py) times the forward, backward and optimizer parts."""
+        part = timer or (lambda name: contextlib.nullcontext())
         images = batch[0].to(self.device, non_blocking=True)
         labels = batch[1].to(self.device, non_blocking=True)
-        if task == "reid":
-            loss, parts = self.reid_loss(self.model.forward_reid(images), labels)
-            names = ["reid"] + (["center"] if "center" in self.opt else [])
-        else:
-            loss, parts = self.gender_loss(self.model.forward_gender(images), labels)
-            names = ["gender" if stage == 1 else "stage2"]
+        with part("forward"):
+            if task == "reid":
+                loss, parts = self.reid_loss(self.model.forward_reid(images), labels)
+                names = ["reid"] + (["center"] if "center" in self.opt else [])
+            else:
+                loss, parts = self.gender_loss(self.model.forward_gender(images), labels)
+                names = ["gender" if stage == 1 else "stage2"]
         for n in names:
             self.opt[n].zero_grad(set_to_none=True)
-        loss.backward()
-        if "center" in names:
-            for p in self.reid_loss.center.parameters():  # undo the loss weight for the centres (BoT)
-                p.grad.mul_(1.0 / self.cfg.center_weight)
-        for n in names:
-            self.opt[n].step()
+        with part("backward"):
+            loss.backward()
+        with part("optimizer"):
+            if "center" in names:
+                for p in self.reid_loss.center.parameters():  # undo the loss weight for the centres (BoT)
+                    p.grad.mul_(1.0 / self.cfg.center_weight)
+            for n in names:
+                self.opt[n].step()
         parts["loss"] = float(loss.detach())
         return parts
 

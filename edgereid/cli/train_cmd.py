@@ -38,8 +38,11 @@ from edgereid.datasets.registry import REID_DATASETS
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config field, e.g. --set lr_reid=3e-4 --set lr_steps=[40,70]. Repeatable.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@click.option("--profile", "profile_steps", type=int, default=0, metavar="N",
+              help="Time N training steps (batch loading vs forward / backward / optimizer, per task), print "
+                   "where the time goes and the steps per minute, and exit without writing a run.")
 def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minutes, out, config_path, epochs,
-          stage2_epochs, device, pretrained, resume, overrides, print_config) -> None:
+          stage2_epochs, device, pretrained, resume, overrides, print_config, profile_steps) -> None:
     """Train the dual-head model: re-ID and gender batches interleaved, one optimizer per task.
 
     Writes OUT/best_reid.pt, OUT/best_gender.pt, OUT/last.pt, OUT/metrics.jsonl, OUT/config.yaml and
@@ -83,6 +86,11 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minute
     from edgereid.training.trainer import Trainer
 
     trainer = Trainer(cfg)
+    if profile_steps:
+        from edgereid.training.step_profile import format_profile, profile_steps as run_profile
+
+        click.echo(format_profile(run_profile(trainer, profile_steps)))
+        return
     click.echo(f"re-ID ({trainer.splits.name}): {len(trainer.splits.train)} images of "
                f"{trainer.splits.num_train_pids} identities; "
                f"gender: {len(trainer.gender_train)} train / {len(trainer.gender_test)} test images; "
