@@ -86,8 +86,10 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--cuhk03", type=Path, required=True)
     ap.add_argument("--peta", type=Path, required=True)
     ap.add_argument("--gender-test", nargs="+", default=["MIT"], help="PETA subsets left out of this run's training")
-    ap.add_argument("--held-out", nargs="+", default=["VIPeR", "CUHK"],
-                    help="the issue's held-out PETA subsets: never trained or tuned on, scored here only")
+    ap.add_argument("--held-out", nargs="*", default=["VIPeR", "CUHK"],
+                    help="held-out PETA subsets: never trained or tuned on, scored here only (give none while "
+                         "comparing training options, so they stay unseen by any choice)")
+    ap.add_argument("--fp32-only", action="store_true", help="score the fp32 file only (no FP16/INT8, no parity)")
     ap.add_argument("--cross-domain", nargs="+", default=["PRID", "GRID"])
     ap.add_argument("--num-calib", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -115,8 +117,9 @@ def main(argv: list | None = None) -> int:
     model, _ = load_checkpoint(args.run / args.checkpoint, with_classifier=False)
     work = args.run / "eval"
     onnx_path = export_onnx(model, work / "model.onnx")
-    files = {"fp32": onnx_path, **quantize_models(onnx_path, [r.path for r in reid_sets["cuhk03_val"].train],
-                                                   num=args.num_calib)}
+    files = {"fp32": onnx_path}
+    if not args.fp32_only:
+        files.update(quantize_models(onnx_path, [r.path for r in reid_sets["cuhk03_val"].train], num=args.num_calib))
     results = {"hsv_histogram": {"reid": {}}}
     for name, splits in reid_sets.items():
         feats = hsv_histograms([r.path for r in splits.query])
@@ -133,12 +136,19 @@ def main(argv: list | None = None) -> int:
             entry["arithmetic"] = rt.int8_arithmetic
         results[prec] = entry
         print(prec, json.dumps(entry["reid"]), flush=True)
-    view = market_view(reid_sets["cuhk03_val"], work / "cuhk03_val_market")
-    parity = run_parity(args.run / args.checkpoint, [files["fp16"], files["int8"]], view,
-                        calib=onnx_path.parent / "calib", threads=args.threads)
-    print(parity.table(), flush=True)
+    parity = None
+    if not args.fp32_only:
+        view = market_view(reid_sets["cuhk03_val"], work / "cuhk03_val_market")
+        parity = run_parity(args.run / args.checkpoint, [files["fp16"], files["int8"]], view,
+                            calib=onnx_path.parent / "calib", threads=args.threads)
+        print(parity.table(), flush=True)
     metrics = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
-    write_result(args.output, {
+    # paths in the result: relative to the source repositories (SOURCES) and the run folder, never a home path
+    roots = {str(args.peta.expanduser().resolve()): "PETA dataset", str(args.peta): "PETA dataset",
+             str(args.cuhk03.expanduser().resolve()): SOURCES["cuhk03"]["path"],
+             str(args.cuhk03): SOURCES["cuhk03"]["path"],
+             str(args.run.expanduser().resolve()): args.run.name, str(args.run): args.run.name}
+    write_result(args.output, relative_to_roots({
         "benchmark": "real data: re-ID and gender on public crops",
         "command": "python benchmarks/bench_real_data.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "sources": SOURCES,
@@ -148,9 +158,21 @@ def main(argv: list | None = None) -> int:
                      "minutes": cfg.minutes},
         "data": {name: s.summary() for name, s in reid_sets.items()},
         "gender_data": {name: len(r) for name, r in gender_sets.items()},
-        "results": results, "parity": parity.to_dict(), "seconds": time.perf_counter() - t0,
-    })
+        "results": results, "parity": parity.to_dict() if parity else None, "seconds": time.perf_counter() - t0,
+    }, roots))
     return 0
+
+
+def relative_to_roots(obj, roots: dict):
+    """`obj` with every absolute root of `roots` ({absolute root: name}) inside a string written as its name."""
+    if isinstance(obj, dict):
+        return {k: relative_to_roots(v, roots) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relative_to_roots(v, roots) for v in obj]
+    if isinstance(obj, str):
+        for root, name in sorted(roots.items(), key=lambda kv: -len(kv[0])):
+            obj = obj.replace(root, name)
+    return obj
 
 
 if __name__ == "__main__":
