@@ -16,12 +16,20 @@ def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value
     """
     original_dist = np.concatenate([np.concatenate([q_q_dist, q_g_dist], axis=1),
                                     np.concatenate([q_g_dist.T, g_g_dist], axis=1)], axis=0)
-    original_dist = np.power(original_dist, 2).astype(np.float32)
+    query_num = q_g_dist.shape[0]
+    jaccard_dist, original_dist = reference_jaccard(original_dist, query_num, k1, k2)
+    final_dist = jaccard_dist * (1 - lambda_value) + original_dist * lambda_value
+    return final_dist[:query_num, query_num:]
+
+
+def reference_jaccard(dist, query_num, k1=20, k2=6):
+    """The Jaccard part of reference_re_ranking over the (all_num, all_num) distance matrix `dist` of one set:
+    (jaccard_dist, original_dist), both (query_num, all_num)."""
+    original_dist = np.power(dist, 2).astype(np.float32)
     original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
     V = np.zeros_like(original_dist).astype(np.float32)
     initial_rank = np.argsort(original_dist, kind="stable").astype(np.int32)
-    query_num = q_g_dist.shape[0]
-    all_num = q_g_dist.shape[0] + q_g_dist.shape[1]
+    all_num = len(dist)
     for i in range(all_num):
         forward_k_neigh_index = initial_rank[i, :k1 + 1]
         backward_k_neigh_index = initial_rank[forward_k_neigh_index, :k1 + 1]
@@ -57,8 +65,7 @@ def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value
             temp_min[0, indImages[j]] = temp_min[0, indImages[j]] + np.minimum(V[i, indNonZero[j]],
                                                                                V[indImages[j], indNonZero[j]])
         jaccard_dist[i] = 1 - temp_min / (2. - temp_min)
-    final_dist = jaccard_dist * (1 - lambda_value) + original_dist * lambda_value
-    return final_dist[:query_num, query_num:]
+    return jaccard_dist, original_dist
 
 
 def slow_reference(distmat, q_ids, g_ids, q_cams, g_cams, max_rank, mode):

@@ -31,6 +31,8 @@ _LAZY = {
     "GalleryStore": "edgereid.retrieval.store",
     "rerank": "edgereid.retrieval.reranking",
     "rerank_distances": "edgereid.retrieval.reranking",
+    "jaccard_distance": "edgereid.retrieval.reranking",
+    "dbscan": "edgereid.retrieval.clustering",
     "evaluate": "edgereid.retrieval.metrics",
     "DynamicBatcher": "edgereid.runtime.batcher",
     "ItemResult": "edgereid.runtime.batcher",

@@ -207,13 +207,16 @@ def _query_expansion(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
 
 
 def _jaccard_blend(out: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, nq: int,
-                   lambda_value: float, max_pairs: int = 2_000_000, max_cells: int = 4_000_000) -> None:
-    """out[i] <- jaccard(i, gallery) * (1 - lambda) + out[i] * lambda, via an inverted index of gallery rows."""
+                   lambda_value: float, max_pairs: int = 2_000_000, max_cells: int = 4_000_000,
+                   g_start: int | None = None) -> None:
+    """out[i] <- jaccard(i, gallery) * (1 - lambda) + out[i] * lambda, via an inverted index of gallery rows.
+    Queries are rows 0..nq, the gallery rows g_start..n (g_start = nq; 0 when one set is compared with itself)."""
     n = len(indptr) - 1
-    ng = n - nq
+    g_start = nq if g_start is None else g_start
+    ng = n - g_start
     owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-    sel = owner >= nq
-    g_cols, g_rows, g_vals = indices[sel], owner[sel] - nq, data[sel]
+    sel = owner >= g_start
+    g_cols, g_rows, g_vals = indices[sel], owner[sel] - g_start, data[sel]
     order = np.argsort(g_cols, kind="stable")
     col_rows, col_vals = g_rows[order], g_vals[order]
     del owner, sel, g_rows, g_vals, order
@@ -247,12 +250,10 @@ def _check_params(k1: int, k2: int, lambda_value: float) -> None:
         raise InvalidInputError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
 
 
-def _rerank(src, nq: int, k1: int, k2: int, lambda_value: float, block_bytes: int, progress: bool) -> np.ndarray:
+def _neighbour_weights(src, k1: int, k2: int, block_bytes: int, progress: bool, on_block=None) -> tuple:
+    """The query-expanded k-reciprocal weights V (CSR) over all of src's rows; `on_block(start, stop, key)`
+    sees each block of ranking keys while they exist (the re-ranking writes its original distances there)."""
     n = src.n
-    ng = n - nq
-    out = np.empty((nq, ng), dtype=np.float32)
-    if nq == 0 or ng == 0:
-        return out
     k1_len = min(k1 + 1, n)
     kh_len = min(int(np.around(k1 / 2.)) + 1, n)  # np.around (half to even), as the reference rounds k1/2
     k2_len = min(k2, n)
@@ -265,8 +266,8 @@ def _rerank(src, nq: int, k1: int, k2: int, lambda_value: float, block_bytes: in
     for s, e in blocks:
         key = src.keys(s, e)
         ranks[s:e] = stable_topk(key, ranks.shape[1])
-        if s < nq:
-            src.key_to_orig(np.arange(s, min(e, nq)), key[:min(e, nq) - s, nq:], out[s:min(e, nq)])
+        if on_block is not None:
+            on_block(s, e, key)
     del key
     r1, rh = ranks[:, :k1_len], ranks[:, :kh_len]
     m1, mh = _reciprocal_mask(r1), _reciprocal_mask(rh)
@@ -276,7 +277,21 @@ def _rerank(src, nq: int, k1: int, k2: int, lambda_value: float, block_bytes: in
     del r1, rh, m1, mh
     if k2 != 1:
         indptr, indices, data = _query_expansion(indptr, indices, data, ranks[:, :k2_len])
-    _jaccard_blend(out, indptr, indices, data, nq, lambda_value)
+    return indptr, indices, data
+
+
+def _rerank(src, nq: int, k1: int, k2: int, lambda_value: float, block_bytes: int, progress: bool) -> np.ndarray:
+    ng = src.n - nq
+    out = np.empty((nq, ng), dtype=np.float32)
+    if nq == 0 or ng == 0:
+        return out
+
+    def original(s: int, e: int, key: np.ndarray) -> None:
+        if s < nq:
+            src.key_to_orig(np.arange(s, min(e, nq)), key[:min(e, nq) - s, nq:], out[s:min(e, nq)])
+
+    weights = _neighbour_weights(src, k1, k2, block_bytes, progress, original)
+    _jaccard_blend(out, *weights, nq, lambda_value)
     return out
 
 
@@ -290,6 +305,26 @@ def rerank(query_emb: np.ndarray, gallery_emb: np.ndarray, k1: int = 20, k2: int
     g = as_matrix(gallery_emb, "gallery_emb", q.shape[1])
     return _rerank(_FeatureSource(q, g, metric), len(q), int(k1), int(k2), lambda_value, block_bytes, progress)
 
+
+
+def jaccard_distance(features: np.ndarray, k1: int = 20, k2: int = 6, metric: str = "euclidean",
+                     block_bytes: int = DEFAULT_BLOCK_BYTES, progress: bool = False) -> np.ndarray:
+    """(N, N) float32 k-reciprocal Jaccard distances among one set of embeddings (0 on the diagonal).
+
+    The re-ranking's Jaccard term with each item compared to the others of the same set (no query/gallery
+    copies, no blend with the original distance): what clustering-based adaptation clusters on, as
+    cluster-contrast's `compute_jaccard_distance` does.
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise InvalidInputError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    _check_params(k1, k2, 0.0)
+    x = as_matrix(features, "features")
+    out = np.zeros((len(x), len(x)), dtype=np.float32)
+    if len(x) == 0:
+        return out
+    src = _FeatureSource(x, x[:0], metric)
+    _jaccard_blend(out, *_neighbour_weights(src, int(k1), int(k2), block_bytes, progress), len(x), 0.0, g_start=0)
+    return out
 
 
 def rerank_topk(query_emb: np.ndarray, gallery_emb: np.ndarray, k: int, k1: int = 20, k2: int = 6,
