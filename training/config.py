@@ -11,8 +11,65 @@ from edgereid.atomic import write_text_atomic
 from edgereid.errors import InvalidInputError
 
 
+class YamlConfig:
+    """What every edgereid config dataclass shares: YAML in and out, `key=value` overrides, typed fields."""
+
+    kind = "training"  # named in errors: "unknown training option ..."
+
+    def to_dict(self) -> dict:
+        """Plain dict (YAML-safe)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """Build from a dict; unknown keys are an error naming them."""
+        cfg = cls()
+        cfg.update({k: v for k, v in (data or {}).items()})
+        return cfg
+
+    def update(self, values: dict):
+        """Set fields from a dict, coercing each value to the field's type."""
+        known = {f.name: f for f in fields(self)}
+        defaults = type(self)()
+        for key, value in values.items():
+            if key not in known:
+                raise InvalidInputError(f"unknown {self.kind} option {key!r}; known options: "
+                                        f"{', '.join(sorted(known))}")
+            setattr(self, key, _coerce(key, value, getattr(defaults, key)))
+        return self
+
+    def apply_overrides(self, pairs: Sequence[str]):
+        """Apply `key=value` strings (values parsed as YAML: 1e-4, true, [30, 60])."""
+        yaml = require("yaml")
+        values = {}
+        for pair in pairs:
+            if "=" not in pair:
+                raise InvalidInputError(f"--set expects key=value, got {pair!r} (e.g. --set epochs=60)")
+            key, raw = pair.split("=", 1)
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        return self.update(values)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write YAML atomically."""
+        yaml = require("yaml")
+        return write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Read a YAML config (missing keys keep their defaults)."""
+        yaml = require("yaml")
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInputError(f"config file not found: {path}")
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"{path} must hold a YAML mapping of option: value")
+        return cls.from_dict(data)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(YamlConfig):
     """Defaults follow the seed release's Market-1501 recipe (BoT-style re-ID + a gender branch)."""
 
     # data
@@ -37,6 +94,9 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch default
     num_workers: int = 0
     cache_images: bool = False  # keep decoded images in memory (small data sets)
+    # bfloat16 autocast of the forward pass on a CPU: "off", "on", or "auto" = on where the CPU has bfloat16
+    # arithmetic (AVX512-BF16 or AMX); weights, optimizer and checkpoints stay float32
+    cpu_bf16: str = "off"
     # model
     embedding_dim: int = 128
     gender_channels: int = 256
@@ -110,56 +170,6 @@ class TrainConfig:
     eval_rerank: bool = False  # also score k-reciprocal re-ranked distances (edgereid.rerank)
     tensorboard: bool = True
     progress: bool = True
-
-    # -- (de)serialisation -------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        """Plain dict (YAML-safe)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        """Build from a dict; unknown keys are an error naming them."""
-        cfg = cls()
-        cfg.update({k: v for k, v in (data or {}).items()})
-        return cfg
-
-    def update(self, values: dict) -> "TrainConfig":
-        """Set fields from a dict, coercing each value to the field's type."""
-        known = {f.name: f for f in fields(self)}
-        for key, value in values.items():
-            if key not in known:
-                raise InvalidInputError(f"unknown training option {key!r}; known options: {', '.join(sorted(known))}")
-            setattr(self, key, _coerce(key, value, getattr(TrainConfig(), key)))
-        return self
-
-    def apply_overrides(self, pairs: Sequence[str]) -> "TrainConfig":
-        """Apply `key=value` strings (values parsed as YAML: 1e-4, true, [30, 60])."""
-        yaml = require("yaml")
-        values = {}
-        for pair in pairs:
-            if "=" not in pair:
-                raise InvalidInputError(f"--set expects key=value, got {pair!r} (e.g. --set epochs=60)")
-            key, raw = pair.split("=", 1)
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        return self.update(values)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write YAML atomically."""
-        yaml = require("yaml")
-        return write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "TrainConfig":
-        """Read a YAML config (missing keys keep their defaults)."""
-        yaml = require("yaml")
-        path = Path(path)
-        if not path.is_file():
-            raise InvalidInputError(f"config file not found: {path}")
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise InvalidInputError(f"{path} must hold a YAML mapping of option: value")
-        return cls.from_dict(data)
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
