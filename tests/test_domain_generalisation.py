@@ -144,3 +144,34 @@ def test_step_profile_splits_each_step_into_its_parts(small_synthetic, tmp_path)
     assert summary["all"]["steps_per_min"] == pytest.approx(15.0)  # 4 s a step
     table = format_profile(summary)
     assert "steps per minute: 15.0" in table and "forward" in table
+
+
+def test_cpu_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weights(small_synthetic, tmp_path,
+                                                                               monkeypatch):
+    """cpu_bf16=on: the convolutions see bfloat16, the losses, gradients, weights and checkpoint stay float32;
+    "auto" follows the CPU's bfloat16 support; off leaves every op in float32."""
+    from conftest import SMALL_TRAIN
+    from edgereid.training.config import TrainConfig
+    from edgereid.training.trainer import Trainer, cpu_bf16_enabled
+
+    assert not cpu_bf16_enabled("off", "cpu") and cpu_bf16_enabled("on", "cpu")
+    assert not cpu_bf16_enabled("on", "cuda")  # a GPU run has its own precision settings
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not cpu_bf16_enabled("auto", "cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cpu_bf16_enabled("auto", "cpu")
+    with pytest.raises(Exception, match="cpu_bf16"):
+        cpu_bf16_enabled("fast", "cpu")
+
+    data = small_synthetic
+    for setting, dtype in (("on", torch.bfloat16), ("off", torch.float32)):
+        trainer = Trainer(TrainConfig(out=str(tmp_path / setting), cpu_bf16=setting, **SMALL_TRAIN), data["splits"],
+                          data["gender_train"], data["gender_test"])
+        seen = []
+        trainer.model.backbone.layer1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        task, batch = next(iter(trainer.stage1.epoch(0)))
+        parts = trainer.train_step(task, batch, stage=1)
+        assert seen == [dtype] and np.isfinite(parts["loss"])
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in trainer.model.parameters())

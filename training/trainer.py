@@ -65,6 +65,19 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def cpu_bf16_enabled(setting: str, device: str) -> bool:
+    """Whether training steps on `device` run their forward pass under bfloat16 autocast."""
+    if setting not in ("off", "on", "auto"):
+        raise InvalidInputError(f"cpu_bf16 must be 'off', 'on' or 'auto', got {setting!r}")
+    if not device.startswith("cpu") or setting == "off":
+        return False
+    if setting == "on":
+        return True
+    cpu = getattr(torch, "cpu", None)  # private probes: absent on some builds, then no bf16
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def gender_subset(person: str) -> str:
     """The subset a gender record's person belongs to: its source and PETA subset ("0:MIT/12" -> "0:MIT");
     "" for a person without a subset (one group)."""
@@ -92,6 +105,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
+        self.bf16 = cpu_bf16_enabled(cfg.cpu_bf16, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self._seed_everything(cfg.seed)
@@ -228,11 +242,14 @@ class Trainer:
         images = batch[0].to(self.device, non_blocking=True)
         labels = batch[1].to(self.device, non_blocking=True)
         with part("forward"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.model.forward_reid(images) if task == "reid" else self.model.forward_gender(images)
+            out = {k: v.float() for k, v in out.items()}  # losses in float32 (a no-op without autocast)
             if task == "reid":
-                loss, parts = self.reid_loss(self.model.forward_reid(images), labels)
+                loss, parts = self.reid_loss(out, labels)
                 names = ["reid"] + (["center"] if "center" in self.opt else [])
             else:
-                loss, parts = self.gender_loss(self.model.forward_gender(images), labels)
+                loss, parts = self.gender_loss(out, labels)
                 names = ["gender" if stage == 1 else "stage2"]
         for n in names:
             self.opt[n].zero_grad(set_to_none=True)
