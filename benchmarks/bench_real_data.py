@@ -64,6 +64,23 @@ def gender_scores(prob: np.ndarray, records: list) -> dict:
     return {**rep, "images": len(records)}
 
 
+def score_file(path, reid_sets: dict, gender_sets: dict, threads: int = 2, label: str = "") -> dict:
+    """{"reid": {set: scores}, "gender": {set: report}, "arithmetic"} of one model file through edgereid.Runtime:
+    re-ID cross-camera with every image a query, gender on labelled crops."""
+    from edgereid import Runtime
+
+    entry = {"reid": {}, "gender": {}}
+    with Runtime.for_checking(path, threads=threads) as rt:
+        for name, splits in reid_sets.items():
+            out = rt.infer_files([r.path for r in splits.query], progress=f"{label} {name}")
+            entry["reid"][name] = reid_scores(out.embeddings, out.embeddings, splits)
+        for name, recs in gender_sets.items():
+            out = rt.infer_files([r.path for r in recs], progress=f"{label} gender {name}")
+            entry["gender"][name] = gender_scores(out.gender_prob, recs)
+        entry["arithmetic"] = rt.int8_arithmetic
+    return entry
+
+
 def market_view(splits, folder: Path) -> Path:
     """A Market-1501-layout tree of symlinks to a split's query / gallery crops (parity reads that layout; a few
     training crops fill bounding_box_train, which the layout requires and parity does not score)."""
@@ -96,7 +113,6 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("-o", "--output", type=Path, default=Path(__file__).parent / "results" / "real_data_cpu.json")
     args = ap.parse_args(argv)
 
-    from edgereid import Runtime
     from edgereid.calibration.parity import run_parity
     from edgereid.datasets import load_cuhk03, load_peta, load_two_camera
     from edgereid.export.onnx_export import export_onnx
@@ -125,16 +141,7 @@ def main(argv: list | None = None) -> int:
         feats = hsv_histograms([r.path for r in splits.query])
         results["hsv_histogram"]["reid"][name] = reid_scores(feats, feats, splits)
     for prec, path in files.items():
-        entry = {"reid": {}, "gender": {}}
-        with Runtime.for_checking(path, threads=args.threads) as rt:
-            for name, splits in reid_sets.items():
-                out = rt.infer_files([r.path for r in splits.query], progress=f"{prec} {name}")
-                entry["reid"][name] = reid_scores(out.embeddings, out.embeddings, splits)
-            for name, recs in gender_sets.items():
-                out = rt.infer_files([r.path for r in recs], progress=f"{prec} gender {name}")
-                entry["gender"][name] = gender_scores(out.gender_prob, recs)
-            entry["arithmetic"] = rt.int8_arithmetic
-        results[prec] = entry
+        results[prec] = entry = score_file(path, reid_sets, gender_sets, args.threads, prec)
         print(prec, json.dumps(entry["reid"]), flush=True)
     parity = None
     if not args.fp32_only:

@@ -155,6 +155,7 @@ def test_cpu_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weight
     from edgereid.training.trainer import Trainer, cpu_bf16_enabled
 
     assert not cpu_bf16_enabled("off", "cpu") and cpu_bf16_enabled("on", "cpu")
+    assert cpu_bf16_enabled("True", "cpu") and not cpu_bf16_enabled("False", "cpu")  # --set cpu_bf16=on via YAML
     assert not cpu_bf16_enabled("on", "cuda")  # a GPU run has its own precision settings
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)

@@ -67,6 +67,8 @@ def resolve_device(name: str) -> str:
 
 def cpu_bf16_enabled(setting: str, device: str) -> bool:
     """Whether training steps on `device` run their forward pass under bfloat16 autocast."""
+    # YAML reads a bare on / off as a boolean, which the config then holds as "True" / "False"
+    setting = {"true": "on", "false": "off"}.get(str(setting).lower(), str(setting).lower())
     if setting not in ("off", "on", "auto"):
         raise InvalidInputError(f"cpu_bf16 must be 'off', 'on' or 'auto', got {setting!r}")
     if not device.startswith("cpu") or setting == "off":

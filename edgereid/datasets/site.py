@@ -1,0 +1,45 @@
+"""A site's unlabeled person crops: every image under a folder (recursive), with cameras read from the names
+where they carry them. What `edgereid adapt` learns from; nothing here knows who anyone is."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from edgereid.datasets.records import ImageRecord
+from edgereid.errors import DatasetError
+from edgereid.imageio import list_images
+
+# Market-1501 / DukeMTMC / MSMT17 "..._c3s1_..." or "cam3" anywhere; else the second "_" field when it is a
+# letter or a number: PRID "0001_a", GRID "0001_1_25004_...", many trackers' "<track>_<camera>_<frame>".
+CAMERA_PATTERNS = (re.compile(r"(?:^|[_\-.])c(?:am)?(\d+)(?:s\d+)?(?=[_\-.]|$)", re.IGNORECASE),
+                   re.compile(r"^[^_]+_([a-z]|\d+)(?=_|$)", re.IGNORECASE))
+
+
+def camera_from_name(name: str) -> str | None:
+    """The camera a crop's file name names ("c3" / "cam3" -> "3", "0001_a" -> "a"), or None."""
+    stem = Path(name).stem
+    for pattern in CAMERA_PATTERNS:
+        m = pattern.search(stem)
+        if m:
+            return m.group(1).lower().lstrip("0") or "0"
+    return None
+
+
+def load_site_crops(root, cameras_from_names: bool = False, min_images: int = 1) -> list:
+    """ImageRecords (pid -1: unknown) of every crop under `root`; camids 0..C-1 from the names when asked
+    (in sorted order of the names' cameras), else all 0."""
+    root = Path(root).expanduser()
+    paths = list_images(root, recursive=True)
+    if len(paths) < min_images:
+        raise DatasetError(f"{root} holds {len(paths)} crops (.jpg/.jpeg/.png/.bmp, searched recursively); "
+                           f"adaptation needs at least {min_images}: collect more crops of the site's people "
+                           f"(several of each person, e.g. from a tracker).")
+    cams = [camera_from_name(p.name) if cameras_from_names else "0" for p in paths]
+    missing = [p.name for p, c in zip(paths, cams) if c is None]
+    if missing:
+        raise DatasetError(f"{root}: {len(missing)} of {len(paths)} crop names carry no camera (e.g. "
+                           f"{', '.join(missing[:3])}); name them like 0001_c2s1_000123.jpg, cam2_..., "
+                           f"<id>_<camera>_... , or leave out --cameras-from-names.")
+    index = {c: i for i, c in enumerate(sorted(set(cams), key=lambda c: (len(c), c)))}
+    # absolute, not resolved: a folder of symlinks keeps its own names (clusters.csv lists them)
+    return [ImageRecord(str(p.absolute()), -1, index[c], "site") for p, c in zip(paths, cams)]
