@@ -10,14 +10,20 @@ Before the first round the normalisation statistics are re-estimated on the site
    person rather than by camera colour;
 3. DBSCAN (`edgereid.dbscan`) turns them into pseudo-identities; noise crops sit the round out;
 4. re-ID fine-tuning on P x K batches of pseudo-identities: InfoNCE against a memory of L2-normalised
-   cluster centroids (momentum-updated) plus the batch-hard triplet of training;
+   cluster centroids (momentum-updated; with known cameras each crop is contrasted only with the clusters its
+   own camera saw) plus the batch-hard triplet of training;
 5. gender, one person one gender, in the same step: each pseudo-identity's vote (the mean P(female) of its
-   crops when the round began) is the BCE target of all its crops, for the identities whose vote is at least
-   `gender_margin` from 0.5: the calls become one per person and confident, and a person's many crops
-   outvote the model's errors on single ones. Only the gender head learns from it; the backbone the
-   embeddings share follows the re-ID losses alone. (Measured and dropped: a label-free consistency loss
-   collapses to P = 0.5 everywhere, and adding SHOT's information maximisation against that made the calls
-   confident but less accurate on generated sites.)
+   crops under the model as AdaBN left it, fixed for every round so the head cannot drift with its own
+   mistakes) is the BCE target of all its crops, for the identities whose vote is at least `gender_margin`
+   from 0.5: the calls become one per person and confident, and a person's many crops outvote the model's
+   errors on single ones. Only the gender head learns from it, on un-augmented crops with its BatchNorm
+   statistics kept; the backbone the embeddings share follows the re-ID losses alone. (Measured and dropped
+   on generated sites: a label-free consistency loss collapses to P = 0.5 everywhere; adding SHOT's
+   information maximisation against that made the calls confident but less accurate; votes taught on
+   augmented crops, or re-estimated every round, lost 20-30 points of gender accuracy.)
+
+Measured on real crops with a model trained 40 minutes on a CPU (benchmarks/README.md), AdaBN alone helped
+and the fine-tuning rounds lowered cross-camera rank-1: its clusters rarely joined cameras.
 
 After AdaBN and after every round `OUT/adapted.pt` is written atomically (a checkpoint like any other, without
 the training classifier) with the round's state; `OUT/adapt.jsonl` gets one line per round and
