@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench_real_data import SOURCES, hsv_histograms, relative_to_roots, reid_scores, score_file
+from bench_real_data import (SOURCES, add_run_and_data_args, hsv_histograms, reid_scores, relative_to_roots,
+                             result_roots, score_file)
 from common import write_result
 
 
@@ -39,10 +40,7 @@ def camera_named_view(records: list, folder: Path) -> Path:
 
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True, help="edgereid train run folder")
-    ap.add_argument("--checkpoint", default="last.pt")
-    ap.add_argument("--cuhk03", type=Path, required=True)
-    ap.add_argument("--peta", type=Path, required=True)
+    add_run_and_data_args(ap)
     ap.add_argument("--sites", nargs="+", default=["PRID", "GRID", "cuhk03_val"],
                     help="PETA subsets to adapt to, one at a time, and cuhk03_val: the run's unseen CUHK03 people")
     ap.add_argument("--minutes", type=float, default=15.0)
@@ -95,10 +93,7 @@ def main(argv: list | None = None) -> int:
         print(site, json.dumps({k: entry[k]["reid"] for k in ("hsv_histogram", "before", "adabn_only", "after")}),
               json.dumps({k: entry[k]["gender"] for k in ("before", "adabn_only", "after")}), flush=True)
     cfg = read_checkpoint(args.run / args.checkpoint).get("config") or {}
-    roots = {str(args.peta.expanduser().resolve()): "PETA dataset", str(args.peta): "PETA dataset",
-             str(args.cuhk03.expanduser().resolve()): SOURCES["cuhk03"]["path"], str(args.cuhk03): SOURCES["cuhk03"]["path"],
-             str(args.run.expanduser().resolve()): args.run.name, str(args.run): args.run.name,
-             str(out_root.expanduser().resolve()): out_root.name, str(out_root): out_root.name}
+    roots = result_roots(args, out_root)
     write_result(args.output, relative_to_roots({
         "benchmark": "edgereid adapt: unsupervised adaptation to a two-camera site from its unlabeled crops",
         "command": "python benchmarks/bench_adapt.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -98,10 +98,7 @@ def market_view(splits, folder: Path) -> Path:
 
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True, help="edgereid train run folder (config.yaml, *.pt)")
-    ap.add_argument("--checkpoint", default="last.pt")
-    ap.add_argument("--cuhk03", type=Path, required=True)
-    ap.add_argument("--peta", type=Path, required=True)
+    add_run_and_data_args(ap)
     ap.add_argument("--gender-test", nargs="+", default=["MIT"], help="PETA subsets left out of this run's training")
     ap.add_argument("--held-out", nargs="*", default=["VIPeR", "CUHK"],
                     help="held-out PETA subsets: never trained or tuned on, scored here only (give none while "
@@ -151,10 +148,7 @@ def main(argv: list | None = None) -> int:
         print(parity.table(), flush=True)
     metrics = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
     # paths in the result: relative to the source repositories (SOURCES) and the run folder, never a home path
-    roots = {str(args.peta.expanduser().resolve()): "PETA dataset", str(args.peta): "PETA dataset",
-             str(args.cuhk03.expanduser().resolve()): SOURCES["cuhk03"]["path"],
-             str(args.cuhk03): SOURCES["cuhk03"]["path"],
-             str(args.run.expanduser().resolve()): args.run.name, str(args.run): args.run.name}
+    roots = result_roots(args)
     write_result(args.output, relative_to_roots({
         "benchmark": "real data: re-ID and gender on public crops",
         "command": "python benchmarks/bench_real_data.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -168,6 +162,26 @@ def main(argv: list | None = None) -> int:
         "results": results, "parity": parity.to_dict() if parity else None, "seconds": time.perf_counter() - t0,
     }, roots))
     return 0
+
+
+def add_run_and_data_args(ap: argparse.ArgumentParser) -> None:
+    """--run, --checkpoint, --cuhk03 and --peta: the trained run and the real data every real-data script reads."""
+    ap.add_argument("--run", type=Path, required=True, help="edgereid train run folder (config.yaml, *.pt)")
+    ap.add_argument("--checkpoint", default="last.pt")
+    ap.add_argument("--cuhk03", type=Path, required=True)
+    ap.add_argument("--peta", type=Path, required=True)
+
+
+def result_roots(args, *folders: Path) -> dict:
+    """{absolute root: name} for relative_to_roots: the data roots by their source paths, the run and any
+    other working `folders` by their own names (each as given and resolved)."""
+    named = [(args.peta, "PETA dataset"), (args.cuhk03, SOURCES["cuhk03"]["path"]), (args.run, args.run.name),
+             *((f, f.name) for f in folders)]
+    roots = {}
+    for path, name in named:
+        roots[str(path.expanduser().resolve())] = name
+        roots[str(path)] = name
+    return roots
 
 
 def relative_to_roots(obj, roots: dict):

@@ -190,11 +190,15 @@ def pseudo_identities(emb: np.ndarray, camids: np.ndarray, cfg: AdaptConfig) -> 
     return dbscan(jaccard_distance(feats, k1=min(cfg.k1, len(emb) - 1), k2=cfg.k2), cfg.eps, cfg.min_samples)
 
 
+def num_clusters(labels: np.ndarray) -> int:
+    """Pseudo-identities in DBSCAN labels (0..C-1; -1 = noise)."""
+    return int(labels.max()) + 1 if (labels >= 0).any() else 0
+
+
 def gender_votes(labels: np.ndarray, prob: np.ndarray, margin: float) -> tuple:
     """(target, weight) per pseudo-identity 0..C-1: 1 where the mean P(female) of its crops is above 0.5;
     weight 1 where that mean is at least `margin` from 0.5, else 0 (an undecided person teaches nothing)."""
-    n = int(labels.max()) + 1 if (labels >= 0).any() else 0
-    mean = np.array([prob[labels == c].mean() for c in range(n)], dtype=np.float32)
+    mean = np.array([prob[labels == c].mean() for c in range(num_clusters(labels))], dtype=np.float32)
     return (mean > 0.5).astype(np.float32), (np.abs(mean - 0.5) >= margin).astype(np.float32)
 
 
@@ -292,7 +296,7 @@ class Adapter:
 
     def _cluster(self, outputs: dict) -> np.ndarray:
         labels = pseudo_identities(outputs["embedding"], self.camids, self.cfg)
-        n = int(labels.max()) + 1 if (labels >= 0).any() else 0
+        n = num_clusters(labels)
         if n < MIN_CLUSTERS:
             raise DatasetError(
                 f"{self.images}: the {len(self.records)} crops formed {n} pseudo-identities (clusters of at least "
@@ -301,14 +305,16 @@ class Adapter:
         return labels
 
     def _loader(self, labels: np.ndarray) -> DataLoader:
-        """P x K batches of the clustered crops, pseudo-identities as labels, augmented as in training."""
+        """P x K batches of the clustered crops, pseudo-identities as labels, augmented as in training (and
+        each crop un-augmented too while gender is taught)."""
         cfg = self.cfg
         keep = np.flatnonzero(labels >= 0)
         reid = ReidDataset([ImageRecord(self.records[i].path, int(labels[i]), self.records[i].camid, "train")
                             for i in keep], self.train_tf, seed=cfg.seed + self.state["round"], cache=False)
         reid._cache = self.eval_data._cache  # the crops decoded once, for embedding and training alike
-        pk = PKSampler(reid.pids, min(cfg.p, int(labels.max()) + 1), cfg.k, seed=cfg.seed + self.state["round"])
-        return DataLoader(_WithPlainView(reid, self.eval_data, keep), batch_sampler=pk, num_workers=0)
+        pk = PKSampler(reid.pids, min(cfg.p, num_clusters(labels)), cfg.k, seed=cfg.seed + self.state["round"])
+        data = _WithPlainView(reid, self.eval_data, keep) if cfg.gender_weight > 0 else reid
+        return DataLoader(data, batch_sampler=pk, num_workers=0)
 
     @staticmethod
     def _cycle(loader):
@@ -328,7 +334,7 @@ class Adapter:
         self.labels = labels
         summary = cluster_summary(labels, self.camids, outputs["gender_prob"])
         batches = self._cycle(self._loader(labels))
-        n = int(labels.max()) + 1
+        n = num_clusters(labels)
         centroids = torch.stack([torch.from_numpy(outputs["embedding"][labels == c].mean(axis=0)) for c in range(n)])
         presence = None
         if cfg.camera_aware and len(np.unique(self.camids)) > 1:
@@ -349,6 +355,7 @@ class Adapter:
         sums: dict = {}
         steps = 0
         model.train()
+        model.gender_head.eval()  # taught below with its BatchNorm statistics kept as AdaBN measured them
         bar = progress_bar(range(cfg.round_steps), desc=f"adapt round {self.state['round'] + 1}", unit="step",
                            enabled=cfg.progress, leave=False, summary=False)
         for _ in bar:
@@ -356,7 +363,7 @@ class Adapter:
                 break
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * self._lr_factor()
-            images, pids, cams, plain = next(batches)
+            images, pids, cams, *plain = next(batches)
             images, pids, cams = images.to(cfg.device), pids.to(cfg.device), cams.to(cfg.device)
             out = model.forward_reid(images)
             parts = {"memory": memory(out["embedding"], pids, cams), "triplet": triplet(out["reid_feature"], pids)}
@@ -366,9 +373,8 @@ class Adapter:
                 # model computes (backbone in eval mode, no gradient): a model near chance on a new site must
                 # not pull the backbone the embeddings share
                 model.backbone.eval()
-                model.gender_head.eval()  # its BatchNorm keeps the site statistics AdaBN measured
                 with torch.no_grad():
-                    x3 = model.forward_features(plain.to(cfg.device))[0]
+                    x3 = model.forward_features(plain[0].to(cfg.device))[0]
                 logit = model.gender_head(x3)["gender_logit"].reshape(-1)
                 model.backbone.train()
                 parts["gender_bce"] = F.binary_cross_entropy_with_logits(
