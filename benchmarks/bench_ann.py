@@ -18,6 +18,8 @@ import numpy as np
 
 from common import run_worker, write_result
 
+from edgereid.retrieval.distances import l2_normalize
+
 HERE = Path(__file__).resolve().parent
 DIM, VIEWS, NOISE, N_QUERY, K = 128, 10, 0.6, 200, 10
 
@@ -29,12 +31,12 @@ def people(n: int, seed: int = 0, chunk: int = 500000):
     for s in range(0, n, chunk):
         ids = np.arange(s, min(n, s + chunk)) // VIEWS
         x = centres[ids] + NOISE * rng.standard_normal((len(ids), DIM)).astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        x = l2_normalize(x)
         yield x, ids
     q_rng = np.random.default_rng(seed + 1)
     qid = q_rng.integers(0, len(centres), N_QUERY)
     q = centres[qid] + NOISE * q_rng.standard_normal((N_QUERY, DIM)).astype(np.float32)
-    yield q / np.linalg.norm(q, axis=1, keepdims=True), qid
+    yield l2_normalize(q), qid
 
 
 def recall(approx, exact) -> float:

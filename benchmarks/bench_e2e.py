@@ -25,6 +25,7 @@ from edgereid.atomic import write_json_atomic
 from edgereid.bench.runner import run_benchmark, synthetic_crops
 from edgereid.bench.timing import LatencyStats, percentile
 from edgereid.imageio import read_image
+from edgereid.retrieval.distances import l2_normalize
 from edgereid.retrieval.gallery import Gallery
 from edgereid.runtime import Runtime
 
@@ -81,7 +82,7 @@ def clustered_gallery(size: int, dim: int, seed: int = 0) -> Gallery:
     ids = rng.integers(0, n_ids, size)
     centres = rng.standard_normal((n_ids, dim)).astype(np.float32)
     x = centres[ids] + 0.6 * rng.standard_normal((size, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = l2_normalize(x)
     g = Gallery(dim=dim)
     g.add(x, ids=ids, cameras=rng.integers(0, 6, size), gender_prob=rng.uniform(0, 1, size).astype(np.float32))
     return g

@@ -26,6 +26,8 @@ import numpy as np
 from common import write_result
 
 from bench_real_data import SOURCES
+
+from edgereid.retrieval.distances import l2_normalize
 TARGETS = ("tensorrt", "cpu")
 
 
@@ -70,7 +72,7 @@ def rank1_flips(reference: Path, files: dict, data: Path, calib: Path, threads: 
     nq = len(ev.query)
 
     def hits(emb):
-        x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        x = l2_normalize(emb)
         dist = 1.0 - x[:nq] @ x[nq:].T
         return np.array([edgereid.evaluate(dist[i:i + 1], ev.q_pids[i:i + 1], ev.g_pids, ev.q_cams[i:i + 1],
                                            ev.g_cams).rank(1) for i in range(nq)])

@@ -59,7 +59,7 @@ def prepare_files(model: Path, calib: Path, workdir: Path) -> dict:
         path = workdir / f"model.int8.{key}.onnx"
         if not path.exists():
             t = time.perf_counter()
-            quantize_int8(model, calib, path, target=target, reduce_range=reduce_range)
+            quantize_int8(model, calib, path, target=target, reduce_range=reduce_range, method="minmax")
             print(f"quantized {key} in {time.perf_counter() - t:.0f} s", flush=True)
         files[key] = path
     return files

@@ -103,7 +103,7 @@ def main(argv: list | None = None) -> int:
                                  "layers": [r.to_dict() for r in rows]}
                 print(sensitivity_table(rows), flush=True)
             else:
-                files[name] = quantize_int8(fp32, calib, out, target=target, **options)
+                files[name] = quantize_int8(fp32, calib, out, target=target, **{"method": "minmax", **options})
             timings[name] = time.perf_counter() - t
             print(f"{name}: {timings[name]:.0f} s", flush=True)
 

@@ -16,7 +16,7 @@ rather than from its camera threads, so that its numbers repeat. Scores, over al
 - ids_per_person: distinct ids given to one true person's crops.
 Each matcher is scored at its example's default threshold, at a threshold chosen on other scenes (seeds 100-104)
 and over a sweep (the best of a sweep is an oracle's choice, tuned on the scenes it is scored on).
-Needs boxmot (README, "Trackers (boxmot)") and, for the default model, `edgereid quickstart --out runs/quickstart`
+Needs boxmot (docs/trackers.md) and, for the default model, `edgereid quickstart --out runs/quickstart`
 (without it a random-init model is exported, which tells little about identity).
 """
 from __future__ import annotations

@@ -23,6 +23,8 @@ import numpy as np
 from bench_runtime import timed_rounds
 from common import machine_line, write_result
 
+from edgereid.retrieval.distances import row_cosine
+
 
 def person_crops(n: int, seed: int = 0) -> list:
     """n uint8 BGR crops of varied sizes with smooth structure; the Preprocessor resizes them like real crops."""
@@ -101,7 +103,7 @@ def main() -> None:
             ips = batch / float(np.median(samples))
             same_file = batch / float(np.median(times[(label, "onnxruntime")]))
             emb, ref = outs[(label, name)][meta.embedding_output], outs[(label, "onnxruntime")][meta.embedding_output]
-            cos = float(np.min((emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)))
+            cos = float(np.min(row_cosine(emb, ref)))
             backend = pairs.get((label, name))
             row = {"file": label, "backend": name, "batch": batch, "calls": len(samples),
                    "images_per_s": ips, "vs_onnxruntime_fp32": ips / base, "vs_onnxruntime_same_file": ips / same_file,

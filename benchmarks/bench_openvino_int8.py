@@ -34,6 +34,8 @@ from bench_openvino import person_crops
 from bench_runtime import timed_rounds
 from common import machine_line, write_result
 
+from edgereid.retrieval.distances import row_cosine
+
 FORMS = ("saturating", "f32_where_saturating", "seven_bit_where_saturating", "f32_everywhere", "zero_point_128")
 ISA_CAPS = {"native": None, "avx2_no_vnni": "AVX2"}
 
@@ -124,7 +126,7 @@ def worker(args) -> dict:
             got = compiled({meta.input_name: x})
             got = {o.get_any_name(): got[o] for o in compiled.outputs}
             e, r = got["embedding"], ref["embedding"]
-            cos = (e * r).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(r, axis=1)
+            cos = row_cosine(e, r)
             accuracy[(path.name, form)] = {
                 "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                 "embedding_max_abs": float(np.abs(e - r).max()),

@@ -50,7 +50,7 @@ def hsv_histograms(paths: list, bins=(16, 4, 4)) -> np.ndarray:
 def reid_scores(q: np.ndarray, g: np.ndarray, splits) -> dict:
     """training.validate's rank-1 / rank-5 / mAP, cross-camera: each query against the other camera's images
     only ("multi_camera" protocol), as two-camera sets are scored."""
-    from edgereid.training.validate import reid_scores as scores
+    from edgereid.retrieval.metrics import reid_scores as scores
 
     return scores(q, g, splits.pids("query"), splits.pids("gallery"), splits.camids("query"), splits.camids("gallery"),
                   mode="multi_camera")

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgereid.atomic import write_json_atomic
 from edgereid.bench.machine import describe_machine, jetson_info, machine_line
+from edgereid.retrieval.distances import l2_normalize
 
 __all__ = ["MARKET", "MSMT17", "clustered_set", "describe_machine", "export_random_model", "gemm_peak_gflops",
            "jetson_info", "machine_line", "measure", "run_worker", "write_result"]
@@ -73,7 +74,7 @@ def clustered_set(n_query: int, n_gallery: int, n_ids: int, dim: int = 128, nois
     centres = rng.standard_normal((n_ids, dim)).astype(np.float32)
     ids = rng.integers(0, n_ids, size=n_query + n_gallery)
     x = centres[ids] + noise * rng.standard_normal((len(ids), dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = l2_normalize(x)
     cams = rng.integers(1, 7, size=len(ids))
     return x[:n_query], x[n_query:], ids[:n_query], ids[n_query:], cams[:n_query], cams[n_query:]
 

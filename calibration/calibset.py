@@ -6,7 +6,9 @@ preprocessing differs: calibration tensors that differ from inference tensors sk
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +22,21 @@ from edgereid.imageio import IMAGE_SUFFIXES, list_images
 from edgereid.metadata import ModelMetadata
 from edgereid.runtime.preprocess import Preprocessor
 
+# Market-1501-style names (0001_c1s1_...) carry identity and camera.
+_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+
+
+def _with_name_labels(items: list) -> list:
+    """Items whose paths all have Market-1501-style names get (pid, camid) from them, so a folder, a list of
+    paths and `edgereid calibrate --images` stratify alike; otherwise (any name without them) unchanged."""
+    if any(not isinstance(x, str) or pid is not None for x, pid, _ in items):
+        return items
+    parsed = [_MARKET_NAME.match(Path(x).name) for x, _, _ in items]
+    if not all(parsed):
+        return items
+    return [(x, int(m.group(1)), int(m.group(2))) for (x, _, _), m in zip(items, parsed)]
+
+
 def _gather(source) -> list:
     """Normalise the source into a list of (path or array, pid or None, camid or None)."""
     if isinstance(source, (str, os.PathLike)):
@@ -29,7 +46,7 @@ def _gather(source) -> list:
         files = list_images(folder, recursive=True)
         if not files:
             raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {folder}.")
-        return [(str(p), None, None) for p in files]
+        return _with_name_labels([(str(p), None, None) for p in files])
     items = []
     for i, item in enumerate(source):
         if isinstance(item, np.ndarray):
@@ -43,7 +60,14 @@ def _gather(source) -> list:
                                     f"uint8 BGR arrays or data-set records with a .path.")
     if not items:
         raise DatasetError("the calibration source is empty; pass at least one image.")
-    return items
+    return _with_name_labels(items)
+
+
+def warn_short_calibration(count: int, requested: int, what: str) -> None:
+    """Warn that `what` holds fewer images than asked: INT8 ranges and every score on it rest on `count` crops."""
+    warnings.warn(f"{what}: {count} images where {requested} were asked (the source has no more); the INT8 "
+                  f"ranges and the plan's scores rest on {count} crops. Give --images a folder with at least "
+                  f"{requested} crops, or pass --num {count} to ask for what is there.", UserWarning, stacklevel=3)
 
 
 def sample_indices(keys: Sequence, num: int, seed: int = 0) -> list:
@@ -77,10 +101,14 @@ def build_calibration_set(source, metadata: ModelMetadata, out_dir: str | os.Pat
     from edgereid.imageio import read_image
     from edgereid.progress import progress as progress_bar
 
+    if num < 1:
+        raise InvalidInputError(f"num={num}: a calibration set needs at least one image; pass --num 512 (default).")
     items = _gather(source)
     labelled = stratify and any(pid is not None for _, pid, _ in items)
     keys = [(pid, cam) if labelled else None for _, pid, cam in items]
     chosen = [items[i] for i in sample_indices(keys, num, seed)]
+    if len(chosen) < num:
+        warn_short_calibration(len(chosen), num, f"calibration set {out_dir}")
     pre = Preprocessor(metadata)
     out_dir = Path(out_dir)
     tmp = temp_dir_beside(out_dir)
@@ -101,7 +129,8 @@ def build_calibration_set(source, metadata: ModelMetadata, out_dir: str | os.Pat
         manifest = CalibrationManifest(
             count=len(images), shape=shape, dtype=dtype, input_name=metadata.input_name,
             preprocessing_hash=metadata.preprocessing_hash(), preprocessing=metadata.preprocessing(),
-            shards=shards, images=images, seed=seed, stratified_by=["pid", "camid"] if labelled else [])
+            shards=shards, images=images, seed=seed, stratified_by=["pid", "camid"] if labelled else [],
+            requested=int(num))
         manifest.save(tmp)
         if out_dir.exists():
             if not (out_dir / MANIFEST_NAME).is_file():

@@ -1,8 +1,9 @@
 """INT8 Q/DQ ONNX from a calibration set (ONNX Runtime static quantization, in the form TensorRT consumes).
 
 Weights: symmetric, per output channel (one scale per Conv output channel, zero point 0). Activations:
-symmetric int8 (zero point 0), as TensorRT requires (or uint8 for ONNX Runtime on x86). Calibration: min-max
-(default), entropy (TensorRT's 2048-bin KL search) or percentile.
+symmetric int8 (zero point 0), as TensorRT requires (or uint8 for ONNX Runtime on x86). Calibration: by default the
+INT8 policy's plan (calibration.int8_policy); for every layer alike, min-max, entropy (TensorRT's 2048-bin KL
+search) or percentile.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from edgereid.datasets.calibration_set import CalibrationSet
 
 log = logging.getLogger(__name__)
 
-# minmax is the default (as in ONNX Runtime): on the synthetic models the clipping thresholds of entropy and
-# percentile cost gender accuracy and rank-1 (README, Calibration); both are there for models with outliers.
+# The default is not a method but the INT8 policy (calibration.int8_policy): the sensitivity plan, which tries
+# min-max first (as ONNX Runtime does: on the synthetic models the clipping thresholds of entropy and percentile
+# cost gender accuracy and rank-1, docs/quantization.md), then the others, which are there for models with outliers.
 METHODS = ("minmax", "entropy", "percentile")
 # tensorrt: int8 activations with zero point 0 (TensorRT accepts only symmetric Q/DQ).
 # cpu: uint8 activations with a zero point (ONNX Runtime on x86 runs every Conv as u8s8 QLinearConv; its
@@ -225,20 +227,35 @@ class Int8Quantizer:
 
 
 def quantize_int8(onnx_path: str | os.PathLike, calib: CalibrationSet | str | os.PathLike,
-                  out_path: str | os.PathLike, method: str = "minmax", batch_size: int = 8,
+                  out_path: str | os.PathLike, method: str | None = None, batch_size: int = 8,
                   percentile: float = 99.999, fold_ibn_bn: bool = True, target: str = "tensorrt",
                   reduce_range: bool = False, keep_float: Sequence[str] = (), plan=None,
                   bias_correction: bool = False) -> Path:
     """Write a Q/DQ INT8 model of an edgereid fp32 ONNX file, calibrated on `calib`; returns the path.
 
+    Without `method`, `plan` or `keep_float` this is the INT8 policy's default (`calibration.int8_policy`: the
+    sensitivity plan, stopped as soon as the file meets the cosine target), the file `edgereid quantize --int8`
+    writes from the same calibration set. `method` ("minmax", "entropy", "percentile") writes every layer in
+    INT8 with those ranges instead.
+
     The calibration set must have been built with the model's preprocessing (checked by hash). `reduce_range`
     quantizes weights to 7 bits (-64..64), so that no 16-bit pair sum of u8 x s8 products can saturate on an
-    x86 CPU without VNNI even with ONNX Runtime's fast kernels; it costs accuracy on every CPU (README, INT8).
+    x86 CPU without VNNI even with ONNX Runtime's fast kernels; it costs accuracy on every CPU (docs/quantization.md).
     `keep_float` names Conv nodes left in float; `plan` (an Int8Plan, e.g. `Int8Plan.load(file)`) replays a
     mixed-precision plan instead: its method, percentile, target and float layers (`calibration.sensitivity`
     makes one). `bias_correction` moves each INT8 Conv's bias by its output's mean shift on the calibration
     crops (`calibration.bias_correction`; recorded as `int8_bias_correction` in the metadata).
     """
+    if method is None and plan is None and not keep_float:
+        from edgereid.calibration.int8_policy import DEFAULT_POLICY, quantize
+
+        if not fold_ibn_bn:
+            raise InvalidInputError("fold_ibn_bn=False needs an explicit method (the INT8 policy folds the IBN "
+                                    "BatchNorms); pass method='minmax'.")
+        policy = DEFAULT_POLICY.with_(target=target, reduce_range=reduce_range, batch_size=batch_size,
+                                      bias_correction=bias_correction, plan=not bias_correction)
+        return quantize(onnx_path, calib, out_path, policy).path
+    method = method or "minmax"  # with keep_float but no method: min-max, as before the policy
     if plan is not None:
         method, percentile, target, keep_float = plan.method, plan.percentile, plan.target, plan.keep_float
     with Int8Quantizer(onnx_path, calib, batch_size, fold_ibn_bn, target, reduce_range) as quantizer:

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from edgereid.errors import DatasetError
+from edgereid.retrieval.distances import row_cosine  # noqa: F401  (its old home: callers import it from here)
 
 # precision -> {check: (comparison, threshold)}; "<=" checks are errors/deltas, ">=" checks similarities.
 BUDGETS = {
@@ -95,13 +96,10 @@ def raw_outputs(model_path: str | os.PathLike, paths: Sequence[str], batch: int 
 
 def retrieval(emb: np.ndarray, ev: EvalSet) -> dict:
     """rank-1, mAP (edgereid.evaluate, cosine distance) and each query's top-10 gallery indices."""
-    import edgereid
+    from edgereid.retrieval.metrics import evaluate, retrieval_distances
 
-    q, g = emb[:len(ev.query)], emb[len(ev.query):]
-    q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    g = g / np.linalg.norm(g, axis=1, keepdims=True)
-    dist = 1.0 - q @ g.T
-    res = edgereid.evaluate(dist, ev.q_pids, ev.g_pids, ev.q_cams, ev.g_cams)
+    dist = retrieval_distances(emb[:len(ev.query)], emb[len(ev.query):], metric="cosine")
+    res = evaluate(dist, ev.q_pids, ev.g_pids, ev.q_cams, ev.g_cams)
     top = np.argsort(dist, axis=1, kind="stable")[:, :10]
     return {"rank1": res.rank(1), "mAP": res.mAP, "top10": top}
 
@@ -122,11 +120,6 @@ def compare(ref: dict, got: dict, ev: EvalSet, ref_ret: dict | None = None) -> d
         "rank1": ret["rank1"], "mAP": ret["mAP"], "rank1_delta": abs(ret["rank1"] - ref_ret["rank1"]),
         "mAP_delta": abs(ret["mAP"] - ref_ret["mAP"]), "top10_overlap": float(overlap),
     }
-
-
-def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of `a` with the same row of `b`."""
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
 def neighbour_overlap(reference, got) -> float:
@@ -165,10 +158,15 @@ class ParityReport:
         """True when every check of every model passed."""
         return all(c["pass"] for m in self.models.values() for c in m["checks"].values())
 
+    @property
+    def crops(self) -> int:
+        """How many crops every score rests on (queries and gallery)."""
+        return self.num_query + self.num_gallery
+
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {"passed": self.passed, "reference": self.reference, "models": self.models,
-                "num_query": self.num_query, "num_gallery": self.num_gallery,
+                "num_query": self.num_query, "num_gallery": self.num_gallery, "crops": self.crops,
                 "excluded_calibration_images": self.excluded_calibration_images}
 
     def table(self) -> str:
@@ -188,7 +186,7 @@ class ParityReport:
                 lines.append(f"{n}: {self.models[n]['arithmetic']}")
         ref = self.reference
         lines.append(f"reference {ref['path']}: rank-1 {ref['rank1']:.4f}, mAP {ref['mAP']:.4f} "
-                     f"({self.num_query} queries, {self.num_gallery} gallery, "
+                     f"({self.num_query} queries, {self.num_gallery} gallery: scores on {self.crops} crops, "
                      f"{self.excluded_calibration_images} calibration images excluded)")
         lines.append("PASS" if self.passed else "FAIL")
         return "\n".join(lines)

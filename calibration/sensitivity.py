@@ -22,16 +22,19 @@ fused, so int8 products are exact and the verdict does not depend on the checkin
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgereid._optional import require
+from edgereid.progress import on_terminal, progress as progress_bar
 
 from edgereid.calibration.int8 import Int8Quantizer
 from edgereid.calibration.int8_plan import Int8Plan
-from edgereid.calibration.parity import neighbour_overlap, row_cosine
+from edgereid.calibration.parity import neighbour_overlap
+from edgereid.retrieval.distances import row_cosine
 from edgereid.calibration.qdq import QUANTIZED_OPS, _consumers, _producers
 
 log = logging.getLogger(__name__)
@@ -125,16 +128,37 @@ def unit_neighbours(model, units: list) -> dict:
 
 
 class Scorer:
-    """Outputs of model files on the calibration crops, compared with the fp32 model's."""
+    """Outputs of model files on the calibration crops, compared with the fp32 model's.
+
+    It also says how far the plan search is: `begin(step, at_most)` names a step, and every scored file is one
+    line through `echo` (a tqdm bar per step instead on a terminal, with `progress`) with the seconds per file
+    and what is left of the step at most. `evaluations` counts the files scored.
+    """
 
     def __init__(self, quantizer: Int8Quantizer, max_images: int = 256, threads: int | None = None,
-                 batch: int = 32) -> None:
+                 batch: int = 32, echo=None, progress: bool = False) -> None:
         self.ort = require("onnxruntime")
         self.meta, self.batch, self.threads = quantizer.meta, batch, threads
         self.images = quantizer.calib.array()[:max_images].astype(np.float32)
         self.reference = self.run(quantizer.model)
         self.k = min(TOP_K, len(self.images) - 1)
         self.reference_neighbours = nearest(self.reference["embedding"], self.k)
+        self.echo, self.progress = echo, progress
+        self.evaluations, self.seconds = 0, 0.0
+        self._step, self._done, self._total, self._bar = "", 0, 0, None
+
+    def begin(self, step: str, at_most: int) -> None:
+        """Start a search step that scores at most `at_most` files."""
+        self.finish()
+        self._step, self._done, self._total = step, 0, int(at_most)
+        if self.progress and on_terminal():
+            self._bar = progress_bar(total=self._total, desc=f"INT8 plan: {step}", unit="file")
+
+    def finish(self) -> None:
+        """Close the current step's bar (if any)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def run(self, model) -> dict:
         """{"embedding": (N,D), "gender_prob": (N,)} of an in-memory onnx.ModelProto."""
@@ -153,19 +177,39 @@ class Scorer:
         return {"embedding": np.concatenate([o[0] for o in outs]).astype(np.float64),
                 "gender_prob": 1.0 / (1.0 + np.exp(-logit))}
 
-    def score(self, model) -> dict:
-        """Embedding cosine (mean, min), top-10 agreement and mean |gender probability difference| against fp32."""
+    def score(self, model, what: str = "") -> dict:
+        """Embedding cosine (mean, min), top-k agreement and mean |gender probability difference| against fp32."""
+        start = time.perf_counter()
         got = self.run(model)
         cos = row_cosine(self.reference["embedding"], got["embedding"])
         agree = neighbour_overlap(self.reference_neighbours, nearest(got["embedding"], self.k)) if self.k else 1.0
-        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-                "top10_overlap": agree,
-                "gender_prob_diff": float(np.abs(got["gender_prob"] - self.reference["gender_prob"]).mean())}
+        result = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                  "top10_overlap": agree,
+                  "gender_prob_diff": float(np.abs(got["gender_prob"] - self.reference["gender_prob"]).mean())}
+        self._report(what, result, time.perf_counter() - start)
+        return result
+
+    def _report(self, what: str, result: dict, seconds: float) -> None:
+        self.evaluations += 1
+        self.seconds += seconds
+        self._done += 1
+        per = self.seconds / self.evaluations
+        left = max(self._total - self._done, 0)
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(f"cosine {result['cosine_mean']:.4f}")
+        elif self.echo is not None:
+            self.echo(f"  [{self.evaluations}] {self._step} {self._done}/{self._total}"
+                      f"{' ' + what if what else ''}: cosine mean {result['cosine_mean']:.4f}, min "
+                      f"{result['cosine_min']:.4f}, gender |dp| {result['gender_prob_diff']:.4f}; {per:.1f} s per "
+                      f"file, this step at most {left} more (~{left * per:.0f} s)")
 
 
 def nearest(embeddings: np.ndarray, k: int) -> np.ndarray:
     """(N, k) indices of each row's k most cosine-similar other rows (the crop itself left out)."""
-    x = embeddings / (np.linalg.norm(embeddings, axis=1, keepdims=True) + 1e-12)
+    from edgereid.retrieval.distances import l2_normalize
+
+    x = l2_normalize(np.asarray(embeddings, dtype=np.float64))
     sim = x @ x.T
     np.fill_diagonal(sim, -np.inf)
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]
@@ -176,43 +220,57 @@ def range_label(method: str, percentile: float) -> str:
     return f"{method} {percentile}" if method == "percentile" else method
 
 
-def best_ranges(quantizer: Int8Quantizer, scorer: Scorer, candidates=CANDIDATE_RANGES, echo=log.info) -> tuple:
-    """((method, percentile), {candidate label: score}) of the range method whose all-INT8 file scores best."""
+def best_ranges(quantizer: Int8Quantizer, scorer: Scorer, candidates=CANDIDATE_RANGES,
+                target_cosine: float | None = None) -> tuple:
+    """((method, percentile), {candidate label: score}) of the range method whose all-INT8 file scores best.
+
+    With `target_cosine`, the candidates are tried in order and the first whose all-INT8 file reaches it is taken
+    at once (no further file is scored)."""
     scores = {}
+    scorer.begin("range methods, all INT8", len(candidates))
     for method, pct in candidates:
         label = range_label(method, pct)
-        scores[label] = scorer.score(quantizer.quantize(quantizer.ranges(method, pct)))
-        echo(f"  ranges {label:<18} all-INT8 cosine mean {scores[label]['cosine_mean']:.4f}, "
-             f"min {scores[label]['cosine_min']:.4f}, gender |dp| {scores[label]['gender_prob_diff']:.4f}")
+        scores[label] = scorer.score(quantizer.quantize(quantizer.ranges(method, pct)), label)
+        if target_cosine is not None and scores[label]["cosine_mean"] >= target_cosine:
+            return (method, pct), scores
     labels = list(scores)
     best = max(range(len(labels)), key=lambda i: (scores[labels[i]]["cosine_mean"],
                                                    -scores[labels[i]]["gender_prob_diff"]))
     return candidates[best], scores
 
 
-def layer_sensitivity(quantizer: Int8Quantizer, scorer: Scorer, ranges: dict, progress: bool = False) -> list:
+def layer_sensitivity(quantizer: Int8Quantizer, scorer: Scorer, ranges: dict) -> list:
     """LayerSensitivity of every unit (PLAN_OPS) with only it in INT8, most sensitive (lowest cosine) first."""
-    from edgereid.progress import progress as progress_bar
-
     macs = unit_macs(quantizer.model)
     total = sum(macs.values()) or 1
     rows = []
-    for name in progress_bar(list(macs), desc="INT8 sensitivity", unit="layer", enabled=progress):
-        s = scorer.score(quantizer.quantize(ranges, only=[name]))
+    scorer.begin("sensitivity, one unit in INT8", len(macs))
+    for name in macs:
+        s = scorer.score(quantizer.quantize(ranges, only=[name]), name)
         rows.append(LayerSensitivity(name, macs[name] / total, s["cosine_mean"], s["cosine_min"],
                                      s["gender_prob_diff"]))
     return sorted(rows, key=lambda r: (r.cosine_mean, -r.gender_prob_diff))
 
 
 def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float = TARGET_COSINE,
-                max_float_share: float = MAX_FLOAT_SHARE, candidates=CANDIDATE_RANGES, progress: bool = False,
-                echo=log.info) -> tuple:
-    """(Int8Plan, [LayerSensitivity], {range method: score}) chosen on the calibration crops."""
-    (method, pct), method_scores = best_ranges(quantizer, scorer, candidates, echo)
+                max_float_share: float = MAX_FLOAT_SHARE, candidates=CANDIDATE_RANGES, echo=log.info,
+                full_sensitivity: bool = False) -> tuple:
+    """(Int8Plan, [LayerSensitivity], {range method: score}) chosen on the calibration crops.
+
+    The search stops as soon as the target is met: at the first range method whose all-INT8 file reaches
+    `target_cosine` (then no layer is scored and the rows are empty, unless `full_sensitivity` asks for the
+    per-layer table), and in the plan at the first float unit that brings the model there."""
+    (method, pct), method_scores = best_ranges(quantizer, scorer, candidates, target_cosine)
     ranges = quantizer.ranges(method, pct)
-    rows = layer_sensitivity(quantizer, scorer, ranges, progress)
-    keep, reasons, share = [], {}, 0.0
     score = method_scores[range_label(method, pct)]  # the all-INT8 file, scored while choosing the ranges
+    met = score["cosine_mean"] >= target_cosine
+    if met:
+        echo(f"  {range_label(method, pct)} ranges, all INT8: cosine {score['cosine_mean']:.4f} >= "
+             f"{target_cosine} on {len(scorer.images)} calibration crops; no layer needs float")
+    rows = layer_sensitivity(quantizer, scorer, ranges) if not met or full_sensitivity else []
+    keep, reasons, share = [], {}, 0.0
+    if not met:
+        scorer.begin("plan, units to float", len(rows))
     neighbours = unit_neighbours(quantizer.model, [r.name for r in rows])
     by_name = {r.name: r for r in rows}
     rank_of = {r.name: i for i, r in enumerate(rows, 1)}
@@ -227,7 +285,7 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
             cost = sum(by_name[n].macs_share for n in group)
             if share + cost > max_float_share:
                 continue  # too costly to leave in float; a cheaper, less sensitive layer may still fit
-            candidate = scorer.score(quantizer.quantize(ranges, keep_float=keep + group))
+            candidate = scorer.score(quantizer.quantize(ranges, keep_float=keep + group), "+".join(group))
             if candidate["cosine_mean"] <= before:
                 continue  # float here does not help the whole model (its error is masked downstream)
             if candidate["top10_overlap"] < score["top10_overlap"]:
@@ -244,10 +302,11 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
                     f"{candidate['cosine_mean']:.4f}")
             break
     keep, score = _prune(quantizer, scorer, ranges, keep, score, rows, reasons)
-    if keep:
+    if keep and score["cosine_mean"] < target_cosine:  # other ranges are searched only while short of the target
         (method, pct), ranges, score = _ranges_for_plan(quantizer, scorer, candidates, (method, pct), keep, score,
                                                         echo)
         keep, score = _prune(quantizer, scorer, ranges, keep, score, rows, reasons)
+    scorer.finish()
     share = sum(r.macs_share for r in rows if r.name in keep)
     if score["cosine_mean"] < target_cosine:
         echo(f"  the plan reaches cosine {score['cosine_mean']:.4f} < {target_cosine} on the calibration crops "
@@ -255,17 +314,19 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
              f"falls short here: quantization-aware training is the next step.")
     plan = Int8Plan(method=method, percentile=float(pct), target=quantizer.target, keep_float=keep,
                     reasons=reasons, calibration_score={**score, "float_macs_share": share,
-                                                        "images": int(len(scorer.images))})
+                                                        "images": int(len(scorer.images)), "top_k": int(scorer.k),
+                                                        "evaluations": int(scorer.evaluations)})
     return plan, rows, method_scores
 
 
 def _ranges_for_plan(quantizer, scorer, candidates, chosen: tuple, keep: list, score: dict, echo) -> tuple:
     """((method, percentile), ranges, score): the candidate ranges that score best with `keep` in float."""
     best = chosen
+    scorer.begin("range methods with the plan", len(candidates) - 1)
     for method, pct in candidates:
         if (method, pct) == chosen:
             continue
-        s = scorer.score(quantizer.quantize(quantizer.ranges(method, pct), keep_float=keep))
+        s = scorer.score(quantizer.quantize(quantizer.ranges(method, pct), keep_float=keep), range_label(method, pct))
         if s["cosine_mean"] > score["cosine_mean"] and s["top10_overlap"] >= score["top10_overlap"]:
             echo(f"  with the plan's {len(keep)} float units, {range_label(method, pct)} ranges score higher than "
                  f"{range_label(*best)}: cosine {score['cosine_mean']:.4f} -> {s['cosine_mean']:.4f}; the plan "
@@ -277,9 +338,10 @@ def _ranges_for_plan(quantizer, scorer, candidates, chosen: tuple, keep: list, s
 def _prune(quantizer, scorer, ranges, keep: list, score: dict, rows: list, reasons: dict) -> tuple:
     """Back to INT8 every float unit the final plan does not need (an early pick can be made redundant by a later
     one, or by other ranges)."""
+    scorer.begin("prune, float units back to INT8", len(keep))
     for name in list(keep):
         trial = [k for k in keep if k != name]
-        s = scorer.score(quantizer.quantize(ranges, keep_float=trial))
+        s = scorer.score(quantizer.quantize(ranges, keep_float=trial), name)
         if s["cosine_mean"] >= score["cosine_mean"] - 1e-4 and s["top10_overlap"] >= score["top10_overlap"]:
             keep, score = trial, s
             reasons.pop(name, None)
@@ -301,15 +363,17 @@ def sensitivity_table(rows: list) -> str:
 
 def quantize_int8_auto(onnx_path, calib, out_path, target: str = "tensorrt", target_cosine: float = TARGET_COSINE,
                        max_float_share: float = MAX_FLOAT_SHARE, max_images: int = 256, threads: int | None = None,
-                       reduce_range: bool = False, progress: bool = False, echo=log.info) -> tuple:
+                       reduce_range: bool = False, progress: bool = False, echo=log.info, batch_size: int = 8,
+                       full_sensitivity: bool = False) -> tuple:
     """(path, Int8Plan, [LayerSensitivity], {method: score}): the plan chosen on `calib`, then the file.
 
     The plan goes into the file's metadata (`int8_plan`) and beside it as `<out>.plan.json` for `--plan`.
+    Every scored file is reported through `echo` (or a bar per step on a terminal with `progress`).
     """
-    with Int8Quantizer(onnx_path, calib, target=target, reduce_range=reduce_range) as quantizer:
-        scorer = Scorer(quantizer, max_images=max_images, threads=threads)
-        plan, rows, method_scores = choose_plan(quantizer, scorer, target_cosine, max_float_share,
-                                                progress=progress, echo=echo)
+    with Int8Quantizer(onnx_path, calib, batch_size, target=target, reduce_range=reduce_range) as quantizer:
+        scorer = Scorer(quantizer, max_images=max_images, threads=threads, echo=echo, progress=progress)
+        plan, rows, method_scores = choose_plan(quantizer, scorer, target_cosine, max_float_share, echo=echo,
+                                                full_sensitivity=full_sensitivity)
         path = quantizer.write(out_path, plan.method, plan.percentile, plan.keep_float, plan=plan.to_dict())
     plan.save(plan_path(path))
     return Path(path), plan, rows, method_scores

@@ -11,7 +11,7 @@ tracklet (mean embedding, mean gender), which joins the nearest earlier person w
 contradict it, or starts a new person (edgereid.integrations.tracklets). Unlike multicam_loop.py, one noisy crop
 cannot move a person to another id: identity is decided per tracklet. The saved gallery holds every tracked crop
 with its person id, camera, track id (per camera), frame, gender and box, for examples/forensic_search.py.
-Needs boxmot (README, "Trackers (boxmot)").
+Needs boxmot (docs/trackers.md).
 """
 from __future__ import annotations
 

@@ -81,9 +81,10 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
         )
     proto = onnx.load_from_string(buffer.getvalue())
     probe = _probe_input(meta, batch=3)
-    if simplify:
-        proto = simplify_checked(proto, {INPUT_NAME: probe}, atol=atol)
-    meta = meta.with_(extra={**meta.extra, "opset": opset, "simplified": bool(simplify)})
+    simplified = simplify_checked(proto, {INPUT_NAME: probe}, atol=atol) if simplify else proto
+    # what happened, not what was asked: simplify_checked hands back the original graph when it declines
+    meta = meta.with_(extra={**meta.extra, "opset": opset, "simplified": simplified is not proto})
+    proto = simplified
     set_metadata(proto, meta)
     onnx.checker.check_model(proto)
     if verify:

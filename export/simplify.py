@@ -18,7 +18,8 @@ def _run(proto, feed: dict) -> list:
 
 
 def simplify_checked(proto, feed: dict, atol: float = 1e-4):
-    """Simplify `proto` with onnxsim and return it if its outputs match the original on `feed`, else the original."""
+    """Simplify `proto` with onnxsim and return it if its outputs match the original on `feed`, else the original
+    object itself (so `result is proto` tells a caller that no simplification was kept)."""
     try:
         onnxsim = require("onnxsim", "simplifying exported ONNX graphs")
     except ImportError:

@@ -107,7 +107,7 @@ def _site_outputs(model, crops: Path) -> tuple:
 def _scores(model, site) -> dict:
     """Cross-camera rank-1 (every crop a query), gender accuracy, and the share of people whose crops get
     both genders, against the generated truth."""
-    from edgereid.training.validate import reid_scores
+    from edgereid.retrieval.metrics import reid_scores
 
     recs, emb, prob = _site_outputs(model, site["crops"])
     pids = np.array([_truth(r.path)[0] for r in recs])

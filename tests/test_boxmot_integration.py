@@ -26,7 +26,7 @@ def need_boxmot():
         import boxmot
 
         return boxmot
-    return pytest.importorskip("boxmot", reason="boxmot is not installed (README, 'Trackers (boxmot)')")
+    return pytest.importorskip("boxmot", reason="boxmot is not installed (docs/trackers.md, 'Install')")
 
 
 @pytest.fixture(scope="module")

@@ -76,14 +76,14 @@ def test_remove_and_expire_are_durable_and_match_gallery_remove(tmp_path):
         rows = s.add(**c)
         assert rows.tolist() == list(range(1, 61))
         drop_ids = [int(c["ids"][0]), int(c["ids"][5])]
-        n = s.remove(ids=drop_ids, rows=[int(rows[10])])
+        n = s.remove(ids=drop_ids, keys=[int(rows[10])])
         expect = np.isin(c["ids"], drop_ids)
         expect[10] = True
         assert n == expect.sum()
         g.remove(indices=np.flatnonzero(expect))
         assert s.expire(older_than=200.0) == int((~expect[:20]).sum())  # times are 0, 10, ...: rows 0..19
         g.remove(indices=np.flatnonzero(g.times < 200))
-        assert s.remove(ids=[]) == 0 and s.remove(rows=[10_000]) == 0
+        assert s.remove(ids=[]) == 0 and s.remove(keys=[10_000]) == 0
     with GalleryStore(path) as s:
         assert len(s) == len(g) and s.gallery.ids.tolist() == g.ids.tolist()
         assert not np.isin(s.rows, [int(rows[10])]).any()
@@ -236,7 +236,7 @@ def test_two_store_objects_writing_in_turn_each_end_up_with_every_row(tmp_path):
     a, b = GalleryStore(path, dim=16), GalleryStore(path, dim=16)
     a.add(**{k: v[:10] for k, v in c.items()})
     b.add(**{k: v[10:20] for k, v in c.items()})  # b had not seen a's rows: it re-reads them from SQL
-    b.remove(rows=[3])
+    b.remove(keys=[3])
     a.add(**{k: v[20:] for k, v in c.items()})  # a had not seen b's add and remove
     b.refresh()
     expect = [r for r in range(1, 31) if r != 3]
@@ -342,3 +342,28 @@ def test_cli_search_accepts_a_store_and_saves_one(tmp_path, monkeypatch):
     hits = [ln for ln in from_store.output.splitlines() if ln.startswith("    ")]
     assert hits[0].split()[1] == "d=0.0000" and "id=3" in hits[0]  # the query's own crop, found in the store
     assert hits == [ln for ln in made.output.splitlines() if ln.startswith("    ")]  # same as from the folder
+
+
+def test_cli_search_saving_into_a_store_of_another_dtype_appends_in_the_stores_dtype(tmp_path, monkeypatch):
+    import edgereid.runtime
+    from click.testing import CliRunner
+
+    from edgereid.cli.search_cmd import search
+
+    monkeypatch.setattr(edgereid.runtime, "Runtime", FakeRuntime)
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for name in ("0002_c1s1_000001_01.png", "0003_c2s1_000001_01.png"):
+        (crops / name).write_bytes(b"")
+    monkeypatch.setattr("edgereid.imageio.list_images", lambda folder, recursive=True: sorted(crops.iterdir()))
+    site = tmp_path / "site.sqlite"
+    with GalleryStore(site, dim=16, dtype="int8") as s:  # an int8 store; the folder's gallery is float32
+        s.add(np.ones((1, 16), np.float32), ids=[9])
+    res = CliRunner().invoke(search, [str(tmp_path / "m.onnx"), "--gallery", str(crops), "--query",
+                                      str(crops / "0003_c2s1_000001_01.png"), "--save-gallery", str(site)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {site} (3 entries, 56 bytes each as int8, 2 new ones converted from float32)" in res.output
+    with GalleryStore(site) as s:
+        assert s.dtype == "int8" and sorted(s.gallery.ids.tolist()) == [2, 3, 9]
+        x = FakeRuntime().infer_files([crops / "0003_c2s1_000001_01.png"]).embeddings
+        assert s.search(x[0], k=1)[0].id == 3 and s.search(x[0], k=1)[0].distance < 0.05

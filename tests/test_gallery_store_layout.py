@@ -194,3 +194,43 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path):
     with sqlite3.connect(path) as con:
         assert con.execute("SELECT value FROM store_info WHERE key='version'").fetchone()[0] == str(sb.VERSION)
         assert "entries" not in {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+
+
+def test_a_version_2_store_written_by_an_earlier_edgereid_opens_with_the_same_entries(tmp_path):
+    """The version-2 tables exactly as earlier releases wrote them (blob columns emb, scale, ids, ...), built here
+    by hand rather than by store_batches, so a change to the writer cannot hide a change to what it reads."""
+    path = tmp_path / "old.sqlite"
+    g = Gallery(dim=DIM, dtype="int8")
+    g.add(**entries(np.random.default_rng(4), 20, 0))
+    enc = g.to_encoded()
+    with sqlite3.connect(path) as con:
+        con.executescript("""
+            CREATE TABLE store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE batches (batch INTEGER PRIMARY KEY AUTOINCREMENT, level INTEGER NOT NULL,
+                first_row INTEGER NOT NULL, last_row INTEGER NOT NULL, n INTEGER NOT NULL, dead INTEGER NOT NULL
+                DEFAULT 0, rows BLOB NOT NULL, emb BLOB NOT NULL, scale BLOB NOT NULL, ids BLOB NOT NULL,
+                cameras BLOB NOT NULL, gender_prob BLOB NOT NULL, times BLOB NOT NULL, tracks BLOB NOT NULL, meta TEXT);
+            CREATE TABLE tombstones (seq INTEGER PRIMARY KEY AUTOINCREMENT, first_row INTEGER NOT NULL,
+                last_row INTEGER NOT NULL);""")
+        con.executemany("INSERT INTO store_info VALUES (?, ?)", {"format": "edgereid-gallery-store", "version": "2",
+                                                                "dim": str(DIM), "dtype": "int8",
+                                                                "metric": "euclidean"}.items())
+        con.executemany("INSERT INTO counters VALUES (?, ?)", [("next_row", 21), ("epoch", 1)])
+        for lo, hi, dead in ((0, 12, 1), (12, 20, 0)):
+            s = slice(lo, hi)
+            con.execute("INSERT INTO batches (level, first_row, last_row, n, dead, rows, emb, scale, ids, cameras, "
+                        "gender_prob, times, tracks, meta) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (lo + 1, hi, hi - lo, dead, np.arange(lo + 1, hi + 1).astype("<i8").tobytes(),
+                         enc.embeddings[s].tobytes(), enc.scale[s].astype("<f4").tobytes(),
+                         enc.ids[s].astype("<i8").tobytes(), enc.cameras[s].astype("<i8").tobytes(),
+                         enc.gender_prob[s].astype("<f4").tobytes(), enc.times[s].astype("<f8").tobytes(),
+                         enc.tracks[s].astype("<i8").tobytes(), json.dumps(enc.meta[s])))
+        con.execute("INSERT INTO tombstones (first_row, last_row) VALUES (5, 5)")  # row 5 was removed
+    g.remove(keys=[4])
+    with GalleryStore(path) as s:
+        assert s.rows.tolist() == [r for r in range(1, 21) if r != 5]
+        assert s.gallery.ids.tolist() == g.ids.tolist() and s.gallery.meta == g.meta
+        np.testing.assert_array_equal(s.gallery.embeddings, g.embeddings)
+        np.testing.assert_array_equal(s.gallery.gender_prob, g.gender_prob)
+        assert s.add(np.ones((1, DIM), np.float32)).tolist() == [21]

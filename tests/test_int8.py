@@ -130,7 +130,7 @@ def test_int8_refuses_calibration_set_with_other_preprocessing(trained, tmp_path
     other = build_calibration_set(make_crops(4, seed=1), meta.with_(interpolation="cubic"), tmp_path / "c", num=4,
                                   progress=False)
     with pytest.raises(DatasetError, match="preprocessed differently"):
-        quantize_int8(trained["fp32"], other, tmp_path / "x.onnx")
+        quantize_int8(trained["fp32"], other, tmp_path / "x.onnx", method="minmax")
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -210,7 +210,7 @@ def test_unfoldable_export_still_quantizes_with_a_warning(trained, tmp_path, mon
     calib = build_calibration_set(trained["splits"].paths("gallery"), get_metadata(load_onnx(old)),
                                   tmp_path / "calib", num=4, seed=0, progress=False)
     with pytest.warns(UserWarning, match="re-export"):
-        out = quantize_int8(old, calib, tmp_path / "old.int8.onnx")
+        out = quantize_int8(old, calib, tmp_path / "old.int8.onnx", method="minmax")
     assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node) > 0
 
 

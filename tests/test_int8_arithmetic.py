@@ -174,7 +174,7 @@ def test_seven_bit_weights_keep_the_fast_kernels(int8_setup, monkeypatch, tmp_pa
     from edgereid.calibration.int8 import quantize_int8
 
     path = quantize_int8(int8_setup["fp32"], int8_setup["calib"], tmp_path / "r.onnx", target="cpu",
-                         reduce_range=True)
+                         reduce_range=True, method="minmax")
     model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}

@@ -36,6 +36,15 @@ def test_quickstart_pipeline_writes_report_models_and_grid(tmp_path):
     md = (tmp_path / "qs" / "report.md").read_text()
     assert "| int8 |" in md and "search_grid.png" in md
     assert any("report:" in line and "report.md" in line for line in lines)  # it says where the outputs are
+    # train/config.yaml names the data it trained on, so `edgereid train --out OUT/train --resume` picks the run up
+    from click.testing import CliRunner
+
+    from edgereid.cli.main import cli
+
+    resumed = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "qs" / "train"), "--resume"])
+    assert resumed.exit_code == 0 and "nothing left to train" in resumed.output, resumed.output
+    assert "re-ID (market1501): 24 images of 6 identities" in resumed.output, \
+        resumed.output  # the quickstart's records: 6 training ids x 2 cameras x 2 images
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from edgereid.errors import ModelVersionError
 from edgereid.export.trt_build import optimization_profile
 from edgereid.metadata import ModelMetadata
 
-META = ModelMetadata(height=4, width=2, embedding_dim=3)
+META = ModelMetadata(height=4, width=2, embedding_dim=3, embedding_normalized=False)  # the fake net copies, no L2
 D = META.embedding_dim
 
 

@@ -52,6 +52,7 @@ from edgereid.atomic import write_text_atomic
 from edgereid.datasets.records import ImageRecord
 from edgereid.errors import DatasetError, InvalidInputError
 from edgereid.metadata import ModelMetadata
+from edgereid.retrieval.distances import l2_normalize
 
 from edgereid.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, weights_sha256
 from edgereid.training.config import YamlConfig
@@ -178,7 +179,7 @@ def camera_centred(emb: np.ndarray, camids: np.ndarray) -> np.ndarray:
     out = emb.astype(np.float32, copy=True)
     for c in cams:
         out[camids == c] -= out[camids == c].mean(axis=0)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(out)
 
 
 def pseudo_identities(emb: np.ndarray, camids: np.ndarray, cfg: AdaptConfig) -> np.ndarray:

@@ -5,6 +5,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgereid._version import __version__
@@ -13,6 +14,7 @@ from edgereid.errors import ModelFileError
 from edgereid.metadata import ModelMetadata
 
 from edgereid.training.model import DualHeadReID
+from edgereid.training.safe_load import load_tensors, numpy_array_globals
 
 FORMAT = "edgereid-checkpoint"
 VERSION = 1
@@ -56,15 +58,19 @@ def save_checkpoint(path: str | os.PathLike, model: DualHeadReID, **extra) -> Pa
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load the raw checkpoint dict, with clear errors for missing, corrupt or foreign files."""
+    """Load the raw checkpoint dict without running code, with clear errors for missing, corrupt or foreign files.
+
+    Only tensors and plain Python types are unpickled (`torch.load(weights_only=True)`). A checkpoint written
+    before safe loading (its numpy RNG state is a pickled array) is refused with the command that converts it.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises many unrelated types for a corrupt file
-        raise ModelFileError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}); "
-                             f"it may be truncated or not a torch.save file.") from exc
+    ckpt = load_tensors(path, "checkpoint",
+                        hint=f"An edgereid checkpoint written by an older version: convert it once with "
+                             f"`edgereid convert-checkpoint {path} NEW.pt` (reads arrays only, never code).")
+    return _checked(ckpt, path)
+
+
+def _checked(ckpt, path: Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not an edgereid checkpoint (no format={FORMAT!r}); train with "
                              f"`edgereid train`, or build DualHeadReID and load backbone weights with "
@@ -75,6 +81,59 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise ModelVersionError(f"{path} was written by a newer edgereid ({ckpt.get('edgereid_version')}); "
                                 f"upgrade edgereid to read it.")
     return ckpt
+
+
+def numpy_rng_state() -> dict:
+    """numpy's global RNG state as plain types (a pickled numpy array would need more than a weights-only load)."""
+    return _plain_numpy_state(np.random.get_state())
+
+
+def _plain_numpy_state(state: tuple) -> dict:
+    kind, keys, pos, has_gauss, cached = state
+    return {"kind": str(kind), "keys": [int(k) for k in keys], "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached)}
+
+
+def set_numpy_rng_state(state) -> None:
+    """Restore what `numpy_rng_state` returned (or the tuple that checkpoints converted from old files held)."""
+    if isinstance(state, dict):
+        state = (state["kind"], np.asarray(state["keys"], dtype=np.uint32), state["pos"], state["has_gauss"],
+                 state["cached_gaussian"])
+    np.random.set_state(state)
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Rewrite a checkpoint from an older edgereid (numpy arrays in its RNG state) so that it loads weights-only.
+
+    The old file is read with numpy arrays of plain dtypes added to the weights-only allow-list, nothing else:
+    a file that asks for any other Python object is refused here too. The result is re-read the safe way.
+    """
+    src, dst = Path(src), Path(dst)
+    ckpt = _checked(load_tensors(src, "checkpoint", allow=numpy_array_globals(),
+                                 hint="Only numpy arrays are accepted on conversion; this file is not an "
+                                      "edgereid checkpoint from an older version."), src)
+    rng = ckpt.get("rng")
+    if isinstance(rng, dict) and isinstance(rng.get("numpy"), (tuple, list)):
+        rng["numpy"] = _plain_numpy_state(rng["numpy"])
+    ckpt = _plain(ckpt)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        torch.save(ckpt, tmp)
+    read_checkpoint(dst)
+    return dst
+
+
+def _plain(obj):
+    """Numpy arrays and scalars anywhere in a checkpoint dict as lists and Python numbers (tensors kept)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def load_checkpoint(path: str | os.PathLike, with_classifier: bool = True) -> tuple:
@@ -90,4 +149,9 @@ def load_checkpoint(path: str | os.PathLike, with_classifier: bool = True) -> tu
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelFileError(f"{path}: weights do not match the stored model config ({exc}).") from exc
+    claimed = (ckpt.get("metadata") or {}).get("weights_sha256")
+    if claimed and claimed != weights_sha256(model):
+        raise ModelFileError(f"{path}: the weights do not match the checkpoint's own metadata (weights_sha256 "
+                             f"{claimed[:12]}... claimed); the file was altered after it was written. "
+                             f"Re-export it from the run that produced it.")
     return model.eval(), ckpt

@@ -10,6 +10,7 @@ import torch
 from edgereid.errors import ModelFileError
 
 from edgereid.training.layers import IBN
+from edgereid.training.safe_load import load_tensors
 
 _PREFIXES = ("module.", "backbone.", "base.", "model.")
 
@@ -35,11 +36,8 @@ def _read_state_dict(path: Path) -> dict:
     if not path.is_file():
         raise ModelFileError(f"backbone weights not found: {path}; give a local .pth/.pt file "
                              f"(edgereid never downloads weights).")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many unrelated types for a corrupt file
-        raise ModelFileError(f"{path} is not a readable PyTorch state dict ({type(exc).__name__}); "
-                             f"check the file is a .pth saved by torch.save.") from exc
+    obj = load_tensors(path, "backbone weights file",
+                       hint="Re-save just the state dict (torch.save(model.state_dict(), path)) from code you trust.")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

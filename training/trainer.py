@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from edgereid.errors import InvalidInputError
 from edgereid.metadata import ModelMetadata
 
-from edgereid.training.checkpoint import read_checkpoint, save_checkpoint
+from edgereid.training.checkpoint import (numpy_rng_state, read_checkpoint, save_checkpoint,
+                                          set_numpy_rng_state)
 from edgereid.training.config import TrainConfig
 from edgereid.training.data import GenderDataset, ReidDataset, seed_worker
 from edgereid.training.losses import GenderLoss, ReidLoss
@@ -355,6 +356,9 @@ class Trainer:
                     for k, v in vals.items():
                         self.writer.add_scalar(f"eval/{task.replace(':', '/')}_{k}", v, self.state["step"])
             self.last_metrics.update(metrics)  # stage 2 re-scores gender only; keep stage 1's re-ID
+        if stage == 2:  # the frozen backbone leaves re-ID as stage 1 scored it: the record carries those scores,
+            # so the last line of metrics.jsonl holds "reid" (and "reid_reranked") as well as "gender"
+            record.update({k: v for k, v in self.last_metrics.items() if k.startswith("reid") and k not in record})
         self._save("last.pt", record)
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -366,7 +370,7 @@ class Trainer:
             config=self.cfg.to_dict(),
             optimizers={k: o.state_dict() for k, o in self.opt.items()},
             losses={"reid": self.reid_loss.state_dict(), "gender": self.gender_loss.state_dict()},
-            rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            rng={"python": random.getstate(), "numpy": numpy_rng_state(), "torch": torch.get_rng_state(),
                  "reid_data": self.reid_data.rng.bit_generator.state,
                  "gender_data": self.gender_data.rng.bit_generator.state})
 
@@ -380,11 +384,13 @@ class Trainer:
         self.gender_loss.load_state_dict(ckpt["losses"]["gender"])
         rng = ckpt["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        set_numpy_rng_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         self.reid_data.rng.bit_generator.state = rng["reid_data"]
         self.gender_data.rng.bit_generator.state = rng["gender_data"]
         self.state = dict(ckpt["trainer_state"])
+        # the re-ID scores of the saved epoch (a stage-2 record carries stage 1's), for the records that follow
+        self.last_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k.startswith("reid")}
         return self.state
 
     # -- main loop ---------------------------------------------------------------------------------------
@@ -392,14 +398,14 @@ class Trainer:
         """Run stage 1 then stage 2 (from the saved step when `resume`); returns the last evaluation."""
         self.out.mkdir(parents=True, exist_ok=True)
         self.cfg.save(self.out / "config.yaml")
+        self.epochs_run = 0
+        self.last_metrics: dict = {}
+        self.best_metrics: dict = {}
         if resume:
             self.resume()
             log.info("resumed at stage %d epoch %d step %d", self.state["stage"], self.state["epoch"],
                      self.state["step"])
         self.writer = self._tensorboard()
-        self.epochs_run = 0
-        self.last_metrics: dict = {}
-        self.best_metrics: dict = {}
         try:
             for stage, start in self._stages_left():
                 if stage == 2:

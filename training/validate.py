@@ -1,7 +1,8 @@
 """Validation during training: embed with the torch model (shared preprocessing), score with edgereid.evaluate.
 
-The metrics themselves (CMC / mAP) come from `edgereid.evaluate`, the same code that scores an exported
-model; this module only turns records into model outputs.
+The scores themselves (`reid_scores`, `gender_accuracy`: CMC / mAP through `edgereid.evaluate`) are numpy code in
+`edgereid.retrieval.metrics`, the same code that scores an exported model; this module only turns records into
+model outputs. Both names stay importable from here.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from edgereid.retrieval.metrics import gender_accuracy, reid_scores  # noqa: F401  (re-exported: their old home)
 from edgereid.training.data import GenderDataset, ReidDataset
 from edgereid.training.transforms import EvalTransform
 
@@ -33,32 +35,6 @@ def model_outputs(model: torch.nn.Module, dataset, batch_size: int = 64, device:
     finally:
         model.train(was_training)
     return {"embedding": np.concatenate(embs), "gender_prob": np.concatenate(probs)}
-
-
-def reid_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, q_pids: Sequence[int], g_pids: Sequence[int],
-                q_camids: Sequence[int], g_camids: Sequence[int], rerank: bool = False,
-                mode: str = "market1501") -> dict:
-    """{"rank1", "rank5", "mAP"} as fractions and the number of scored queries, from edgereid.evaluate
-    (euclidean; `mode` is its protocol, Market-1501 by default).
-
-    `rerank=True` scores k-reciprocal re-ranked distances (edgereid.rerank) instead.
-    """
-    import edgereid
-    from edgereid.retrieval.distances import pairwise_distance
-
-    if rerank:
-        dist = edgereid.rerank(query_emb, gallery_emb)
-    else:
-        dist = pairwise_distance(query_emb, gallery_emb, metric="euclidean")
-    res = edgereid.evaluate(dist, np.asarray(q_pids), np.asarray(g_pids), np.asarray(q_camids), np.asarray(g_camids),
-                            mode=mode)
-    return {"rank1": res.rank(1), "rank5": res.rank(5), "mAP": float(res.mAP), "queries": res.num_valid_queries}
-
-
-def gender_accuracy(prob: np.ndarray, labels: Sequence[int], threshold: float = 0.5) -> float:
-    """Fraction of images whose thresholded P(female) matches the label (1 = female)."""
-    labels = np.asarray(labels)
-    return float(np.mean((np.asarray(prob) >= threshold).astype(int) == labels)) if len(labels) else float("nan")
 
 
 def evaluate_model(model: torch.nn.Module, splits=None, gender_records: Sequence | None = None,

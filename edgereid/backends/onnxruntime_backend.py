@@ -20,13 +20,14 @@ import numpy as np
 
 from edgereid._optional import require
 from edgereid.backends.base import Backend, check_io
-from edgereid.backends.cpu_features import check_int8_kernels, describe_cpu_features, int8_saturates
-from edgereid.errors import InvalidInputError, ModelFileError
+from edgereid.backends.cpu_features import describe_cpu_features, int8_saturates
+from edgereid.backends.int8_arithmetic import EMULATIONS, Int8Arithmetic, choose_int8_arithmetic
+from edgereid.errors import ModelFileError
 from edgereid.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
-EMULATIONS = ("tensorrt",)
+__all__ = ["EMULATIONS", "OnnxRuntimeBackend", "check_int8_options", "int8_session_config", "session_config_for"]
 # ONNX Runtime session config keys (onnxruntime_session_options_config_keys.h)
 DISABLE_QDQ_FUSION = "session.disable_quant_qdq"
 X64_QUANT_PRECISION = "session.x64quantprecision"
@@ -34,23 +35,23 @@ X64_QUANT_PRECISION = "session.x64quantprecision"
 
 def check_int8_options(emulate: str | None, int8_kernels: str) -> None:
     """Raise InvalidInputError for an unknown `emulate` or `int8_kernels` value."""
-    if emulate is not None and emulate not in EMULATIONS:
-        raise InvalidInputError(f"emulate={emulate!r} is not known; use emulate='tensorrt' (check a TensorRT-form "
-                                f"INT8 file on a CPU) or leave it unset.")
-    check_int8_kernels(int8_kernels)
+    choose_int8_arithmetic(emulate, int8_kernels, saturates=False)
+
+
+def session_config_for(choice: Int8Arithmetic) -> dict:
+    """The ONNX Runtime session config entries that carry out an INT8 arithmetic decision."""
+    if choice.kind == "emulated":
+        return {DISABLE_QDQ_FUSION: "1"}
+    if choice.kind == "exact":
+        return {X64_QUANT_PRECISION: "1"}
+    # Not set where VNNI is present: the option converts weights to u8 on every x86 CPU and only slows VNNI.
+    return {}
 
 
 def int8_session_config(emulate: str | None = None, int8_kernels: str = "exact",
                         saturates: bool | None = None) -> dict:
     """The session config entries that fix how Q/DQ files compute ({} for ONNX Runtime's own choice)."""
-    check_int8_options(emulate, int8_kernels)
-    if emulate == "tensorrt":
-        return {DISABLE_QDQ_FUSION: "1"}
-    saturates = int8_saturates() if saturates is None else saturates
-    if int8_kernels == "exact" and saturates:
-        return {X64_QUANT_PRECISION: "1"}
-    # Not set where VNNI is present: the option converts weights to u8 on every x86 CPU and only slows VNNI.
-    return {}
+    return session_config_for(choose_int8_arithmetic(emulate, int8_kernels, saturates))
 
 
 class OnnxRuntimeBackend(Backend):
@@ -69,16 +70,19 @@ class OnnxRuntimeBackend(Backend):
         providers = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"])
                      if p in available] or ["CPUExecutionProvider"]
         saturates = int8_saturates()
+        # the weight bits are in the file's metadata, known once the session is open: decide for 8-bit weights,
+        # then again with the file's (7-bit weights cannot saturate the fast kernels: exact ones would buy nothing)
         self.session_config = int8_session_config(emulate, int8_kernels, saturates)
         self.session = self._open(ort, threads, providers)
         props = self.session.get_modelmeta().custom_metadata_map
         self._metadata = ModelMetadata.from_props(props, source=str(self.path))
-        if self.session_config.get(X64_QUANT_PRECISION) and self._metadata.extra.get("int8_weight_bits") == 7:
-            # 7-bit weights cannot saturate the fast kernels: the slower exact ones would buy nothing
-            self.session_config = {}
+        self.arithmetic = choose_int8_arithmetic(emulate, int8_kernels, saturates,
+                                                 weight_bits=int(self._metadata.extra.get("int8_weight_bits", 8)))
+        if session_config_for(self.arithmetic) != self.session_config:
+            self.session_config = session_config_for(self.arithmetic)
             self.session = self._open(ort, threads, providers)
         self._check_io()
-        self.int8_arithmetic = self._int8_arithmetic(emulate, int8_kernels, saturates)
+        self.int8_arithmetic = self._int8_arithmetic()
 
     def _open(self, ort, threads: int | None, providers: list):
         options = ort.SessionOptions()
@@ -94,17 +98,18 @@ class OnnxRuntimeBackend(Backend):
                                  f"{str(exc).splitlines()[0][:200]}); the file is corrupt or not ONNX. "
                                  f"Re-export it with `edgereid export`.") from exc
 
-    def _int8_arithmetic(self, emulate, int8_kernels, saturates) -> str | None:
+    def _int8_arithmetic(self) -> str | None:
         """How this session computes the file's INT8 layers, in words (None for a float file)."""
         if self._metadata.precision != "int8":
             return None
-        if emulate == "tensorrt":
+        kind = self.arithmetic.kind
+        if kind == "emulated":
             return "TensorRT emulated (float Conv on dequantized int8, no saturation)"
-        if not saturates:
+        if kind == "native":
             return "ONNX Runtime INT8 kernels (no saturation on this CPU)"
-        if self._metadata.extra.get("int8_weight_bits") == 7:
+        if kind == "seven_bit":
             return "ONNX Runtime u8s8 kernels (7-bit weights: no saturation on this CPU without VNNI)"
-        if int8_kernels == "exact":
+        if kind == "exact":
             log.info("%s: this CPU has no VNNI (%s); INT8 runs on ONNX Runtime's exact U8U8 kernels. "
                      "Runtime(..., int8_kernels='fast') trades accuracy for speed.", self.path, describe_cpu_features())
             return "ONNX Runtime U8U8 kernels (exact; this CPU has no VNNI)"

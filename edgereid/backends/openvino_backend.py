@@ -30,6 +30,7 @@ import numpy as np
 from edgereid._optional import require
 from edgereid.backends.base import Backend, check_io
 from edgereid.backends.cpu_features import check_int8_kernels, describe_cpu_features, int8_saturates
+from edgereid.backends.int8_arithmetic import choose_int8_arithmetic
 from edgereid.backends.openvino_int8 import compute_in_f32, quantized_convs, unsign_int8_activations
 from edgereid.errors import BackendUnavailableError, InvalidInputError, ModelFileError
 from edgereid.metadata import PREFIX, ModelMetadata
@@ -143,7 +144,9 @@ class OpenVINOBackend(Backend):
         #: names of the convolutions whose u8 x i8 pair sums could saturate on this CPU; how many run in f32
         self.saturating_convs = [c.name for c in risky]
         self.saturating_mac_share = sum(c.macs for c in risky) / max(1, sum(c.macs for c in convs))
-        self.f32_convs = compute_in_f32(model, risky) if int8_kernels == "exact" else 0
+        self.arithmetic = choose_int8_arithmetic(None, int8_kernels, self.int8_saturates,
+                                                 weight_bits=int(self._metadata.extra.get("int8_weight_bits", 8)))
+        self.f32_convs = compute_in_f32(model, risky) if self.arithmetic.avoid_saturation else 0
         self.int8_kernels = int8_kernels
         make_batch_dynamic(model, self._metadata.input_name, str(self.path))
         config = {hints.inference_precision: ov.Type.f32}

@@ -5,16 +5,14 @@ from pathlib import Path
 
 import click
 
-from edgereid.cli.options import runtime_options
-
-MODES = ["market1501", "single_camera", "multi_camera", "cuhk03"]
+from edgereid.cli.options import dataset_option, runtime_options
+from edgereid.retrieval.metrics import MODES
 
 
 @click.command("eval")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data_root", type=click.Path(path_type=Path))
-@click.option("--dataset", default="market1501", show_default=True,
-              help="Data set layout under DATA_ROOT: market1501, dukemtmc, msmt17 or folder.")
+@dataset_option("--dataset", default="market1501", what="DATA_ROOT")
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")
 @click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="market1501", show_default=True,
@@ -30,9 +28,7 @@ def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, j
     import numpy as np
 
     from edgereid.datasets import load_gender_dataset, load_reid_dataset
-    from edgereid.retrieval.distances import pairwise_distance
-    from edgereid.retrieval.metrics import evaluate, gender_report
-    from edgereid.retrieval.reranking import rerank as rerank_fn
+    from edgereid.retrieval.metrics import evaluate, gender_report, retrieval_distances
     from edgereid.runtime import Runtime
 
     from edgereid.datasets.records import check_splits
@@ -50,10 +46,7 @@ def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, j
             gender = gender_report([r.label for r in recs], out.gender_prob,
                                    classes=(rt.metadata.gender_negative_class, rt.metadata.gender_positive_class))
     ids = [np.array([getattr(r, k) for r in recs]) for recs in (splits.query, splits.gallery) for k in ("pid", "camid")]
-    if rerank:
-        dist = rerank_fn(q.embeddings, g.embeddings, metric=metric, progress=True)
-    else:
-        dist = pairwise_distance(q.embeddings, g.embeddings, metric)
+    dist = retrieval_distances(q.embeddings, g.embeddings, metric, rerank, progress=True)
     res = evaluate(dist, ids[0], ids[2], ids[1], ids[3], mode=mode)
     click.echo(str(res))
     report["reid"] = res.to_dict()

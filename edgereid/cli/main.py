@@ -25,6 +25,7 @@ COMMANDS = {
     "build-engine": "edgereid.cli.build_engine_cmd:build_engine",
     "convert-openvino": "edgereid.cli.openvino_cmd:convert_openvino",
     "parity": "edgereid.cli.parity_cmd:parity",
+    "convert-checkpoint": "edgereid.cli.convert_checkpoint_cmd:convert_checkpoint",
 }
 
 # One-line help shown by `edgereid --help` without importing the command module.
@@ -35,13 +36,14 @@ SHORT_HELP = {
     "search": "Nearest gallery crops of query images, as text and a PNG/HTML grid.",
     "train": "Train the dual-head model (re-ID + gender batches interleaved, one optimizer per task).",
     "adapt": "Adapt a checkpoint to a site from its unlabeled crops (AdaBN + clustered pseudo-identities).",
-    "quickstart": "End to end on CPU: synthetic data, training, ONNX export, evaluation and a report.",
+    "quickstart": "End to end on CPU: synthetic data, training, ONNX, FP16/INT8, evaluation, search, a report.",
     "bench": "Latency percentiles, images/s, peak memory and stage times per batch size.",
     "calibrate": "Build an INT8 calibration set (preprocessed like the model's runtime) with a manifest.",
     "quantize": "FP16 or INT8 (Q/DQ, per-channel symmetric) ONNX from an fp32 edgereid ONNX file.",
     "build-engine": "TensorRT engine (8.6 / 10.x / 11.x) from any edgereid ONNX file, with a JSON sidecar.",
     "convert-openvino": "OpenVINO IR (.xml + .bin) from any edgereid ONNX file, with the metadata inside.",
     "parity": "Checkpoint vs ONNX/engine files: errors, cosine, gender agreement, rank-1/mAP deltas; exit 1 on fail.",
+    "convert-checkpoint": "Rewrite a checkpoint of an older edgereid so that it loads without unpickling code.",
 }
 
 
@@ -67,7 +69,11 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgereid")
 def cli() -> None:
-    """edgereid: re-ID embeddings and gender from one model, PyTorch to the edge."""
+    """edgereid: re-ID embeddings and gender from one model, PyTorch to the edge.
+
+    Start with `edgereid quickstart`; `edgereid COMMAND --help` describes each command, README.md and docs/
+    the workflow.
+    """
 
 
 def main(argv: list | None = None) -> None:

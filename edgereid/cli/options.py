@@ -28,3 +28,16 @@ def max_batch_option(f):
 def runtime_options(f):
     """--max-batch, --backend and --threads, as `Runtime(...)` takes them."""
     return max_batch_option(backend_option(threads_option(f)))
+
+
+def dataset_option(name: str = "--dataset", default: str | None = "market1501", what: str = "the data folder"):
+    """A re-ID layout choice (`name`), its choices the data-set registry's names and "auto", on every command."""
+    from edgereid.datasets.registry import dataset_names
+
+    def decorate(f):
+        return click.option(name, type=click.Choice(dataset_names(with_auto=True)), default=default,
+                            show_default=default is not None,
+                            help=f"Re-ID layout of {what} (edgereid.datasets.registry); auto detects it from the "
+                                 f"folder.")(f)
+
+    return decorate

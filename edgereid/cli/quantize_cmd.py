@@ -14,8 +14,9 @@ import click
               help="Calibration set from `edgereid calibrate` (INT8).")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="INT8 activation ranges: min-max, entropy (TensorRT's KL histogram), or a percentile of |x|; "
-                   "every layer in INT8. Without --method (or --plan) edgereid chooses: a sensitivity pass on "
-                   "the calibration crops, then a mixed-precision plan.")
+                   "every layer in INT8. Without --method (or --plan) the INT8 policy's default: each method's "
+                   "all-INT8 file is scored on the calibration crops, the first reaching --target-cosine is "
+                   "taken, else a per-layer sensitivity pass and a mixed-precision plan.")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="With --method percentile.")
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
               help="INT8 activations: symmetric int8 (TensorRT) or uint8 (fastest in ONNX Runtime on x86).")
@@ -54,7 +55,7 @@ def quantize(model, precision, calib, method, percentile, target, reduce_range, 
 
 def _int8(model, calib, output, method, percentile, target, reduce_range, plan_file, report, target_cosine,
           max_float_share, threads, bias_correction=False) -> Path:
-    from edgereid.calibration.int8 import quantize_int8
+    from edgereid.calibration.int8_policy import DEFAULT_POLICY, quantize as policy_quantize
 
     if plan_file is not None or method is not None:
         if plan_file is not None and method is not None:
@@ -62,31 +63,43 @@ def _int8(model, calib, output, method, percentile, target, reduce_range, plan_f
         if report or target_cosine is not None or max_float_share is not None:
             raise click.UsageError("--report, --target-cosine and --max-float-share shape the sensitivity pass, "
                                    "which runs only without --method and --plan.")
-        plan = None
-        if plan_file is not None:
-            from edgereid.calibration.int8_plan import Int8Plan
-
-            plan = Int8Plan.load(plan_file)
-            click.echo(f"replaying {plan_file}: {plan.method} ranges, {len(plan.keep_float)} layers in float")
-        return quantize_int8(model, calib, output, method=method or "minmax", percentile=percentile,
-                             target=target, reduce_range=reduce_range, plan=plan, bias_correction=bias_correction)
-    if bias_correction:
+    elif bias_correction:
         # the sensitivity pass scores uncorrected files: a plan it chose is not known to hold once corrected
         raise click.UsageError("--bias-correction needs --method or --plan (the plan search does not use it).")
+    if plan_file is not None:
+        from edgereid.calibration.int8 import quantize_int8
+        from edgereid.calibration.int8_plan import Int8Plan
+
+        plan = Int8Plan.load(plan_file)
+        click.echo(f"replaying {plan_file}: {plan.method} ranges, {len(plan.keep_float)} layers in float")
+        return quantize_int8(model, calib, output, target=target, reduce_range=reduce_range, plan=plan,
+                             bias_correction=bias_correction)
+    # every other choice comes from the one INT8 policy; the options only change its fields
+    changes = {"target": target, "reduce_range": reduce_range, "bias_correction": bias_correction}
+    if method is not None:
+        changes.update(plan=False, method=method, percentile=percentile)
+    if target_cosine is not None:
+        changes["target_cosine"] = target_cosine
+    if max_float_share is not None:
+        changes["max_float_share"] = max_float_share
+    policy = DEFAULT_POLICY.with_(**changes)
+    if not policy.plan:
+        return policy_quantize(model, calib, output, policy).path
     from edgereid.atomic import write_json_atomic
     from edgereid.calibration import sensitivity as sens
 
-    click.echo("choosing the INT8 plan on the calibration crops (range methods, then one layer at a time):")
-    path, plan, rows, methods = sens.quantize_int8_auto(
-        model, calib, output, target=target, reduce_range=reduce_range, threads=threads, echo=click.echo,
-        target_cosine=sens.TARGET_COSINE if target_cosine is None else target_cosine,
-        max_float_share=sens.MAX_FLOAT_SHARE if max_float_share is None else max_float_share)
+    click.echo(f"choosing the INT8 plan on the calibration crops (range methods, then one layer at a time, "
+               f"stopping once the cosine reaches {policy.target_cosine}):")
+    result = policy_quantize(model, calib, output, policy, threads=threads, echo=click.echo, progress=True,
+                             report=report)
+    path, plan, rows, methods = result.path, result.plan, result.rows, result.method_scores
     label = sens.range_label(plan.method, plan.percentile)
     score = plan.calibration_score
-    click.echo(f"plan: {label} ranges; {len(plan.keep_float)} of {len(rows)} units in float "
-               f"({score['float_macs_share']:.1%} of the MACs); cosine to fp32 on {score['images']} calibration "
-               f"crops: mean {score['cosine_mean']:.4f}, min {score['cosine_min']:.4f}; top-10 agreement "
-               f"{score['top10_overlap']:.3f}")
+    units = f"{len(plan.keep_float)} of {len(rows)} units" if rows else f"{len(plan.keep_float)} units"
+    click.echo(f"plan: {label} ranges; {units} in float ({score['float_macs_share']:.1%} of the MACs); cosine to "
+               f"fp32 on {score['images']} calibration crops: mean {score['cosine_mean']:.4f}, min "
+               f"{score['cosine_min']:.4f}; top-{score['top_k']} agreement {score['top10_overlap']:.3f} "
+               f"({score['evaluations']} files scored)")
     for name, why in plan.reasons.items():
         click.echo(f"  float: {name}: {why}")
     click.echo(f"plan saved as {sens.plan_path(path)} (replay with --plan)")

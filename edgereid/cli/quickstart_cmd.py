@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from edgereid.cli.options import dataset_option
+
 
 @click.command("quickstart")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/quickstart"),
@@ -16,8 +18,7 @@ import click
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--reid-data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Your re-ID data instead of the synthetic set (any layout --reid-dataset names).")
-@click.option("--reid-dataset", default="market1501", show_default=True,
-              help="Layout of --reid-data: market1501, dukemtmc, msmt17, folder or cuhk03.")
+@dataset_option("--reid-dataset", default="market1501", what="--reid-data")
 @click.option("--gender-data", type=click.Path(exists=True, path_type=Path), default=None,
               help="With --reid-data: a gender list, attribute table or PETA folder (20%% held out for testing "
                    "unless --gender-test-data is given).")

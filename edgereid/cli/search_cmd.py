@@ -37,14 +37,19 @@ def build_gallery(rt, folder: Path):
 
 def save_gallery_as(g, path: str, collection: str) -> None:
     """Write a gallery's rows to `path` (a Milvus collection, a GalleryStore or a .gallery file) and say so."""
-    from edgereid.retrieval.gallery_paths import as_memory_gallery, is_milvus_path, save_gallery
+    from edgereid.retrieval.gallery import Gallery
+    from edgereid.retrieval.gallery_paths import as_memory_gallery, is_milvus_path, is_store_path, save_gallery
+    from edgereid.retrieval.store_batches import read_info
 
     mem = as_memory_gallery(g)
+    info = read_info(path) if is_store_path(path) else None
     n = save_gallery(mem, path, collection=collection, token=milvus_token())
     if is_milvus_path(path):  # Milvus sizes its own storage: there is no per-entry byte count to report
         click.echo(f"wrote {path} collection {collection!r} ({n} entries)")
-    else:
-        click.echo(f"wrote {path} ({n} entries, {mem.bytes_per_entry} bytes each)")
+        return
+    stored = mem if info is None else Gallery(dim=mem.dim, dtype=info["dtype"])  # an existing store keeps its dtype
+    converted = f", {len(mem)} new ones converted from {mem.dtype}" if stored.dtype != mem.dtype else ""
+    click.echo(f"wrote {path} ({n} entries, {stored.bytes_per_entry} bytes each as {stored.dtype}{converted})")
 
 
 def milvus_token() -> str:
@@ -80,7 +85,8 @@ GALLERY_HELP = ("A folder of crops (embedded now), a .gallery file saved earlier
               help="Write the result grid: .png, or .html for a page with the same content.")
 @click.option("--save-gallery", default=None, metavar="PATH|URI",
               help="Save the gallery, to reuse with --gallery: NAME.milvus.db or a Milvus server URI appends to "
-                   "the --collection, .sqlite/.db appends to a GalleryStore, any other name writes a .gallery file.")
+                   "the --collection, .sqlite/.db appends to a GalleryStore (converted to the store's dtype), any "
+                   "other name writes a .gallery file.")
 @click.option("--collection", default="edgereid", show_default=True, metavar="NAME",
               help="Milvus collection read by --gallery and written by --save-gallery when they are Milvus.")
 @backend_option
@@ -113,7 +119,7 @@ def search(model, gallery_path, queries, k, rerank, gender, save_path, save_gall
         qid = id_and_camera(path)[0]
         click.echo(f"{path}\tP(female)={prob:.3f}")
         for rank, h in enumerate(hits, 1):
-            where = (h.meta or {}).get("path", f"#{h.index}") if isinstance(h.meta, dict) else f"#{h.index}"
+            where = (h.meta or {}).get("path", f"#{h.key}") if isinstance(h.meta, dict) else f"#{h.key}"
             click.echo(f"  {rank:3d}  d={h.distance:.4f}  id={h.id}  cam={h.camera}  "
                        f"P(female)={h.gender_prob:.3f}  {where}")
         if save_path:

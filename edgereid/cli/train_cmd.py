@@ -5,15 +5,14 @@ from pathlib import Path
 
 import click
 
-from edgereid.datasets.registry import REID_DATASETS
+from edgereid.cli.options import dataset_option
 
 
 @click.command("train")
 @click.option("--reid-data", multiple=True, metavar="[LAYOUT=]PATH",
               help="Re-ID data-set root (e.g. data/market1501, or cuhk03=data/cuhk03/labeled/train). Repeat it to "
                    "train on several sources in one label space (--set reid_source_balance=1 weighs them alike).")
-@click.option("--reid-dataset", type=click.Choice(["auto", *REID_DATASETS]),
-              help="Layout of a --reid-data without LAYOUT= [default: auto, detected from the folder].")
+@dataset_option("--reid-dataset", default=None, what="a --reid-data without LAYOUT= [default: auto]")
 @click.option("--gender-data", type=click.Path(exists=True, path_type=Path), multiple=True,
               help="Gender list (path,label), PETA/RAP/PA-100K-style attribute table, or a PETA folder "
                    "(its Label.txt files; --set gender_subsets=[MIT,i-LID] picks subsets). Repeatable; "
@@ -24,8 +23,10 @@ from edgereid.datasets.registry import REID_DATASETS
               help="Preset: cpu = from scratch on a 2-core CPU within --minutes (128x64); gpu = the release "
                    "recipe (256x128, 120 epochs). --set and the options here still change any field.")
 @click.option("--minutes", type=float, default=None,
-              help="Wall-clock training budget: the LR schedule ends inside it, then the best and last "
-                   "checkpoints are evaluated and written (cpu recipe: 40).")
+              help="Wall-clock budget for the training steps of both stages (stage 2: stage2_fraction of it); "
+                   "the LR schedule ends inside it. Not counted: loading the data and building the model "
+                   "before the first step, the evaluation at the end of each stage, checkpoint writes, and "
+                   "the step running when the budget ends (cpu recipe: 40).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/exp].")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML config (fields of TrainConfig); options on the command line win.")

@@ -37,6 +37,7 @@ class CalibrationManifest:
     images: list  # source image paths (or "<array:i>" for in-memory crops), in sample order
     seed: int = 0
     stratified_by: list = field(default_factory=list)
+    requested: int | None = None  # images asked for (`--num`); `count` is what the set holds
     format: str = FORMAT
     version: int = VERSION
 
@@ -114,7 +115,11 @@ class CalibrationSet:
     def shards(self) -> Iterator[np.ndarray]:
         """Each shard as an array (N, *shape)."""
         for s in self.manifest.shards:
-            arr = np.load(self.folder / s["file"])
+            try:
+                arr = np.load(self.folder / s["file"], allow_pickle=False)  # an object array would unpickle code
+            except ValueError as exc:
+                raise DatasetError(f"{self.folder / s['file']} holds Python objects, not a numeric array; refused "
+                                   f"(loading it could run code). Rebuild the calibration set.") from exc
             if list(arr.shape[1:]) != list(self.manifest.shape) or str(arr.dtype) != self.manifest.dtype:
                 raise DatasetError(f"{self.folder / s['file']} has shape {arr.shape} {arr.dtype}, the manifest says "
                                    f"{self.manifest.shape} {self.manifest.dtype}; rebuild the calibration set.")

@@ -117,7 +117,9 @@ def load_attribute_table(path, gender_column=None, invert=None, image_column=Non
     header = reader.fieldnames or []
     if len(header) < 2:
         raise DatasetError(f"attribute table {path} needs a header row with an image column and a gender column.")
-    gcol = _pick(header, gender_column, GENDER_COLUMNS, "gender column (e.g. --gender-column Female)", path)
+    gcol = _pick(header, gender_column, GENDER_COLUMNS, "gender column (rename it to one of "
+                 f"{', '.join(c for c in GENDER_COLUMNS if c != 'label')}, or pass gender_column= to "
+                 "load_attribute_table / load_gender_dataset)", path)
     icol = _pick(header, image_column, IMAGE_COLUMNS + (header[0].strip().lower(),), "image column", path)
     if invert is None:
         name = gcol.strip().lower()

@@ -117,7 +117,7 @@ def check_splits(splits: ReidSplits, need_train: bool = True) -> ReidSplits:
     for split in needed:
         if not splits._records(split):
             raise DatasetError(f"{splits.name} at {splits.root}: the {split} split is empty "
-                               f"(no parsable images); check the folder layout described in the README.")
+                               f"(no parsable images); check the folder layout described in docs/training.md.")
     query_pids = {r.pid for r in splits.query}
     gallery_pids = {r.pid for r in splits.gallery}
     if not query_pids & gallery_pids:

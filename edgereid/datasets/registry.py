@@ -25,8 +25,16 @@ REID_DATASETS = {
     "two_camera": load_two_camera,
     "peta": load_peta_reid,
 }
+# What `--dataset` / `--reid-dataset` offer on every command: the registry's names, and "auto" (the layout
+# detected from the folder, edgereid.datasets.sources.detect_layout).
+AUTO = "auto"
 ALIASES = {"market": "market1501", "market-1501": "market1501", "duke": "dukemtmc", "dukemtmc-reid": "dukemtmc",
            "msmt": "msmt17"}
+
+
+def dataset_names(with_auto: bool = False) -> tuple:
+    """The re-ID layout names every command accepts, in registry order (with "auto" first when asked)."""
+    return ((AUTO,) if with_auto else ()) + tuple(REID_DATASETS)
 
 
 def canonical_name(name: str) -> str:
@@ -38,9 +46,9 @@ def canonical_name(name: str) -> str:
 
 
 def load_reid_dataset(name: str, root, **kwargs) -> ReidSplits:
-    """Load a re-ID data set by name (market1501, dukemtmc, msmt17, folder, cuhk03, viper, prid, grid,
-    two_camera, peta) from `root`; "auto" detects the layout (edgereid.datasets.sources)."""
-    if name.lower() == "auto":
+    """Load a re-ID data set by name (one of `dataset_names()`, or an alias) from `root`; "auto" detects the
+    layout (edgereid.datasets.sources)."""
+    if name.lower() == AUTO:
         from edgereid.datasets.sources import detect_layout
 
         name = detect_layout(root)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgereid.errors import InvalidInputError
+from edgereid.retrieval.distances import l2_normalize
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -62,7 +63,7 @@ class Tracklet:
     def mean_embedding(self) -> np.ndarray:
         """The L2-normalised mean of the crops' L2-normalised embeddings."""
         rows = np.stack(self.embeddings)
-        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        rows = l2_normalize(rows)
         return _unit(rows.mean(axis=0))
 
     @property

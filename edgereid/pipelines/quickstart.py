@@ -47,7 +47,7 @@ def evaluate_onnx(model_path: str | os.PathLike, splits, gender_records: list, t
     """
     from edgereid import Runtime
 
-    from edgereid.training.validate import gender_accuracy, reid_scores
+    from edgereid.retrieval.metrics import gender_accuracy, reid_scores
 
     with Runtime.for_checking(model_path, threads=threads) as rt:
         q = rt.infer_files([r.path for r in splits.query])
@@ -61,23 +61,24 @@ def evaluate_onnx(model_path: str | os.PathLike, splits, gender_records: list, t
 
 
 def quantize_models(onnx_path: str | os.PathLike, calibration_paths: list, num: int = 128,
-                    method: str = "percentile") -> dict:
+                    policy=None, echo: Callable | None = None) -> dict:
     """{"fp16": path, "int8": path} next to `onnx_path`, the INT8 one calibrated on `num` of `calibration_paths`.
 
-    Percentile ranges: on the quickstart model trained on an AMD EPYC (Zen 4) min-max ranges cost the TensorRT
-    form 3.0 rank-1 points (2.3 with 512 calibration images), the 99.999th percentile 0.3 (README, INT8).
+    INT8 follows the INT8 policy (`calibration.int8_policy.DEFAULT_POLICY`, or `policy`), the same calibration
+    sampling and plan as `edgereid calibrate` + `edgereid quantize --int8`: the range method is chosen on the
+    calibration crops against the cosine target, not fixed here. (On the quickstart model trained on a Zen 4
+    EPYC all-INT8 min-max ranges cost the TensorRT form 3.0 rank-1 points and the 99.999th percentile 0.3,
+    benchmarks/README.md, "Quickstart runs": which is why a fixed method is not the default.)
     """
-    from edgereid.calibration.calibset import build_calibration_set
     from edgereid.calibration.fp16 import quantize_fp16
-    from edgereid.calibration.int8 import quantize_int8
-    from edgereid.export.metadata import get_metadata, load_onnx
+    from edgereid.calibration.int8_policy import DEFAULT_POLICY, calibrate, quantize
 
     onnx_path = Path(onnx_path)
-    meta = get_metadata(load_onnx(onnx_path), source=str(onnx_path))
-    calib = build_calibration_set(calibration_paths, meta, onnx_path.parent / "calib", num=num, progress=False)
+    policy = (policy or DEFAULT_POLICY).with_(num_calibration=num)
+    calib = calibrate(onnx_path, calibration_paths, onnx_path.parent / "calib", policy, progress=False)
     stem = onnx_path.with_suffix("")
-    return {"fp16": quantize_fp16(onnx_path, f"{stem}.fp16.onnx"),
-            "int8": quantize_int8(onnx_path, calib, f"{stem}.int8.onnx", method=method)}
+    int8 = quantize(onnx_path, calib, f"{stem}.int8.onnx", policy, **({"echo": echo} if echo else {}))
+    return {"fp16": quantize_fp16(onnx_path, f"{stem}.fp16.onnx"), "int8": int8.path}
 
 
 def search_grid(query_emb: np.ndarray, gallery_emb: np.ndarray, splits, out_png: Path, num_queries: int = 6,
@@ -112,6 +113,7 @@ def synthetic_data(out: Path, seed: int, overrides: dict | None, progress: bool)
     summary = {k: data[k] for k in ("num_train_ids", "num_test_ids", "num_train_images", "num_query",
                                     "num_gallery", "num_gender_train", "num_gender_test")}
     summary["source"] = "synthetic"
+    summary.update(reid_root=data["reid_root"], gender_test_csv=data["gender_test_csv"])  # named in train/config.yaml
     return splits, load_gender_list(data["gender_train_csv"]) + reid_gender, \
         load_gender_list(data["gender_test_csv"]), summary
 
@@ -138,6 +140,24 @@ def real_data(reid_data, gender_data, reid_dataset: str = "market1501", gender_t
     return splits, gender_train, gender_test, summary
 
 
+def training_data_fields(train_dir: Path, data: dict, gender_train: list, reid_data, reid_dataset: str,
+                         gender_data, gender_test_data, reid_options: dict | None) -> dict:
+    """TrainConfig fields naming the quickstart's training data. The synthetic set's gender training records (the
+    gender set's training part and the re-ID training people) go into TRAIN_DIR/gender_train.csv."""
+    if reid_data is not None:
+        fields = {"reid_data": str(reid_data), "reid_dataset": reid_dataset, "gender_data": str(gender_data),
+                  "gender_test_data": str(gender_test_data) if gender_test_data else ""}
+        if reid_options and "val_ids" in reid_options:
+            fields["reid_val_ids"] = reid_options["val_ids"]
+        return fields
+    train_dir.mkdir(parents=True, exist_ok=True)
+    listing = train_dir / "gender_train.csv"
+    rows = [f"{os.path.relpath(r.path, train_dir.resolve())},{r.label}" for r in gender_train]
+    write_text_atomic(listing, "path,label\n" + "\n".join(rows) + "\n")
+    return {"reid_data": str(data["reid_root"]), "reid_dataset": "market1501", "gender_data": str(listing),
+            "gender_test_data": str(data["gender_test_csv"])}
+
+
 def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int = 2, seed: int = 0,
                    progress: bool = True, data_overrides: dict | None = None, train_overrides: dict | None = None,
                    quantize: bool = True, num_calibration: int = 128, echo: Callable = print,
@@ -157,7 +177,7 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int 
     from edgereid.training.config import TrainConfig
     from edgereid.training.recipes import recipe
     from edgereid.training.trainer import Trainer
-    from edgereid.training.validate import reid_scores
+    from edgereid.retrieval.metrics import reid_scores
 
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -185,10 +205,13 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int 
          f"{len(splits.query)} query / {len(splits.gallery)} gallery, {len(gender_train)} gender images "
          f"({timings['generate_s']:.1f} s)")
 
-    # 2. training (both tasks, then the gender-only stage)
+    # 2. training (both tasks, then the gender-only stage); the config names the data, so that
+    # `edgereid train --out OUT/train --resume` reads the same records
     t = time.perf_counter()
+    data_fields = training_data_fields(out / "train", data, gender_train, reid_data, reid_dataset, gender_data,
+                                       gender_test_data, reid_options)
     cfg = TrainConfig(out=str(out / "train"), seed=seed, threads=threads, progress=progress,
-                      **{**train_fields, **(train_overrides or {})})
+                      **{**train_fields, **data_fields, **(train_overrides or {})})
     trainer = Trainer(cfg, splits, gender_train, gender_test)
     train_metrics = trainer.fit()
     timings["train_s"] = time.perf_counter() - t

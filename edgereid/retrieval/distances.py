@@ -41,6 +41,12 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(n > 0, n, 1)
 
 
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `a` with the same row of `b` (0 where either row is zero)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
 def prepare(x: np.ndarray, metric: str, dtype=np.float64) -> tuple:
     """Cast (and for cosine normalise) `x`; return it with its squared norms for the expanded-square trick."""
     a = np.asarray(x, dtype=dtype)

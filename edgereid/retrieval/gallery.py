@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from edgereid.errors import GalleryFileError, InvalidInputError
 from edgereid.retrieval import distances as _d
 from edgereid.retrieval.columns import Column, append_rows
+from edgereid.retrieval.contract import (EXPIRE_USAGE, REMOVE_USAGE, EncodedGallery, Hit, entry_column,
+                                        entry_meta, int_array, keyword_only, positions)
 from edgereid.retrieval.gallery_format import read_gallery_file, write_gallery_file
 
 DTYPES = ("float32", "float16", "int8")
@@ -28,31 +29,8 @@ ANN_CANDIDATES = 4  # ANN fetches k x this (/ filter pass rate) candidates, re-s
 # A filter keeping less than this fraction of the gallery is searched exactly over the kept rows: the ANN would
 # need k / fraction candidates, and exact search over few rows is already fast.
 ANN_FILTER_MIN_FRACTION = 0.1
-
-
-@dataclass
-class Hit:
-    """One search result: the entry's position in the gallery, its metadata and its distance to the query."""
-
-    index: int
-    id: int
-    camera: int
-    distance: float
-    gender_prob: float
-    time: float
-    track: int
-    meta: Any
-
-
-def _column(values, n: int, name: str, dtype, fill) -> np.ndarray:
-    if values is None:
-        return np.full(n, fill, dtype=dtype)
-    a = np.asarray(values, dtype=dtype).reshape(-1)
-    if a.size == 1 and n != 1:
-        a = np.full(n, a[0], dtype=dtype)
-    if len(a) != n:
-        raise InvalidInputError(f"{name} has {len(a)} values for {n} embeddings")
-    return a
+# the array sections of a .gallery file: EncodedGallery's field names, so save() and load() agree by construction
+ENCODED_ARRAYS = ("embeddings", "scale", "ids", "cameras", "gender_prob", "times", "tracks")
 
 
 class Gallery:
@@ -124,36 +102,32 @@ class Gallery:
 
     def add(self, embeddings: np.ndarray, ids=None, cameras=None, gender_prob=None, times=None, tracks=None,
             meta: Sequence | None = None) -> np.ndarray:
-        """Append entries; returns their positions. Unknown ids/cameras/tracks are -1, gender and time NaN."""
+        """Append entries; returns their keys (Hit.key). A column may be a scalar (the same for every entry) or have
+        one value per embedding, else InvalidInputError. Unknown ids/cameras/tracks are -1, gender and time NaN."""
         x = _d.as_matrix(embeddings, "embeddings", self.dim)
         n = len(x)
-        if meta is not None and len(meta) != n:
-            raise InvalidInputError(f"meta has {len(meta)} items for {n} embeddings")
-        if meta is not None:
-            json.dumps(list(meta))  # fail now, not at save time, on values JSON cannot store
+        meta = entry_meta(meta, n)
+        json.dumps(meta)  # fail now, not at save time, on values JSON cannot store
+        columns = {"ids": entry_column(ids, n, "ids", np.int64, -1),
+                   "cameras": entry_column(cameras, n, "cameras", np.int64, -1),
+                   "gender_prob": entry_column(gender_prob, n, "gender_prob", np.float32, np.nan),
+                   "times": entry_column(times, n, "times", np.float64, np.nan),
+                   "tracks": entry_column(tracks, n, "tracks", np.int64, -1)}
         emb, scale = self._encode(x)
-        first = len(self)
-        self._append({"_emb": emb, "_scale": scale, "ids": _column(ids, n, "ids", np.int64, -1),
-                      "cameras": _column(cameras, n, "cameras", np.int64, -1),
-                      "gender_prob": _column(gender_prob, n, "gender_prob", np.float32, np.nan),
-                      "times": _column(times, n, "times", np.float64, np.nan),
-                      "tracks": _column(tracks, n, "tracks", np.int64, -1)},
-                     list(meta) if meta is not None else [None] * n)
-        return np.arange(first, first + n)
+        return self._append({"_emb": emb, "_scale": scale, **columns}, meta)
 
     def extend(self, other: "Gallery") -> np.ndarray:
-        """Append another gallery's entries as stored (no re-encoding); returns their positions here."""
+        """Append another gallery's entries as stored (no re-encoding); returns their keys here."""
         if (other.dim, other.dtype, other.metric) != (self.dim, self.dtype, self.metric):
             raise InvalidInputError(f"cannot extend a {self.dim}-d {self.dtype} {self.metric} gallery with a "
                                     f"{other.dim}-d {other.dtype} {other.metric} one; convert one of them first")
-        first = len(self)
-        self._append({name: getattr(other, name) for name in self._COLUMNS}, list(other.meta))
-        return np.arange(first, first + len(other))
+        return self._append({name: getattr(other, name) for name in self._COLUMNS}, list(other.meta))
 
     @classmethod
     def from_encoded(cls, dim: int, dtype: str, metric: str, embeddings: np.ndarray, scale: np.ndarray | None,
                      ids, cameras, gender_prob, times, tracks, meta: list, index: str = "auto") -> "Gallery":
-        """A gallery over rows already stored in `dtype` (int8 with its per-row scale), as save()/a store hold them."""
+        """A gallery over rows already stored in `dtype` (int8 with its per-row scale), as save()/a store hold them;
+        the inverse of to_encoded(): ``Gallery.from_encoded(**vars(g.to_encoded()))`` equals `g`."""
         g = cls(dim=dim, dtype=dtype, metric=metric, index=index)
         g._emb = np.asarray(embeddings, dtype=g.dtype).reshape(-1, g.dim)
         g._scale = np.asarray(scale if g.dtype == "int8" else np.empty(0), dtype=np.float32)
@@ -167,30 +141,43 @@ class Gallery:
                                    f"{len(g.meta)} meta); the file is damaged, re-create it with Gallery.save()")
         return g
 
+    def to_encoded(self) -> EncodedGallery:
+        """The entries as stored (embeddings in this gallery's dtype, the int8 scale, metadata columns): what
+        save() and GalleryStore write. The arrays are views of this gallery: copy them before modifying."""
+        return EncodedGallery(self.dim, self.dtype, self.metric, self._emb,
+                              self._scale if self.dtype == "int8" else None, self.ids, self.cameras,
+                              self.gender_prob, self.times, self.tracks, self.meta)
+
     @property
     def _stored(self) -> tuple:
         """The columns this gallery fills (the int8 scale only for int8)."""
         return self._COLUMNS if self.dtype == "int8" else tuple(c for c in self._COLUMNS if c != "_scale")
 
-    def _append(self, columns: dict, meta: list) -> None:
-        """Append encoded columns in place; search caches stay valid (they extend to new rows lazily)."""
+    def _append(self, columns: dict, meta: list) -> np.ndarray:
+        """Append encoded columns in place and return their keys; search caches stay valid (they extend to new
+        rows lazily)."""
         n = len(columns["ids"])
         start, self._next_key = self._next_key, self._next_key + n  # a counter: removed keys are never reused
+        keys = np.arange(start, start + n, dtype=np.int64)
         for name in self._stored:
             append_rows(self, name, columns[name])
-        append_rows(self, "_keys", np.arange(start, start + n, dtype=np.int64))
+        append_rows(self, "_keys", keys)
         self.meta.extend(meta)
+        return keys
 
-    def remove(self, indices: Iterable[int] | None = None, ids: Iterable[int] | None = None) -> int:
-        """Remove entries by position and/or by person id; later positions shift down. Returns how many went."""
+    @keyword_only(REMOVE_USAGE)
+    def remove(self, *, keys: Iterable[int] | None = None, ids: Iterable[int] | None = None,
+               indices: Iterable[int] | None = None) -> int:
+        """Remove the entries with these keys (Hit.key; unknown keys are skipped), every entry of these person ids,
+        and the entries at these positions (Hit.index of the latest search: positions shift after every removal,
+        prefer keys). Returns how many went."""
         drop = np.zeros(len(self), dtype=bool)
+        if keys is not None:
+            drop |= np.isin(self._keys, int_array(keys))
         if indices is not None:
-            idx = np.asarray(list(indices), dtype=np.int64)
-            if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
-                raise InvalidInputError(f"index out of range for a gallery of {len(self)} entries")
-            drop[idx] = True
+            drop[positions(indices, len(self), "gallery")] = True
         if ids is not None:
-            drop |= np.isin(self.ids, np.asarray(list(ids), dtype=np.int64))
+            drop |= np.isin(self.ids, int_array(ids))
         keep = ~drop
         for name in self._stored:
             setattr(self, name, getattr(self, name)[keep])
@@ -202,6 +189,11 @@ class Gallery:
         self._keys = self._keys[keep]
         self._faiss = self._sqnorm = None  # position-based caches
         return int(drop.sum())
+
+    @keyword_only(EXPIRE_USAGE)
+    def expire(self, *, older_than: float) -> int:
+        """Retention: remove entries whose time is before `older_than` (entries of unknown time stay)."""
+        return self.remove(indices=np.flatnonzero(self.times < float(older_than)))
 
     def _filter(self, gender, camera, exclude_camera, time_range, gender_threshold) -> np.ndarray | None:
         mask = np.ones(len(self), dtype=bool)
@@ -360,10 +352,11 @@ class Gallery:
             idx[short], dist[short] = ei, ed
         return idx, dist
 
-    def search(self, query_embeddings: np.ndarray, k: int = 10, rerank: bool = False, gender: str | None = None,
+    def search(self, query_embeddings: np.ndarray, k: int = 10, *, rerank: bool = False, gender: str | None = None,
                camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
-               use_faiss: bool | None = None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> list:
-        """Nearest entries per query (a list of Hit lists; a 1-D query gives one list), closest first.
+               k1: int = 20, k2: int = 6, lambda_value: float = 0.3, use_faiss: bool | None = None) -> list:
+        """Nearest entries per query (a list of Hit lists; a 1-D query gives one list), closest first. Hit.key
+        identifies the entry for remove(keys=...); Hit.index is its position now (it shifts after removals).
 
         Filters: gender ("female"/"male" by gender_prob >= gender_threshold; unknown gender is excluded),
         camera / exclude_camera (one id or several), time_range (lo, hi; None = open). With rerank=True the
@@ -408,14 +401,15 @@ class Gallery:
     def _hit(self, i: int, d: float) -> Hit:
         return Hit(index=i, id=int(self.ids[i]), camera=int(self.cameras[i]), distance=d,
                    gender_prob=float(self.gender_prob[i]), time=float(self.times[i]), track=int(self.tracks[i]),
-                   meta=self.meta[i])
+                   meta=self.meta[i], key=int(self._keys[i]))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the gallery atomically (a crash mid-save leaves the previous file intact)."""
-        header = {"dim": self.dim, "dtype": self.dtype, "metric": self.metric, "count": len(self)}
-        arrays = {"embeddings": self._emb, "scale": self._scale, "ids": self.ids, "cameras": self.cameras,
-                  "gender_prob": self.gender_prob, "times": self.times, "tracks": self.tracks,
-                  "meta": np.frombuffer(json.dumps(self.meta).encode("utf-8"), dtype=np.uint8)}
+        enc = self.to_encoded()
+        header = {"dim": enc.dim, "dtype": enc.dtype, "metric": enc.metric, "count": len(enc)}
+        arrays = {name: getattr(enc, name) for name in ENCODED_ARRAYS}
+        arrays["scale"] = enc.scale if enc.scale is not None else np.empty(0, dtype=np.float32)
+        arrays["meta"] = np.frombuffer(json.dumps(enc.meta).encode("utf-8"), dtype=np.uint8)
         write_gallery_file(path, header, arrays)
 
     @classmethod
@@ -424,10 +418,9 @@ class Gallery:
         GalleryFileError for truncated, foreign or corrupt files."""
         header, arrays = read_gallery_file(path)
         try:
-            g = cls.from_encoded(header["dim"], header["dtype"], header["metric"], arrays["embeddings"],
-                                 arrays["scale"], arrays["ids"], arrays["cameras"], arrays["gender_prob"],
-                                 arrays["times"], arrays["tracks"],
-                                 json.loads(arrays["meta"].tobytes().decode("utf-8")), index=index)
+            g = cls.from_encoded(header["dim"], header["dtype"], header["metric"],
+                                 meta=json.loads(arrays["meta"].tobytes().decode("utf-8")), index=index,
+                                 **{name: arrays[name] for name in ENCODED_ARRAYS})
         except (KeyError, ValueError) as exc:
             raise GalleryFileError(f"{path} is missing gallery fields ({exc}); re-create it with Gallery.save()") \
                 from exc

@@ -73,9 +73,10 @@ def as_memory_gallery(g):
 
 def save_gallery(g, path: str | os.PathLike, collection: str = DEFAULT_COLLECTION, token: str = "") -> int:
     """Write the rows of a Gallery, GalleryStore or MilvusGallery to `path` (see the module rule): appended to a
-    Milvus collection (created if new) or a GalleryStore, else written as a .gallery file; returns the entries
-    the destination then holds."""
+    Milvus collection (created if new) or a GalleryStore (in the store's dtype: appended entries are converted),
+    else written as a .gallery file; returns the entries the destination then holds."""
     from edgereid.retrieval.store import GalleryStore
+    from edgereid.retrieval.store_batches import read_info as read_store_info
     mem = as_memory_gallery(g)
     if is_milvus_path(path):
         m = _milvus(path, collection, token, create=True, dim=mem.dim, metric=mem.metric)
@@ -88,7 +89,9 @@ def save_gallery(g, path: str | os.PathLike, collection: str = DEFAULT_COLLECTIO
     if not is_store_path(path):
         mem.save(path)
         return len(mem)
-    with GalleryStore(path, dim=mem.dim, dtype=mem.dtype, metric=mem.metric) as store:
+    # an existing store keeps its dtype: the float32 rows below are encoded in it (int8 <-> float, both ways)
+    dtype = None if read_store_info(path) is not None else mem.dtype
+    with GalleryStore(path, dim=mem.dim, dtype=dtype, metric=mem.metric) as store:
         store.add(mem.embeddings, ids=mem.ids, cameras=mem.cameras, gender_prob=mem.gender_prob,
                   times=mem.times, tracks=mem.tracks, meta=mem.meta)
         return len(store)

@@ -11,6 +11,7 @@ Ties in distance are ordered by gallery index (a stable sort).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -215,3 +216,37 @@ def gender_report(y_true, y_pred_or_prob, threshold: float = 0.5,
     rec = np.divide(tp, true_n, out=np.zeros(2), where=true_n > 0)
     f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(2), where=(prec + rec) > 0)
     return GenderReport(tuple(classes), prec, rec, f1, true_n, float(tp.sum() / len(t)))
+
+
+def retrieval_distances(query_emb: np.ndarray, gallery_emb: np.ndarray, metric: str = "euclidean",
+                        rerank: bool = False, progress: bool = False) -> np.ndarray:
+    """(Nq, Ng) distances for scoring: `metric` ("euclidean" or "cosine") or, with `rerank`, k-reciprocal
+    re-ranked distances (edgereid.rerank, k1=20, k2=6, lambda=0.3) on that metric."""
+    if rerank:
+        from edgereid.retrieval.reranking import rerank as rerank_fn
+
+        return rerank_fn(query_emb, gallery_emb, metric=metric, progress=progress)
+    from edgereid.retrieval.distances import pairwise_distance
+
+    return pairwise_distance(query_emb, gallery_emb, metric)
+
+
+def reid_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, q_pids: Sequence[int], g_pids: Sequence[int],
+                q_camids: Sequence[int], g_camids: Sequence[int], rerank: bool = False,
+                mode: str = "market1501") -> dict:
+    """{"rank1", "rank5", "mAP"} as fractions and the number of scored queries, from `evaluate` on euclidean
+    distances (`mode` is its protocol, Market-1501 by default); `rerank=True` scores k-reciprocal re-ranked ones.
+
+    Plain numpy: training validation, the quickstart and the benchmarks score with it, as `edgereid eval` and
+    parity score with `retrieval_distances` + `evaluate`.
+    """
+    dist = retrieval_distances(query_emb, gallery_emb, "euclidean", rerank)
+    res = evaluate(dist, np.asarray(q_pids), np.asarray(g_pids), np.asarray(q_camids), np.asarray(g_camids),
+                   mode=mode)
+    return {"rank1": res.rank(1), "rank5": res.rank(5), "mAP": float(res.mAP), "queries": res.num_valid_queries}
+
+
+def gender_accuracy(prob: np.ndarray, labels: Sequence[int], threshold: float = 0.5) -> float:
+    """Fraction of images whose thresholded P(female) matches the label (1 = female); NaN without labels."""
+    labels = np.asarray(labels)
+    return float(np.mean((np.asarray(prob) >= threshold).astype(int) == labels)) if len(labels) else float("nan")

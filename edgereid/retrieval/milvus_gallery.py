@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from edgereid.errors import GalleryFileError, InvalidInputError
 from edgereid.retrieval import distances as _d
-from edgereid.retrieval.gallery import Gallery, Hit, _column
+from edgereid.retrieval.contract import (EXPIRE_USAGE, REMOVE_USAGE, Hit, entry_column, entry_meta, int_array,
+                                        keyword_only, union_of)
+from edgereid.retrieval.gallery import Gallery
 
 # Unknown values are stored as sentinels rather than NULL: a comparison filter on a sentinel is simply false
 # (gender >= 0.5, time ranges), the same rows Gallery's NaN comparisons exclude, on every Milvus version.
@@ -110,16 +112,16 @@ class MilvusGallery:
 
     def add(self, embeddings: np.ndarray, ids=None, cameras=None, gender_prob=None, times=None, tracks=None,
             meta: Sequence | None = None) -> np.ndarray:
-        """Insert entries and flush; returns their primary keys (Hit.index). Unknown ids/cameras/tracks are -1."""
+        """Insert entries (columns as in `Gallery.add`) and flush; returns their primary keys (Hit.key). Unknown
+        ids/cameras/tracks are -1. Every entry gets this gallery's `site`."""
         x = _d.as_matrix(embeddings, "embeddings", self.dim).astype(np.float32)
         n = len(x)
-        if meta is not None and len(meta) != n:
-            raise InvalidInputError(f"meta has {len(meta)} items for {n} embeddings")
-        meta_text = [json.dumps(m) for m in (meta if meta is not None else [None] * n)]
-        gp = _column(gender_prob, n, "gender_prob", np.float32, np.nan)
-        t = _column(times, n, "times", np.float64, np.nan)
-        cols = {"pid": _column(ids, n, "ids", np.int64, -1), "camera": _column(cameras, n, "cameras", np.int64, -1),
-                "track": _column(tracks, n, "tracks", np.int64, -1),
+        meta_text = [json.dumps(m) for m in entry_meta(meta, n)]
+        gp = entry_column(gender_prob, n, "gender_prob", np.float32, np.nan)
+        t = entry_column(times, n, "times", np.float64, np.nan)
+        cols = {"pid": entry_column(ids, n, "ids", np.int64, -1),
+                "camera": entry_column(cameras, n, "cameras", np.int64, -1),
+                "track": entry_column(tracks, n, "tracks", np.int64, -1),
                 "gender_prob": np.where(np.isnan(gp), NO_GENDER, gp), "time": np.where(np.isnan(t), NO_TIME, t)}
         rows = [{"embedding": x[i].tolist(), "site": self.site, "meta": meta_text[i],
                  **{k: v[i].item() for k, v in cols.items()}} for i in range(n)]
@@ -152,11 +154,12 @@ class MilvusGallery:
             parts.append("site in [" + ", ".join(json.dumps(str(s)) for s in np.atleast_1d(site)) + "]")
         return " and ".join(parts)
 
-    def search(self, query_embeddings: np.ndarray, k: int = 10, rerank: bool = False, gender: str | None = None,
+    def search(self, query_embeddings: np.ndarray, k: int = 10, *, rerank: bool = False, gender: str | None = None,
                camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
-               site=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> list:
+               k1: int = 20, k2: int = 6, lambda_value: float = 0.3, site=None) -> list:
         """Nearest entries per query as Hit lists (a 1-D query gives one list), closest first; filters as Gallery's
-        plus site (one or several). Hit.index is the Milvus primary key; distances are Gallery's.
+        plus site (one or several). Hit.key is the Milvus primary key (Hit.index too: a collection has no
+        positions); distances are Gallery's.
 
         rerank=True: k-reciprocal re-ranked distances (k1, k2, lambda_value as Gallery.search) over the union of
         each query's RERANK_SHORTLIST nearest entries passing the filters, so a collection with no more rows than
@@ -209,7 +212,7 @@ class MilvusGallery:
         gp, t = float(e["gender_prob"]), float(e["time"])
         return Hit(index=int(pk), id=int(e["pid"]), camera=int(e["camera"]), distance=d,
                    gender_prob=float("nan") if gp < 0 else gp, time=float("nan") if t <= NO_TIME else t,
-                   track=int(e["track"]), meta=json.loads(e["meta"]))
+                   track=int(e["track"]), meta=json.loads(e["meta"]), key=int(pk))
 
     def to_gallery(self, index: str = "auto") -> Gallery:
         """Every entry as an in-memory float32 Gallery, in primary-key (insertion) order: to save as a file."""
@@ -238,16 +241,19 @@ class MilvusGallery:
         self.client.flush(self.collection)
         return before - len(self)
 
-    def remove(self, indices=None, ids=None) -> int:
-        """Delete entries by primary key (Hit.index) and/or person id; returns how many went."""
+    @keyword_only(REMOVE_USAGE)
+    def remove(self, *, keys: Iterable[int] | None = None, ids: Iterable[int] | None = None,
+               indices: Iterable[int] | None = None) -> int:
+        """Delete the entries with these primary keys (Hit.key; unknown ones are skipped) and every entry of these
+        person ids; returns how many went. `indices` are primary keys too (Hit.index equals Hit.key here)."""
         parts = []
-        if indices is not None and len(np.atleast_1d(indices)):
-            parts.append(f"pk in {_ints(indices)}")
-        if ids is not None and len(np.atleast_1d(ids)):
-            parts.append(f"pid in {_ints(ids)}")
+        for field, values in (("pk", union_of(keys, indices)), ("pid", int_array(ids))):
+            if values is not None and len(values):
+                parts.append(f"{field} in {_ints(values)}")
         return self._delete(" or ".join(parts)) if parts else 0
 
-    def expire(self, older_than: float) -> int:
+    @keyword_only(EXPIRE_USAGE)
+    def expire(self, *, older_than: float) -> int:
         """Retention: delete entries whose time is before older_than (entries of unknown time stay)."""
         return self._delete(f"time > {_num(NO_TIME)} and time < {_num(older_than)}")
 

@@ -9,17 +9,20 @@ watermark, tombstones above the tombstone watermark, a full reload only after a 
 from __future__ import annotations
 
 import json
+import itertools
 import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from edgereid.errors import GalleryFileError, InvalidInputError, StoreLockedError
 from edgereid.retrieval import store_batches as sb
 from edgereid.retrieval.columns import Column, append_rows
+from edgereid.retrieval.contract import (EXPIRE_USAGE, REMOVE_USAGE, int_array, keyword_only, positions,
+                                        union_of)
 from edgereid.retrieval.gallery import DTYPES, Gallery
 from edgereid.retrieval.gallery_paths import STORE_SUFFIXES, is_store_path, open_gallery, save_gallery
 
@@ -184,18 +187,27 @@ class GalleryStore:
         """The in-memory mirror (read it, do not modify it: changes there are not stored)."""
         return self._gallery
 
-    def search(self, query_embeddings: np.ndarray, k: int = 10, **options: Any) -> list:
+    def search(self, query_embeddings: np.ndarray, k: int = 10, *, rerank: bool = False, gender: str | None = None,
+               camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
+               k1: int = 20, k2: int = 6, lambda_value: float = 0.3, use_faiss: bool | None = None) -> list:
         """`Gallery.search` on the rows committed as of the last add/remove/refresh (same options, same hits).
 
-        Hit.index is the position in `self.rows`; `store.rows[hit.index]` is the entry's durable row id.
+        Hit.key is the entry's durable row id (pass it to remove(keys=...)); Hit.index its position in `self.rows`.
         """
         with self._lock:
-            return self._gallery.search(query_embeddings, k=k, **options)
+            found = self._gallery.search(query_embeddings, k=k, rerank=rerank, gender=gender, camera=camera,
+                                         exclude_camera=exclude_camera, time_range=time_range,
+                                         gender_threshold=gender_threshold, k1=k1, k2=k2, lambda_value=lambda_value,
+                                         use_faiss=use_faiss)
+            for hit in (found if np.asarray(query_embeddings).ndim == 1 else itertools.chain(*found)):
+                hit.key = int(self.rows[hit.index])  # the mirror's own keys are in-memory only
+        return found
 
     # -- writing -----------------------------------------------------------------------------------------------
     def add(self, embeddings: np.ndarray, ids=None, cameras=None, gender_prob=None, times=None, tracks=None,
             meta: Sequence | None = None) -> np.ndarray:
-        """Append entries in one durable transaction; returns their row ids. Arguments as in `Gallery.add`."""
+        """Append entries in one durable transaction; returns their row ids (Hit.key). Arguments as in
+        `Gallery.add`."""
         part = Gallery(dim=self.dim, dtype=self.dtype, metric=self.metric)
         part.add(embeddings, ids=ids, cameras=cameras, gender_prob=gender_prob, times=times, tracks=tracks,
                  meta=meta)  # validates and encodes exactly as Gallery does
@@ -253,21 +265,35 @@ class GalleryStore:
         g.remove(indices=np.flatnonzero(dead))
         return g, rows[~dead], int(dead.sum())
 
-    def remove(self, ids: Iterable[int] | None = None, rows: Iterable[int] | None = None) -> int:
-        """Delete entries by person id and/or durable row id in one durable transaction; returns how many went."""
-        ids = None if ids is None else np.fromiter((int(x) for x in ids), dtype=np.int64)
-        rows = None if rows is None else np.fromiter((int(x) for x in rows), dtype=np.int64)
+    @keyword_only(REMOVE_USAGE)
+    def remove(self, *, keys: Iterable[int] | None = None, ids: Iterable[int] | None = None,
+               indices: Iterable[int] | None = None, rows: Iterable[int] | None = None) -> int:
+        """Delete, in one durable transaction, the entries with these row ids (Hit.key; unknown ones are skipped),
+        every entry of these person ids and the entries at these positions of `self.rows` (Hit.index of the latest
+        search; prefer keys). Returns how many went. `rows=` (the former name of `keys=`) raises: it was called
+        with Hit.index, a position, and deleted another entry; the error says to pass Hit.key as keys=."""
+        if rows is not None:
+            raise InvalidInputError("GalleryStore.remove(rows=...) is gone: it took row ids but was easily given "
+                                    "positions (Hit.index) and then deleted the wrong entry. Pass keys=[hit.key] "
+                                    "(the same row ids), ids=[...] for every entry of a person, or "
+                                    "indices=[hit.index] for positions.")
+        ids, at = int_array(ids), None
+        if indices is not None:
+            with self._lock:  # positions name rows of the mirror as the caller saw it: turn them into row ids now
+                at = self.rows[positions(indices, len(self.rows), "store")]
+        doomed = union_of(keys, at)
 
         def which(g: Gallery, have: np.ndarray) -> np.ndarray:
             dead = np.zeros(len(g), dtype=bool)
             if ids is not None:
                 dead |= np.isin(g.ids, ids)
-            if rows is not None:
-                dead |= np.isin(have, rows)
+            if doomed is not None:
+                dead |= np.isin(have, doomed)
             return np.flatnonzero(dead)
         return self._delete(which, "remove")
 
-    def expire(self, older_than: float) -> int:
+    @keyword_only(EXPIRE_USAGE)
+    def expire(self, *, older_than: float) -> int:
         """Retention: delete entries whose time is before `older_than` (entries without a time stay)."""
         t = float(older_than)
         return self._delete(lambda g, have: np.flatnonzero(g.times < t), "expire")
@@ -384,6 +410,5 @@ def _slice(g: Gallery, start: int, stop: int) -> Gallery:
     """Entries start:stop of `g` as a Gallery sharing its encoded arrays."""
     if start == 0 and stop >= len(g):
         return g
-    s = slice(start, stop)
-    return Gallery.from_encoded(g.dim, g.dtype, g.metric, g._emb[s], g._scale[s] if g.dtype == "int8" else None,
-                                g.ids[s], g.cameras[s], g.gender_prob[s], g.times[s], g.tracks[s], g.meta[s])
+    return Gallery.from_encoded(**vars(g.to_encoded().take(slice(start, stop))))
+

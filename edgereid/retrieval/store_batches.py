@@ -11,7 +11,9 @@ which also empties the tombstone table and bumps the epoch (readers then reload 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 
@@ -42,33 +44,35 @@ BATCH_COLS = "batch, rows, emb, scale, ids, cameras, gender_prob, times, tracks,
 INSERT = ("INSERT INTO batches (level, first_row, last_row, n, rows, emb, scale, ids, cameras, gender_prob, times, "
           "tracks, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_AT = INSERT.replace("(level,", "(batch, level,").replace("VALUES (?,", "VALUES (?, ?,")  # keeps a batch id
-# little-endian on disk whatever the machine: the file moves between an x86 box and an ARM Jetson
-_LE = {"ids": "<i8", "cameras": "<i8", "gender_prob": "<f4", "times": "<f8", "tracks": "<i8", "_scale": "<f4"}
+# Blob columns hold EncodedGallery's fields (SQL `emb` is `embeddings`: the SQL names stay, so every store written
+# before opens unchanged), little-endian whatever the machine: a file moves between an x86 box and an ARM Jetson.
+_LE = {"scale": "<f4", "ids": "<i8", "cameras": "<i8", "gender_prob": "<f4", "times": "<f8", "tracks": "<i8"}
 _EMB = {"int8": "i1", "float16": "<f2", "float32": "<f4"}
+_METADATA = ("ids", "cameras", "gender_prob", "times", "tracks")  # the blobs after emb and scale, in SQL order
 
 
 def encode_batch(g: Gallery, rows: np.ndarray, level: int) -> tuple:
     """The INSERT parameters of one batch holding all of `g`'s entries under durable row ids `rows`."""
-    meta = None if all(m is None for m in g.meta) else json.dumps(list(g.meta))
-    scale = g._scale if g.dtype == "int8" else np.empty(0, np.float32)
+    enc = g.to_encoded()
+    meta = None if all(m is None for m in enc.meta) else json.dumps(list(enc.meta))
+    scale = enc.scale if enc.scale is not None else np.empty(0, np.float32)
     return (level, int(rows[0]), int(rows[-1]), len(rows), rows.astype("<i8").tobytes(),
-            g._emb.astype(_EMB[g.dtype], copy=False).tobytes(), scale.astype("<f4").tobytes(),
-            *(getattr(g, c).astype(_LE[c], copy=False).tobytes() for c in ("ids", "cameras", "gender_prob",
-                                                                            "times", "tracks")), meta)
+            enc.embeddings.astype(_EMB[enc.dtype], copy=False).tobytes(), scale.astype(_LE["scale"]).tobytes(),
+            *(getattr(enc, c).astype(_LE[c], copy=False).tobytes() for c in _METADATA), meta)
 
 
 def decode_batches(records: list, dim: int, dtype: str, metric: str, where: str) -> tuple:
     """(Gallery, row ids) of batch records selected as BATCH_COLS, in their order; GalleryFileError if damaged."""
-    cols = {name: [] for name in ("rows", "_emb", "_scale", "ids", "cameras", "gender_prob", "times", "tracks")}
+    cols = {name: [] for name in ("rows", "embeddings", "scale", *_METADATA)}
     meta: list = []
     try:
         for _, rows, emb, scale, *rest, meta_text in records:
             n = len(rows) // 8
             cols["rows"].append(np.frombuffer(rows, "<i8"))
-            cols["_emb"].append(np.frombuffer(emb, _EMB[dtype]).reshape(n, dim))
+            cols["embeddings"].append(np.frombuffer(emb, _EMB[dtype]).reshape(n, dim))
             if dtype == "int8":
-                cols["_scale"].append(np.frombuffer(scale, "<f4"))
-            for name, blob in zip(("ids", "cameras", "gender_prob", "times", "tracks"), rest):
+                cols["scale"].append(np.frombuffer(scale, _LE["scale"]))
+            for name, blob in zip(_METADATA, rest):
                 cols[name].append(np.frombuffer(blob, _LE[name]))
             meta.extend([None] * n if meta_text is None else json.loads(meta_text))
     except (ValueError, TypeError) as exc:
@@ -78,10 +82,9 @@ def decode_batches(records: list, dim: int, dtype: str, metric: str, where: str)
     rows = joined["rows"] if joined["rows"] is not None else np.empty(0, np.int64)
     if len(rows) > 1 and not (np.diff(rows) > 0).all():
         raise GalleryFileError(f"{where} holds row ids out of order; the store is damaged, restore it from a backup")
-    empty = Gallery(dim=dim, dtype=dtype, metric=metric)
-    get = lambda k: joined[k] if joined[k] is not None else getattr(empty, k)  # noqa: E731
-    g = Gallery.from_encoded(dim, dtype, metric, get("_emb"), get("_scale"), get("ids"), get("cameras"),
-                             get("gender_prob"), get("times"), get("tracks"), meta)
+    empty = vars(Gallery(dim=dim, dtype=dtype, metric=metric).to_encoded())
+    g = Gallery.from_encoded(**{**empty, **{k: v for k, v in joined.items() if k != "rows" and v is not None},
+                                "meta": meta})
     if len(rows) != len(g):
         raise GalleryFileError(f"{where} has batches whose columns disagree in length; the store is damaged")
     return g, rows.astype(np.int64, copy=False)
@@ -107,6 +110,23 @@ def ranges_of(positions: np.ndarray, rows: np.ndarray) -> list:
     breaks = np.flatnonzero(np.diff(positions) != 1) + 1
     starts, ends = positions[np.r_[0, breaks]], positions[np.r_[breaks - 1, len(positions) - 1]]
     return list(zip(rows[starts].tolist(), rows[ends].tolist()))
+
+
+def read_info(path: str | os.PathLike) -> dict | None:
+    """The store_info of the store at `path` (format, version, dim, dtype, metric) read without loading entries;
+    None when `path` is missing, empty or not an edgereid store."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        return None
+    try:
+        con = sqlite3.connect(str(p), timeout=5.0)
+        try:
+            info = dict(con.execute("SELECT key, value FROM store_info").fetchall())
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return None
+    return info if info.get("format") == FORMAT else None
 
 
 def counter(con: sqlite3.Connection, name: str) -> int:

@@ -1,7 +1,7 @@
 """What a Runtime returns: embeddings and gender probabilities, bound to outputs by name."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -9,12 +9,19 @@ import numpy as np
 
 @dataclass
 class Output:
-    """Per-crop results: `embeddings` (N, D) float32 and `gender_prob` (N,) float32 = P(positive class)."""
+    """Per-crop results: `embeddings` (N, D) float32 and `gender_prob` (N,) float32 = P(positive class).
+
+    From `Runtime.infer(..., on_error="skip")`: `indices` (N,) the position of each row among the crops passed,
+    and `failed` {position: reason} for the crops that were left out. Otherwise `indices` is None (row i is
+    crop i) and `failed` is empty.
+    """
 
     embeddings: np.ndarray
     gender_prob: np.ndarray
     positive_class: str = "female"
     negative_class: str = "male"
+    indices: np.ndarray | None = None
+    failed: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -30,7 +37,8 @@ class Output:
         return self.gender_prob >= 0.5
 
     def __getitem__(self, index) -> "Output":
-        return Output(self.embeddings[index], self.gender_prob[index], self.positive_class, self.negative_class)
+        return Output(self.embeddings[index], self.gender_prob[index], self.positive_class, self.negative_class,
+                      None if self.indices is None else self.indices[index])
 
     @classmethod
     def concat(cls, parts: Sequence["Output"], dim: int, positive: str = "female", negative: str = "male") -> "Output":

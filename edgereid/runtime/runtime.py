@@ -10,12 +10,17 @@ import numpy as np
 
 from edgereid.backends import open_backend
 from edgereid.backends.base import Backend
-from edgereid.errors import EdgereidError, InvalidInputError, ModelFileError
+from edgereid.errors import EdgereidError, ImageReadError, InvalidInputError, ModelFileError
 from edgereid.imageio import read_image
 from edgereid.metadata import ModelMetadata
 from edgereid.progress import progress as progress_bar
+from edgereid.retrieval.distances import l2_normalize
 from edgereid.runtime.output import Output, sigmoid
-from edgereid.runtime.preprocess import Preprocessor
+from edgereid.runtime.preprocess import Preprocessor, validate_crop
+
+ON_ERROR = ("raise", "skip")
+# |norm - 1| a normalised embedding may show: fp16 and INT8 files round, a foreign graph without L2 is off by far more
+UNIT_NORM_TOLERANCE = 0.05
 
 
 class Runtime:
@@ -54,6 +59,7 @@ class Runtime:
         #: wall seconds and per-stage seconds of the last infer* call
         self.last_latency_s = 0.0
         self.last_stage_times: dict = {}
+        self._promises_checked = False
 
     @classmethod
     def for_checking(cls, model: str | os.PathLike, **options) -> "Runtime":
@@ -68,16 +74,38 @@ class Runtime:
         return rt
 
     # -- inference ---------------------------------------------------------------------------------------
-    def infer(self, crops: Sequence[np.ndarray] | np.ndarray) -> Output:
-        """Embeddings and gender probabilities for uint8 BGR crops of any size (a list, or one crop)."""
-        return self._concat(self._run(self._as_list(crops), self._postprocess))
+    def infer(self, crops: Sequence[np.ndarray] | np.ndarray, on_error: str = "raise") -> Output:
+        """Embeddings and gender probabilities for uint8 BGR crops of any size (a list, or one crop).
 
-    def infer_files(self, paths: Iterable[str | os.PathLike], progress: bool | str = False) -> Output:
+        `on_error="raise"` (default): a bad crop (empty, wrong dtype or channels) raises InvalidInputError naming
+        it, and no crop gets a result. `on_error="skip"`: the good crops are run and returned;
+        `Output.indices` holds each row's position in `crops` and `Output.failed` maps each bad crop's position
+        to the reason, so a tracker loop keeps the frame's good detections.
+        """
+        return self._infer(self._as_list(crops), on_error, decode=False)
+
+    def infer_files(self, paths: Iterable[str | os.PathLike], progress: bool | str = False,
+                    on_error: str = "raise") -> Output:
         """Read image files (OpenCV) and infer them, `max_batch` files at a time to bound memory.
 
-        `progress`: True or a label shows progress (a bar on a terminal, one line in a log).
+        `progress`: True or a label shows progress (a bar on a terminal, one line in a log). `on_error="skip"`
+        skips unreadable files and bad images as `infer` does.
         """
-        return self._concat(self._run(list(paths), self._postprocess, decode=True, progress=progress))
+        if isinstance(paths, (str, os.PathLike)):
+            raise InvalidInputError(f"infer_files() takes a list of paths, got one path ({paths}); wrap it: [path].")
+        return self._infer(list(paths), on_error, decode=True, progress=progress)
+
+    def _infer(self, items: list, on_error: str, decode: bool, progress: bool | str = False) -> Output:
+        if on_error not in ON_ERROR:
+            raise InvalidInputError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        failed: dict = {}
+        parts = self._run(items, self._postprocess, decode=decode, progress=progress,
+                          failed=failed if on_error == "skip" else None)
+        out = self._concat(parts)
+        if on_error == "skip":
+            out.indices = np.array([i for i in range(len(items)) if i not in failed], dtype=np.int64)
+            out.failed = failed
+        return out
 
     def infer_raw(self, crops: Sequence[np.ndarray] | np.ndarray | None = None, *,
                   files: Iterable[str | os.PathLike] | None = None, progress: bool | str = False) -> dict:
@@ -100,9 +128,13 @@ class Runtime:
                                     f"got {len(crops)}; use infer() to split automatically.")
         return self.infer(crops), dict(self.last_stage_times)
 
-    def _run(self, items: list, finish, decode: bool = False, progress: bool | str = False) -> list:
+    def _run(self, items: list, finish, decode: bool = False, progress: bool | str = False,
+             failed: dict | None = None) -> list:
         """The one inference loop: per batch of `max_batch` items, [decode ->] preprocess -> backend ->
-        finish(raw outputs, n). Returns the finished parts; times each stage into `last_stage_times`."""
+        finish(raw outputs, n). Returns the finished parts; times each stage into `last_stage_times`.
+
+        With a `failed` dict, items that cannot be read or are not valid crops are left out of their batch and
+        recorded there (position -> reason) instead of raising."""
         stages: dict = {}
 
         def add(stage: str, seconds: float) -> None:
@@ -115,15 +147,23 @@ class Runtime:
         for lo in range(0, len(items), self.max_batch):
             t0 = time.perf_counter()
             chunk = items[lo:lo + self.max_batch]
-            if decode:
+            if failed is not None:
+                chunk = self._good(chunk, lo, decode, failed)
+            elif decode:
                 chunk = [read_image(p) for p in chunk]
+            if decode:
                 t = time.perf_counter()
                 add("decode", t - t0)
                 t0 = t
+            bar.update(len(items[lo:lo + self.max_batch]))
+            if not chunk:
+                continue
             batch = self.preprocessor.prepare(chunk, start_index=lo)
             t1 = time.perf_counter()
             raw = self.backend.infer({self.metadata.input_name: batch})
             t2 = time.perf_counter()
+            if not self._promises_checked:
+                self._check_promises(raw, len(batch))
             parts.append(finish(raw, len(batch)))
             t3 = time.perf_counter()
             add("preprocess", t1 - t0)
@@ -131,7 +171,6 @@ class Runtime:
             for stage, seconds in (self.backend.last_stage_times or {"inference": t2 - t1}).items():
                 add(stage, seconds)
             add("postprocess", t3 - t2)
-            bar.update(len(chunk))
         bar.close()
         self.last_latency_s = time.perf_counter() - start
         self.last_stage_times = stages
@@ -145,7 +184,45 @@ class Runtime:
             return [crops] if crops.ndim in (2, 3) else list(crops)
         if isinstance(crops, (str, os.PathLike)):
             raise InvalidInputError(f"infer() got a path ({crops}); use Runtime.infer_files for files on disk.")
+        if crops is None or not isinstance(crops, Iterable):
+            raise InvalidInputError(f"infer() takes a list of uint8 BGR crops (or one crop as a numpy array), got "
+                                    f"{type(crops).__name__}; pass [crop, ...] as cv2.imread or a frame slice gives.")
         return list(crops)
+
+    @staticmethod
+    def _good(chunk: list, start: int, decode: bool, failed: dict) -> list:
+        """The items of `chunk` that read and validate as crops; the others go into `failed` by position."""
+        good = []
+        for i, item in enumerate(chunk):
+            try:
+                crop = read_image(item) if decode else item
+                validate_crop(crop, start + i)
+            except (InvalidInputError, ImageReadError) as exc:
+                failed[start + i] = str(exc)
+                continue
+            good.append(crop)
+        return good
+
+    def _check_promises(self, raw: dict, n: int) -> None:
+        """On the first batch: the outputs are what the metadata promises (finite, unit rows where it says the
+        embedding is normalised); a file whose graph contradicts its metadata is refused."""
+        meta = self.metadata
+        emb = np.asarray(raw[meta.embedding_output], dtype=np.float32).reshape(n, -1)
+        logit = np.asarray(raw[meta.gender_output], dtype=np.float32)
+        broken = None
+        if not (np.isfinite(emb).all() and np.isfinite(logit).all()):
+            broken = "outputs are finite (the model returned NaN or infinity)"
+        elif meta.embedding_normalized:
+            norms = np.linalg.norm(emb, axis=1)
+            worst = float(np.abs(norms - 1.0).max())
+            if worst > UNIT_NORM_TOLERANCE:
+                broken = (f"embedding_normalized: unit-length rows (the model returned norms "
+                          f"{float(norms.min()):.4g} to {float(norms.max()):.4g})")
+        if broken:
+            raise ModelFileError(f"{self.path}: the file's metadata promises {broken}; the graph does not do what its "
+                                 f"metadata says. Re-export it with `edgereid export`, or import a foreign network "
+                                 f"with metadata that describes it.")
+        self._promises_checked = True
 
     def _postprocess(self, raw: dict, n: int) -> Output:
         meta = self.metadata
@@ -156,7 +233,7 @@ class Runtime:
                                  f"{meta.gender_output}{logit.shape} for {n} crops; expected ({n}, "
                                  f"{meta.embedding_dim}) and ({n}, 1). The metadata does not match the graph.")
         if not meta.embedding_normalized:
-            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            emb = l2_normalize(emb)
         return Output(emb, sigmoid(logit.reshape(n)), meta.gender_positive_class, meta.gender_negative_class)
 
     def _concat(self, parts: list) -> Output:
