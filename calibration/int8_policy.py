@@ -7,7 +7,8 @@ same calibration set and the same INT8 file whichever way they are asked for.
 
 The default (`DEFAULT_POLICY`): a calibration set of 512 images, stratified by identity and camera where the
 image names carry them, seed 0; TensorRT form (symmetric int8 activations, per-channel symmetric weights); the
-sensitivity plan with an embedding-cosine target of 0.995 on the calibration crops and at most 25% of the
+sensitivity plan with an embedding-cosine target of 0.995 on the calibration crops (and, for a model with an
+attribute head, an attribute decision agreement of 0.99 with fp32 on the same crops) and at most 25% of the
 multiply-accumulates left in float. The plan checks the target on each range method's all-INT8 file first, in the
 order min-max, 99.99th / 99.999th percentile, entropy, and stops at the first that meets it: a model that
 quantizes well costs one scored file, one that does not gets the per-layer search. Why: a deployment SDK's
@@ -53,6 +54,8 @@ class Int8Policy:
     method: str = "minmax"  # the ranges when plan=False
     percentile: float = 99.999  # with method="percentile"
     target_cosine: float = 0.995  # the plan stops as soon as the file reaches this on the calibration crops
+    # ... and this share of attribute decisions (crop x attribute, p >= 0.5) equal to fp32's (attribute heads only)
+    target_attribute_agreement: float = 0.99
     max_float_share: float = 0.25  # of the Conv multiply-accumulates the plan may leave in float
     max_plan_crops: int = 256  # calibration crops the plan scores on
     bias_correction: bool = False  # only without the plan (the plan scores uncorrected files)
@@ -64,6 +67,9 @@ class Int8Policy:
             raise InvalidInputError(f"INT8 target {self.target!r} is not known; use one of {', '.join(TARGETS)}.")
         if not 0.0 < self.target_cosine <= 1.0:
             raise InvalidInputError(f"target_cosine={self.target_cosine} must be in (0, 1]; the default is 0.995.")
+        if not 0.0 < self.target_attribute_agreement <= 1.0:
+            raise InvalidInputError(f"target_attribute_agreement={self.target_attribute_agreement} must be in (0, 1]; "
+                                    f"the default is 0.99.")
         if not 0.0 <= self.max_float_share <= 1.0:
             raise InvalidInputError(f"max_float_share={self.max_float_share} must be in [0, 1]; the default is 0.25.")
         if self.num_calibration < 1 or self.batch_size < 1 or self.max_plan_crops < 2:
@@ -154,5 +160,5 @@ def quantize(model: str | os.PathLike, calib, out_path: str | os.PathLike, polic
         model, calib, out_path, target=policy.target, target_cosine=policy.target_cosine,
         max_float_share=policy.max_float_share, max_images=policy.max_plan_crops, threads=threads,
         reduce_range=policy.reduce_range, progress=progress, echo=echo, batch_size=policy.batch_size,
-        full_sensitivity=report)
+        full_sensitivity=report, target_attribute_agreement=policy.target_attribute_agreement)
     return Int8Result(Path(path), plan, rows, scores, count)

@@ -1,8 +1,11 @@
 """What INT8 costs layer by layer, and the mixed-precision plan that keeps the model within its budget.
 
 The pass runs on the calibration crops only (never the evaluation set) and scores every file against the fp32
-model's own outputs: embedding cosine and gender-probability difference, with TensorRT's arithmetic (Q/DQ not
-fused, so int8 products are exact and the verdict does not depend on the checking CPU).
+model's own outputs: embedding cosine and gender-probability difference, and for a model with an attribute head the
+attribute decision agreement (the share of crop x attribute decisions at p = 0.5 that the file makes as fp32 does)
+and mean |attribute probability difference|, with TensorRT's arithmetic (Q/DQ not fused, so int8 products are exact
+and the verdict does not depend on the checking CPU). The target is met when the cosine reaches `target_cosine`
+and the attribute agreement `target_attribute_agreement` (no attribute head: the cosine alone, as before).
 
 1. Ranges: each candidate method (min-max, two percentiles, entropy) quantizes the whole model; the best
    embedding cosine wins.
@@ -46,6 +49,10 @@ log = logging.getLogger(__name__)
 PLAN_OPS = ("Conv", "Add", "GlobalAveragePool")
 CANDIDATE_RANGES = (("minmax", 99.999), ("percentile", 99.99), ("percentile", 99.999), ("entropy", 99.999))
 TARGET_COSINE = 0.995  # on the calibration crops; parity's INT8 budget on held-out crops is a mean >= 0.99
+# Attribute decisions (crop x attribute, p >= 0.5) that must match fp32 on the calibration crops: 1 flip in 100. The
+# heads' Gemms stay fp32, so what moves decisions is the INT8 backbone feature under them; parity's INT8 budget on
+# held-out crops is 0.97, as for gender.
+TARGET_ATTRIBUTE_AGREEMENT = 0.99
 MAX_FLOAT_SHARE = 0.25  # of the Conv multiply-accumulates
 # Quantized ops that are not plan units: a quantized tensor passes through them unchanged in scale, so the units
 # on either side of them share its Q/DQ.
@@ -67,6 +74,7 @@ class LayerSensitivity:
     gender_prob_diff: float  # mean |p_int8 - p_fp32|
     kept_float: bool = False
     reason: str = ""
+    attribute_agreement: float = 1.0  # share of crop x attribute decisions equal to fp32's (1.0: no attribute head)
 
     def to_dict(self) -> dict:
         """Plain dict."""
@@ -170,15 +178,19 @@ class Scorer:
         if self.threads:
             opts.intra_op_num_threads = self.threads
         sess = self.ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        names = [self.meta.embedding_output, self.meta.gender_output]
+        names = list(self.meta.output_names)  # embedding, gender[, attributes]: bound by name
         outs = [sess.run(names, {self.meta.input_name: self.images[i:i + self.batch]})
                 for i in range(0, len(self.images), self.batch)]
         logit = np.concatenate([o[1] for o in outs]).reshape(-1).astype(np.float64)
-        return {"embedding": np.concatenate([o[0] for o in outs]).astype(np.float64),
-                "gender_prob": 1.0 / (1.0 + np.exp(-logit))}
+        result = {"embedding": np.concatenate([o[0] for o in outs]).astype(np.float64),
+                  "gender_prob": 1.0 / (1.0 + np.exp(-logit))}
+        if self.meta.has_attributes:
+            result["attribute_prob"] = 1.0 / (1.0 + np.exp(-np.concatenate([o[2] for o in outs]).astype(np.float64)))
+        return result
 
     def score(self, model, what: str = "") -> dict:
-        """Embedding cosine (mean, min), top-k agreement and mean |gender probability difference| against fp32."""
+        """Embedding cosine (mean, min), top-k agreement and mean |gender probability difference| against fp32;
+        with an attribute head also the attribute decision agreement and mean |attribute probability difference|."""
         start = time.perf_counter()
         got = self.run(model)
         cos = row_cosine(self.reference["embedding"], got["embedding"])
@@ -186,6 +198,10 @@ class Scorer:
         result = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                   "top10_overlap": agree,
                   "gender_prob_diff": float(np.abs(got["gender_prob"] - self.reference["gender_prob"]).mean())}
+        if "attribute_prob" in got:
+            ref, new = self.reference["attribute_prob"], got["attribute_prob"]
+            result["attribute_agreement"] = float(np.mean((ref >= 0.5) == (new >= 0.5)))
+            result["attribute_prob_diff"] = float(np.abs(new - ref).mean())
         self._report(what, result, time.perf_counter() - start)
         return result
 
@@ -199,10 +215,28 @@ class Scorer:
             self._bar.update(1)
             self._bar.set_postfix_str(f"cosine {result['cosine_mean']:.4f}")
         elif self.echo is not None:
+            attrs = (f", attribute agreement {result['attribute_agreement']:.4f}"
+                     if "attribute_agreement" in result else "")
             self.echo(f"  [{self.evaluations}] {self._step} {self._done}/{self._total}"
                       f"{' ' + what if what else ''}: cosine mean {result['cosine_mean']:.4f}, min "
-                      f"{result['cosine_min']:.4f}, gender |dp| {result['gender_prob_diff']:.4f}; {per:.1f} s per "
-                      f"file, this step at most {left} more (~{left * per:.0f} s)")
+                      f"{result['cosine_min']:.4f}, gender |dp| {result['gender_prob_diff']:.4f}{attrs}; {per:.1f} s "
+                      f"per file, this step at most {left} more (~{left * per:.0f} s)")
+
+
+def meets(score: dict, target_cosine: float, target_attribute_agreement: float = TARGET_ATTRIBUTE_AGREEMENT) -> bool:
+    """True when a score reaches the plan's targets: the embedding cosine and, for a model with attributes, the
+    attribute decision agreement."""
+    return (score["cosine_mean"] >= target_cosine
+            and score.get("attribute_agreement", 1.0) >= target_attribute_agreement)
+
+
+def shortfall(score: dict, target_cosine: float,
+              target_attribute_agreement: float = TARGET_ATTRIBUTE_AGREEMENT) -> float:
+    """How far a score is from the targets, each gap in units of its budget (1 - target), so that a float unit
+    that closes the attribute gap counts as progress as a cosine gain does; 0 when both are met."""
+    cos_gap = max(0.0, target_cosine - score["cosine_mean"]) / max(1.0 - target_cosine, 1e-9)
+    attr_gap = max(0.0, target_attribute_agreement - score.get("attribute_agreement", 1.0))
+    return cos_gap + attr_gap / max(1.0 - target_attribute_agreement, 1e-9)
 
 
 def nearest(embeddings: np.ndarray, k: int) -> np.ndarray:
@@ -221,20 +255,22 @@ def range_label(method: str, percentile: float) -> str:
 
 
 def best_ranges(quantizer: Int8Quantizer, scorer: Scorer, candidates=CANDIDATE_RANGES,
-                target_cosine: float | None = None) -> tuple:
+                target_cosine: float | None = None,
+                target_attribute_agreement: float = TARGET_ATTRIBUTE_AGREEMENT) -> tuple:
     """((method, percentile), {candidate label: score}) of the range method whose all-INT8 file scores best.
 
-    With `target_cosine`, the candidates are tried in order and the first whose all-INT8 file reaches it is taken
-    at once (no further file is scored)."""
+    With `target_cosine`, the candidates are tried in order and the first whose all-INT8 file meets the targets
+    (`meets`) is taken at once (no further file is scored)."""
     scores = {}
     scorer.begin("range methods, all INT8", len(candidates))
     for method, pct in candidates:
         label = range_label(method, pct)
         scores[label] = scorer.score(quantizer.quantize(quantizer.ranges(method, pct)), label)
-        if target_cosine is not None and scores[label]["cosine_mean"] >= target_cosine:
+        if target_cosine is not None and meets(scores[label], target_cosine, target_attribute_agreement):
             return (method, pct), scores
     labels = list(scores)
     best = max(range(len(labels)), key=lambda i: (scores[labels[i]]["cosine_mean"],
+                                                   scores[labels[i]].get("attribute_agreement", 1.0),
                                                    -scores[labels[i]]["gender_prob_diff"]))
     return candidates[best], scores
 
@@ -248,25 +284,30 @@ def layer_sensitivity(quantizer: Int8Quantizer, scorer: Scorer, ranges: dict) ->
     for name in macs:
         s = scorer.score(quantizer.quantize(ranges, only=[name]), name)
         rows.append(LayerSensitivity(name, macs[name] / total, s["cosine_mean"], s["cosine_min"],
-                                     s["gender_prob_diff"]))
+                                     s["gender_prob_diff"], attribute_agreement=s.get("attribute_agreement", 1.0)))
     return sorted(rows, key=lambda r: (r.cosine_mean, -r.gender_prob_diff))
 
 
 def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float = TARGET_COSINE,
                 max_float_share: float = MAX_FLOAT_SHARE, candidates=CANDIDATE_RANGES, echo=log.info,
-                full_sensitivity: bool = False) -> tuple:
+                full_sensitivity: bool = False,
+                target_attribute_agreement: float = TARGET_ATTRIBUTE_AGREEMENT) -> tuple:
     """(Int8Plan, [LayerSensitivity], {range method: score}) chosen on the calibration crops.
 
-    The search stops as soon as the target is met: at the first range method whose all-INT8 file reaches
-    `target_cosine` (then no layer is scored and the rows are empty, unless `full_sensitivity` asks for the
-    per-layer table), and in the plan at the first float unit that brings the model there."""
-    (method, pct), method_scores = best_ranges(quantizer, scorer, candidates, target_cosine)
+    The search stops as soon as the targets are met (`meets`: `target_cosine`, and `target_attribute_agreement`
+    for a model with attributes): at the first range method whose all-INT8 file meets them (then no layer is scored
+    and the rows are empty, unless `full_sensitivity` asks for the per-layer table), and in the plan at the first
+    float unit that brings the model there."""
+    targets = (target_cosine, target_attribute_agreement)
+    (method, pct), method_scores = best_ranges(quantizer, scorer, candidates, *targets)
     ranges = quantizer.ranges(method, pct)
     score = method_scores[range_label(method, pct)]  # the all-INT8 file, scored while choosing the ranges
-    met = score["cosine_mean"] >= target_cosine
+    met = meets(score, *targets)
     if met:
+        attrs = (f", attribute agreement {score['attribute_agreement']:.4f} >= {target_attribute_agreement}"
+                 if "attribute_agreement" in score else "")
         echo(f"  {range_label(method, pct)} ranges, all INT8: cosine {score['cosine_mean']:.4f} >= "
-             f"{target_cosine} on {len(scorer.images)} calibration crops; no layer needs float")
+             f"{target_cosine}{attrs} on {len(scorer.images)} calibration crops; no layer needs float")
     rows = layer_sensitivity(quantizer, scorer, ranges) if not met or full_sensitivity else []
     keep, reasons, share = [], {}, 0.0
     if not met:
@@ -275,7 +316,7 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
     by_name = {r.name: r for r in rows}
     rank_of = {r.name: i for i, r in enumerate(rows, 1)}
     for row in rows:
-        if score["cosine_mean"] >= target_cosine:
+        if meets(score, *targets):
             break
         if row.name in keep:
             continue  # already float, as a neighbour of a more sensitive unit
@@ -286,7 +327,7 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
             if share + cost > max_float_share:
                 continue  # too costly to leave in float; a cheaper, less sensitive layer may still fit
             candidate = scorer.score(quantizer.quantize(ranges, keep_float=keep + group), "+".join(group))
-            if candidate["cosine_mean"] <= before:
+            if shortfall(candidate, *targets) >= shortfall(score, *targets):
                 continue  # float here does not help the whole model (its error is masked downstream)
             if candidate["top10_overlap"] < score["top10_overlap"]:
                 continue  # closer on average but the neighbours reorder: no gain for search
@@ -302,15 +343,17 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
                     f"{candidate['cosine_mean']:.4f}")
             break
     keep, score = _prune(quantizer, scorer, ranges, keep, score, rows, reasons)
-    if keep and score["cosine_mean"] < target_cosine:  # other ranges are searched only while short of the target
+    if keep and not meets(score, *targets):  # other ranges are searched only while short of the target
         (method, pct), ranges, score = _ranges_for_plan(quantizer, scorer, candidates, (method, pct), keep, score,
                                                         echo)
         keep, score = _prune(quantizer, scorer, ranges, keep, score, rows, reasons)
     scorer.finish()
     share = sum(r.macs_share for r in rows if r.name in keep)
-    if score["cosine_mean"] < target_cosine:
-        echo(f"  the plan reaches cosine {score['cosine_mean']:.4f} < {target_cosine} on the calibration crops "
-             f"with {share:.0%} of the MACs in float (cap {max_float_share:.0%}); post-training quantization "
+    if not meets(score, *targets):
+        attrs = (f", attribute agreement {score['attribute_agreement']:.4f} (target {target_attribute_agreement})"
+                 if "attribute_agreement" in score else "")
+        echo(f"  the plan reaches cosine {score['cosine_mean']:.4f} (target {target_cosine}){attrs} on the "
+             f"calibration crops with {share:.0%} of the MACs in float (cap {max_float_share:.0%}); post-training quantization "
              f"falls short here: quantization-aware training is the next step.")
     plan = Int8Plan(method=method, percentile=float(pct), target=quantizer.target, keep_float=keep,
                     reasons=reasons, calibration_score={**score, "float_macs_share": share,
@@ -327,7 +370,8 @@ def _ranges_for_plan(quantizer, scorer, candidates, chosen: tuple, keep: list, s
         if (method, pct) == chosen:
             continue
         s = scorer.score(quantizer.quantize(quantizer.ranges(method, pct), keep_float=keep), range_label(method, pct))
-        if s["cosine_mean"] > score["cosine_mean"] and s["top10_overlap"] >= score["top10_overlap"]:
+        if (s["cosine_mean"] > score["cosine_mean"] and s["top10_overlap"] >= score["top10_overlap"]
+                and s.get("attribute_agreement", 1.0) >= score.get("attribute_agreement", 1.0)):
             echo(f"  with the plan's {len(keep)} float units, {range_label(method, pct)} ranges score higher than "
                  f"{range_label(*best)}: cosine {score['cosine_mean']:.4f} -> {s['cosine_mean']:.4f}; the plan "
                  f"uses them")
@@ -342,7 +386,9 @@ def _prune(quantizer, scorer, ranges, keep: list, score: dict, rows: list, reaso
     for name in list(keep):
         trial = [k for k in keep if k != name]
         s = scorer.score(quantizer.quantize(ranges, keep_float=trial), name)
-        if s["cosine_mean"] >= score["cosine_mean"] - 1e-4 and s["top10_overlap"] >= score["top10_overlap"]:
+        # no attribute decision may flip back: one flip is 1 / (crops x attributes), far above the cosine's 1e-4
+        if (s["cosine_mean"] >= score["cosine_mean"] - 1e-4 and s["top10_overlap"] >= score["top10_overlap"]
+                and s.get("attribute_agreement", 1.0) >= score.get("attribute_agreement", 1.0)):
             keep, score = trial, s
             reasons.pop(name, None)
             for row in rows:
@@ -351,20 +397,23 @@ def _prune(quantizer, scorer, ranges, keep: list, score: dict, rows: list, reaso
     return keep, score
 
 
-def sensitivity_table(rows: list) -> str:
-    """Markdown table of a sensitivity pass."""
-    lines = ["| layer | MACs | cosine alone in INT8 (mean / min) | gender abs dp | plan |",
-             "| --- | --- | --- | --- | --- |"]
+def sensitivity_table(rows: list, attributes: bool = False) -> str:
+    """Markdown table of a sensitivity pass (with `attributes`, a column of attribute decision agreement)."""
+    extra = (" attribute agreement |", " --- |") if attributes else ("", "")
+    lines = ["| layer | MACs | cosine alone in INT8 (mean / min) | gender abs dp |" + extra[0] + " plan |",
+             "| --- | --- | --- | --- |" + extra[1] + " --- |"]
     for r in rows:
+        cell = f" {r.attribute_agreement:.4f} |" if attributes else ""
         lines.append(f"| {r.name} | {r.macs_share:.1%} | {r.cosine_mean:.4f} / {r.cosine_min:.4f} | "
-                     f"{r.gender_prob_diff:.4f} | {'float' if r.kept_float else 'int8'} |")
+                     f"{r.gender_prob_diff:.4f} |{cell} {'float' if r.kept_float else 'int8'} |")
     return "\n".join(lines)
 
 
 def quantize_int8_auto(onnx_path, calib, out_path, target: str = "tensorrt", target_cosine: float = TARGET_COSINE,
                        max_float_share: float = MAX_FLOAT_SHARE, max_images: int = 256, threads: int | None = None,
                        reduce_range: bool = False, progress: bool = False, echo=log.info, batch_size: int = 8,
-                       full_sensitivity: bool = False) -> tuple:
+                       full_sensitivity: bool = False,
+                       target_attribute_agreement: float = TARGET_ATTRIBUTE_AGREEMENT) -> tuple:
     """(path, Int8Plan, [LayerSensitivity], {method: score}): the plan chosen on `calib`, then the file.
 
     The plan goes into the file's metadata (`int8_plan`) and beside it as `<out>.plan.json` for `--plan`.
@@ -373,7 +422,8 @@ def quantize_int8_auto(onnx_path, calib, out_path, target: str = "tensorrt", tar
     with Int8Quantizer(onnx_path, calib, batch_size, target=target, reduce_range=reduce_range) as quantizer:
         scorer = Scorer(quantizer, max_images=max_images, threads=threads, echo=echo, progress=progress)
         plan, rows, method_scores = choose_plan(quantizer, scorer, target_cosine, max_float_share, echo=echo,
-                                                full_sensitivity=full_sensitivity)
+                                                full_sensitivity=full_sensitivity,
+                                                target_attribute_agreement=target_attribute_agreement)
         path = quantizer.write(out_path, plan.method, plan.percentile, plan.keep_float, plan=plan.to_dict())
     plan.save(plan_path(path))
     return Path(path), plan, rows, method_scores

@@ -17,6 +17,9 @@ PREFIX = "edgereid."
 # Bumped when a field changes meaning; readers refuse a newer major version.
 FORMAT_VERSION = 1
 
+#: the graph output an attribute head writes (N, A) float32 logits; sigmoid = P(attribute)
+ATTRIBUTE_OUTPUT = "attribute_logits"
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -41,16 +44,40 @@ class ModelMetadata:
     gender_output: str = "gender_logit"
     gender_positive_class: str = "female"  # sigmoid(gender_logit) = P(gender_positive_class)
     gender_negative_class: str = "male"
+    # Optional attribute head: "" = none. Files written before the head existed lack both fields and read as none,
+    # so adding them changes no field's meaning (FORMAT_VERSION stays).
+    attribute_output: str = ""
+    attribute_names: tuple = ()  # column order of the attribute output
     weights_sha256: str = ""
     edgereid_version: str = __version__
     precision: str = "fp32"
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)  # stage-specific fields (calibration hash, TRT profile, ...)
 
+    def __post_init__(self) -> None:
+        # JSON gives lists; a frozen dataclass keeps the tuple form that equality and hashing expect
+        object.__setattr__(self, "attribute_names", tuple(str(n) for n in self.attribute_names))
+        if bool(self.attribute_output) != bool(self.attribute_names):
+            raise ModelFileError(
+                f"model metadata names the attribute output {self.attribute_output!r} with "
+                f"{len(self.attribute_names)} attribute names; both are set (a head and its column names) or "
+                f"neither. Set them together with ModelMetadata.with_attributes(names).")
+
     @property
     def output_names(self) -> tuple:
         """Output names in a stable order; bind outputs by these names, never by position."""
-        return (self.embedding_output, self.gender_output)
+        base = (self.embedding_output, self.gender_output)
+        return base + (self.attribute_output,) if self.attribute_output else base
+
+    @property
+    def has_attributes(self) -> bool:
+        """True when the model has an attribute head (its output and names are set)."""
+        return bool(self.attribute_output)
+
+    def with_attributes(self, names: tuple, output: str = ATTRIBUTE_OUTPUT) -> "ModelMetadata":
+        """A copy describing an attribute head with these column `names` (empty: no head)."""
+        names = tuple(str(n) for n in names)
+        return self.with_(attribute_output=output if names else "", attribute_names=names)
 
     def preprocessing(self) -> dict:
         """The fields that decide what a crop becomes before the model; equal dicts mean equal tensors."""
@@ -75,6 +102,7 @@ class ModelMetadata:
         """Plain JSON-ready dict (used by engine sidecars and `edgereid infer --json`)."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["attribute_names"] = list(self.attribute_names)
         return d
 
     def to_props(self) -> dict:

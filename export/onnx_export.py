@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgereid._optional import require
-from edgereid.metadata import ModelMetadata
+from edgereid.metadata import ATTRIBUTE_OUTPUT, ModelMetadata
 
 from edgereid.export.metadata import save_onnx, set_metadata
 from edgereid.export.simplify import simplify_checked
@@ -18,8 +18,21 @@ from edgereid.export.simplify import simplify_checked
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("embedding", "gender_logit")
+OUTPUT_NAMES = ("embedding", "gender_logit")  # every model's; an attribute head adds ATTRIBUTE_OUTPUT third
 DEFAULT_OPSET = 17
+
+
+def output_names(model) -> tuple:
+    """The graph outputs of `model` in export order: embedding first (trackers read output 0), then gender, then the
+    attribute logits when the model has an attribute head."""
+    return OUTPUT_NAMES + ((ATTRIBUTE_OUTPUT,) if getattr(model, "attribute_names", ()) else ())
+
+
+def export_metadata(model, **overrides) -> ModelMetadata:
+    """The model contract of `model` for its ONNX file (`model_metadata`: the attribute head's names included)."""
+    from edgereid.training.checkpoint import model_metadata
+
+    return model_metadata(model, **overrides)
 
 
 def _fused_wrapper(model, meta: ModelMetadata):
@@ -54,11 +67,11 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
     """
     torch = require("torch")
     onnx = require("onnx")
-    from edgereid.training.checkpoint import model_metadata
     from edgereid.training.model import ExportWrapper
 
     model = model.eval()
-    meta = model_metadata(model)
+    meta = export_metadata(model)
+    names = output_names(model)
     h, w = meta.height, meta.width
     if fuse_preprocessing:
         meta = meta.with_(input_layout="NHWC", input_dtype="uint8", color_order="BGR", normalize_in_graph=True)
@@ -75,8 +88,8 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (dummy,), buffer, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+            input_names=[INPUT_NAME], output_names=list(names),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *names)},
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buffer.getvalue())
@@ -88,7 +101,7 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
     set_metadata(proto, meta)
     onnx.checker.check_model(proto)
     if verify:
-        _verify_against_torch(proto, wrapper, probe, atol)
+        _verify_against_torch(proto, wrapper, probe, atol, names)
     return save_onnx(proto, out_path)
 
 
@@ -99,17 +112,18 @@ def _probe_input(meta: ModelMetadata, batch: int) -> np.ndarray:
     return rng.standard_normal((batch, 3, meta.height, meta.width)).astype(np.float32)
 
 
-def _verify_against_torch(proto, wrapper, probe: np.ndarray, atol: float) -> None:
-    """Run the exported graph in ONNX Runtime and compare both outputs with PyTorch on a probe batch."""
+def _verify_against_torch(proto, wrapper, probe: np.ndarray, atol: float, names: tuple = OUTPUT_NAMES) -> None:
+    """Run the exported graph in ONNX Runtime and compare every output (`names`, in the wrapper's order) with
+    PyTorch on a probe batch."""
     torch = require("torch")
     ort = require("onnxruntime")
     from edgereid.errors import EdgereidError
 
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: probe})))
+    got = dict(zip(names, session.run(list(names), {INPUT_NAME: probe})))
     with torch.no_grad():
-        want = dict(zip(OUTPUT_NAMES, (t.numpy() for t in wrapper(torch.from_numpy(probe)))))
-    for name in OUTPUT_NAMES:
+        want = dict(zip(names, (t.numpy() for t in wrapper(torch.from_numpy(probe)))))
+    for name in names:
         err = float(np.abs(got[name] - want[name]).max())
         if err > atol:
             raise EdgereidError(f"exported ONNX output {name!r} differs from PyTorch by {err:.2e} (> {atol}); "

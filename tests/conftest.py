@@ -59,15 +59,16 @@ def export_small(model, path, height: int = 64, width: int = 32, simplify: bool 
     import torch
 
     from edgereid.export.metadata import save_onnx, set_metadata
-    from edgereid.training.checkpoint import model_metadata
+    from edgereid.export.onnx_export import export_metadata, output_names
     from edgereid.training.model import ExportWrapper
 
+    names = list(output_names(model))  # embedding, gender_logit[, attribute_logits]
     buf = io.BytesIO()
     with torch.no_grad():
         # the wrapper in eval mode too: the exporter restores its mode afterwards, recursively into `model`
         torch.onnx.export(ExportWrapper(model.eval()).eval(), (torch.randn(2, 3, height, width),), buf, dynamo=False,
-                          opset_version=17, input_names=["images"], output_names=["embedding", "gender_logit"],
-                          dynamic_axes={"images": {0: "b"}, "embedding": {0: "b"}, "gender_logit": {0: "b"}})
+                          opset_version=17, input_names=["images"], output_names=names,
+                          dynamic_axes={n: {0: "b"} for n in ["images"] + names})
     proto = onnx.load_from_string(buf.getvalue())
     # simplified like `edgereid export` does (constant Slice bounds let the IBN BatchNorm fold apply)
     from edgereid.export.simplify import simplify_checked
@@ -75,7 +76,7 @@ def export_small(model, path, height: int = 64, width: int = 32, simplify: bool 
     probe = np.random.default_rng(0).standard_normal((2, 3, height, width)).astype(np.float32)
     if simplify:
         proto = simplify_checked(proto, {"images": probe})
-    set_metadata(proto, model_metadata(model, height=height, width=width))
+    set_metadata(proto, export_metadata(model, height=height, width=width))
     return save_onnx(proto, path)
 
 

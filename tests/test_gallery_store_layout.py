@@ -196,13 +196,10 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path):
         assert "entries" not in {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
 
 
-def test_a_version_2_store_written_by_an_earlier_edgereid_opens_with_the_same_entries(tmp_path):
-    """The version-2 tables exactly as earlier releases wrote them (blob columns emb, scale, ids, ...), built here
-    by hand rather than by store_batches, so a change to the writer cannot hide a change to what it reads."""
-    path = tmp_path / "old.sqlite"
-    g = Gallery(dim=DIM, dtype="int8")
-    g.add(**entries(np.random.default_rng(4), 20, 0))
-    enc = g.to_encoded()
+def write_v2_store(path, enc, batches, next_row: int) -> None:
+    """The version-2 tables exactly as earlier releases wrote them (blob columns emb, scale, ids, ...), built by
+    hand rather than by store_batches, so a change to the writer cannot hide a change to what it reads. `batches`:
+    (lo, hi, dead) slices of the EncodedGallery `enc`, holding row ids lo + 1 .. hi."""
     with sqlite3.connect(path) as con:
         con.executescript("""
             CREATE TABLE store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -214,18 +211,28 @@ def test_a_version_2_store_written_by_an_earlier_edgereid_opens_with_the_same_en
             CREATE TABLE tombstones (seq INTEGER PRIMARY KEY AUTOINCREMENT, first_row INTEGER NOT NULL,
                 last_row INTEGER NOT NULL);""")
         con.executemany("INSERT INTO store_info VALUES (?, ?)", {"format": "edgereid-gallery-store", "version": "2",
-                                                                "dim": str(DIM), "dtype": "int8",
-                                                                "metric": "euclidean"}.items())
-        con.executemany("INSERT INTO counters VALUES (?, ?)", [("next_row", 21), ("epoch", 1)])
-        for lo, hi, dead in ((0, 12, 1), (12, 20, 0)):
+                                                                "dim": str(enc.dim), "dtype": enc.dtype,
+                                                                "metric": enc.metric}.items())
+        con.executemany("INSERT INTO counters VALUES (?, ?)", [("next_row", next_row), ("epoch", 1)])
+        scale = enc.scale if enc.scale is not None else np.empty(len(enc), np.float32)
+        for lo, hi, dead in batches:
             s = slice(lo, hi)
             con.execute("INSERT INTO batches (level, first_row, last_row, n, dead, rows, emb, scale, ids, cameras, "
                         "gender_prob, times, tracks, meta) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (lo + 1, hi, hi - lo, dead, np.arange(lo + 1, hi + 1).astype("<i8").tobytes(),
-                         enc.embeddings[s].tobytes(), enc.scale[s].astype("<f4").tobytes(),
-                         enc.ids[s].astype("<i8").tobytes(), enc.cameras[s].astype("<i8").tobytes(),
+                         enc.embeddings[s].tobytes(), scale[s].astype("<f4").tobytes() if enc.scale is not None
+                         else b"", enc.ids[s].astype("<i8").tobytes(), enc.cameras[s].astype("<i8").tobytes(),
                          enc.gender_prob[s].astype("<f4").tobytes(), enc.times[s].astype("<f8").tobytes(),
                          enc.tracks[s].astype("<i8").tobytes(), json.dumps(enc.meta[s])))
+
+
+def test_a_version_2_store_written_by_an_earlier_edgereid_opens_with_the_same_entries(tmp_path):
+    """A version-2 store (`write_v2_store`) opens with the same entries."""
+    path = tmp_path / "old.sqlite"
+    g = Gallery(dim=DIM, dtype="int8")
+    g.add(**entries(np.random.default_rng(4), 20, 0))
+    write_v2_store(path, g.to_encoded(), [(0, 12, 1), (12, 20, 0)], next_row=21)
+    with sqlite3.connect(path) as con:
         con.execute("INSERT INTO tombstones (first_row, last_row) VALUES (5, 5)")  # row 5 was removed
     g.remove(keys=[4])
     with GalleryStore(path) as s:

@@ -22,11 +22,14 @@ META = ModelMetadata(height=4, width=2, embedding_dim=3, embedding_normalized=Fa
 D = META.embedding_dim
 
 
-def _model(x: np.ndarray) -> dict:
+def _model(x: np.ndarray, attributes: int = 0) -> dict:
     """The fake engine's network, simple enough for a GPU to run as copies: the first D values of each sample
-    are its embedding, the next one its gender logit."""
+    are its embedding, the next one its gender logit, the `attributes` after it its attribute logits."""
     flat = x.reshape(len(x), -1)
-    return {"embedding": flat[:, :D], "gender_logit": flat[:, D:D + 1]}
+    out = {"embedding": flat[:, :D], "gender_logit": flat[:, D:D + 1]}
+    if attributes:
+        out["attribute_logits"] = flat[:, D + 1:D + 1 + attributes]
+    return out
 
 
 class ContextDepth:
@@ -130,10 +133,13 @@ class FakeCuda(ContextDepth):
 
 
 class FakeEngine:
-    def __init__(self, execute, max_batch):
+    def __init__(self, execute, max_batch, attributes=0):
         self.execute, self.max_batch, self.runs = execute, max_batch, []
-        self.names = ["images", "embedding", "gender_logit"]
-        self.num_io_tensors = 3
+        self.widths = {"embedding": META.embedding_dim, "gender_logit": 1}
+        if attributes:
+            self.widths["attribute_logits"] = attributes
+        self.names = ["images", *self.widths]
+        self.num_io_tensors = len(self.names)
 
     def get_tensor_name(self, i):
         return self.names[i]
@@ -156,8 +162,7 @@ class FakeEngine:
                 self.shape = shape
 
             def get_tensor_shape(self, name):
-                n = self.shape[0]
-                return (n, META.embedding_dim) if name == "embedding" else (n, 1)
+                return (self.shape[0], engine.widths[name])
 
             def set_tensor_address(self, name, addr):
                 self.addr[name] = addr
@@ -170,19 +175,19 @@ class FakeEngine:
         return Context()
 
 
-def fake_memory_network(cuda):
+def fake_memory_network(cuda, attributes=0):
     """_model on FakeCuda's memory."""
     def execute(shape, addr, stream):
         n = int(np.prod(shape))
         x = cuda.mem[addr["images"]][:n * 4].view(np.float32).reshape(shape)
-        for name, value in _model(x).items():
+        for name, value in _model(x, attributes).items():
             b = np.ascontiguousarray(value, np.float32).view(np.uint8).reshape(-1)
             cuda.mem[addr[name]][:b.size] = b
         cuda.clock_ms += cuda.EXECUTE_MS
     return execute
 
 
-def gpu_copy_network():
+def gpu_copy_network(attributes=0):
     """_model on a GPU: device-to-device copies queued on the stream handle the backend passes, as TensorRT's
     enqueue would be; any ordering or address mistake in the backend shows up as wrong numbers."""
     lib = ctypes.CDLL("libcuda.so.1")
@@ -193,15 +198,17 @@ def gpu_copy_network():
         sample = int(np.prod(shape[1:])) * 4
         for i in range(shape[0]):
             src = addr["images"] + i * sample
-            for dst, offset, nbytes in ((addr["embedding"] + i * D * 4, 0, D * 4),
-                                        (addr["gender_logit"] + i * 4, D * 4, 4)):
+            copies = [(addr["embedding"] + i * D * 4, 0, D * 4), (addr["gender_logit"] + i * 4, D * 4, 4)]
+            if attributes:
+                copies.append((addr["attribute_logits"] + i * attributes * 4, (D + 1) * 4, attributes * 4))
+            for dst, offset, nbytes in copies:
                 err = copy(dst, src + offset, nbytes, stream)
                 assert err == 0, f"cuMemcpyDtoDAsync failed with CUDA error {err}"
     return execute
 
 
-def fake_trt(execute, max_batch, version="10.3.0"):
-    engine = FakeEngine(execute, max_batch)
+def fake_trt(execute, max_batch, version="10.3.0", attributes=0):
+    engine = FakeEngine(execute, max_batch, attributes)
     return SimpleNamespace(
         __version__=version, Logger=type("L", (), {"WARNING": 0, "__init__": lambda self, level: None}),
         Runtime=lambda logger: SimpleNamespace(deserialize_cuda_engine=lambda blob: engine),
@@ -365,3 +372,34 @@ def test_runtime_dispatches_engine_files(engine_file, libs):
         crops = [np.full((8, 4, 3), 100, np.uint8)] * 6
         out = rt.infer(crops)
     assert out.embeddings.shape == (6, 3)
+
+
+@pytest.mark.parametrize("gpu", [False, True], ids=["fake-cuda", "pycuda-gpu"])
+def test_attribute_output_is_bound_by_name_through_the_runtime(tmp_path, monkeypatch, gpu):
+    """An engine with a third output (attribute_logits, 2 columns): the backend returns it by name, split across
+    profile-sized chunks, and the Runtime turns it into Output.attributes."""
+    from edgereid.runtime import Runtime
+    from edgereid.runtime.output import sigmoid
+
+    cuda = real_cuda() if gpu else FakeCuda()
+    trt = fake_trt(gpu_copy_network(2) if gpu else fake_memory_network(cuda, 2), max_batch=4, attributes=2)
+    monkeypatch.setattr(tb, "_load_libs", lambda: (trt, cuda))
+    meta = META.with_attributes(("hat", "bag"))
+    dev = cuda.Device(0)
+    path = tmp_path / "a.engine"
+    path.write_bytes(b"serialized")
+    write_sidecar(path, make_sidecar(meta, "10.3.0", dev.name(), tuple(dev.compute_capability()),
+                                     optimization_profile(meta, 1, 2, 4), "fp16"))
+    x = np.random.default_rng(1).standard_normal((6, 3, 4, 2)).astype(np.float32)
+    with tb.TensorRTBackend(path) as be:
+        assert be.metadata.output_names == ("embedding", "gender_logit", "attribute_logits")
+        raw = be.infer({"images": x})
+        np.testing.assert_allclose(raw["attribute_logits"], _model(x, 2)["attribute_logits"], rtol=1e-6)
+        assert trt.engine.runs == [4, 2]
+        with Runtime(be) as rt:  # crops -> preprocessing -> engine -> first-batch promise check -> Output
+            assert rt.attribute_names == ("hat", "bag")
+            crops = [np.full((8, 4, 3), v, np.uint8) for v in (0, 60, 120, 180, 240)]
+            out = rt.infer(crops)
+            want = sigmoid(_model(rt.preprocessor.prepare(crops), 2)["attribute_logits"])
+    np.testing.assert_allclose(out.attributes, want, rtol=1e-6)
+    assert out.attributes.shape == (5, 2) and out.attribute_names == ("hat", "bag")

@@ -142,6 +142,12 @@ class TrainConfig(YamlConfig):
     circle_margin: float = 0.25
     circle_gamma: float = 64.0
     gender_triplet_weight: float = 1.0
+    # attribute head (trained on the gender batches): its names in output order. None = the list the gender
+    # data carries (PETA's 35 for a PETA folder, a CSV's attribute columns); [] = no attribute head (the
+    # two-output model). The run's config.yaml holds the resolved list, so --resume builds the same head.
+    attributes: list | None = None
+    attribute_weight: float = 1.0  # weight of the attribute loss (positive-ratio weighted BCE) beside gender's
+    attribute_tap: str = "gender_block"  # the head reads the gender block on layer3, or "layer4"
     # stage 2: backbone frozen, gender branch fine-tuned
     stage2_epochs: int = 10
     stage2_lr: float = 1e-4
@@ -173,7 +179,14 @@ class TrainConfig(YamlConfig):
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Cast `value` to the type of the field's default (bool from strings, lists from scalars)."""
+    """Cast `value` to the type of the field's default (bool from strings, lists from scalars); a field whose
+    default is None takes None ("null", "none", "default") or a list."""
+    if default is None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "default")):
+            return None
+        if isinstance(value, str):  # "a,b" from a YAML scalar
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value) if isinstance(value, (list, tuple)) else [value]
     try:
         if isinstance(default, bool):
             if isinstance(value, str):

@@ -48,14 +48,21 @@ class ReidDataset(_ImageDataset):
 
 
 class GenderDataset(_ImageDataset):
-    """Items (image 3xHxW float32, label) from GenderRecords (1 = female)."""
+    """Items (image 3xHxW float32, label) from GenderRecords (1 = female); with `attribute_names`, items
+    (image, label, attributes int8 (A,): 1 / 0 / -1 unknown) in that order."""
 
-    def __init__(self, records: Sequence, transform: Callable, seed: int = 0, cache: bool = False) -> None:
+    def __init__(self, records: Sequence, transform: Callable, seed: int = 0, cache: bool = False,
+                 attribute_names: Sequence[str] = ()) -> None:
+        from edgereid.datasets.attribute_labels import attribute_matrix
+
         super().__init__([r.path for r in records], transform, seed, cache)
         self.labels = [int(r.label) for r in records]
+        self.attributes = attribute_matrix(records, attribute_names) if len(attribute_names) else None
 
     def __getitem__(self, i: int) -> tuple:
-        return self.tensor(i), self.labels[i]
+        if self.attributes is None:
+            return self.tensor(i), self.labels[i]
+        return self.tensor(i), self.labels[i], torch.from_numpy(self.attributes[i])
 
 
 def seed_worker(worker_id: int) -> None:

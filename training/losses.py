@@ -215,3 +215,28 @@ class GenderLoss(nn.Module):
             parts["triplet"] = self.triplet(self.standardise(out["gender_feature"]), labels)
             total = total + self.triplet_weight * parts["triplet"]
         return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+class AttributeLoss(nn.Module):
+    """Positive-ratio weighted BCE over the attribute logits (DeepMAR, Li et al., ACPR 2015), unknown labels
+    masked out.
+
+    A rare attribute (positive ratio p_j small) would be learnt as "always absent" by plain BCE; DeepMAR weighs
+    its positives by exp(1 - p_j) and its negatives by exp(p_j). The loss is the weighted BCE summed over the
+    known entries of the batch divided by their count (so it does not grow with the number of attributes);
+    0 when no entry is known.
+    """
+
+    def __init__(self, positive_ratio) -> None:
+        super().__init__()
+        self.register_buffer("positive_ratio", torch.as_tensor(positive_ratio, dtype=torch.float32).reshape(-1),
+                             persistent=False)  # recomputed from the data on resume, never stored
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of (N, A) logits against (N, A) labels 1 / 0 / -1 (unknown)."""
+        known = labels >= 0
+        target = (labels == 1).to(logits.dtype)
+        p = self.positive_ratio.to(logits.dtype)
+        weight = torch.where(labels == 1, torch.exp(1.0 - p), torch.exp(p)) * known.to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return (weight * bce).sum() / known.sum().clamp(min=1)

@@ -1,7 +1,13 @@
 """The dual-head person model: IBN-Net-A ResNet-18 backbone, a re-ID head on layer4, a gender head on layer3.
 
     images (N,3,256,128) -> stem -> layer1..3 (IBN) -> layer3 map -> gender head -> gender_logit (N,1)
+                                                                              [-> attribute_logits (N,A)]
                                                      -> layer4 (BN) -> re-ID head -> embedding (N,D), L2-normalised
+
+Optional attribute head (`attribute_names` non-empty): A logits, sigmoid = P(attribute). By default it shares the
+gender head's conv block on layer3 (one more linear layer: attributes and gender describe the same person and
+teach the same features); `attribute_tap="layer4"` reads the pooled layer4 map instead. Without attributes the
+model, its checkpoint and its export are exactly the two-output contract.
 """
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgereid.training.layers import ConvBNReLU, ResNetIBNa
+
+
+ATTRIBUTE_TAPS = ("gender_block", "layer4")
 
 
 @dataclass
@@ -25,6 +34,15 @@ class ModelConfig:
     # The input size travels with the weights (timm's pretrained_cfg idea): export and the runtime read it.
     input_height: int = 256
     input_width: int = 128
+    attribute_names: tuple = ()  # empty: no attribute head
+    attribute_tap: str = "gender_block"  # "gender_block" (layer3, shared with gender) or "layer4"
+
+    def __post_init__(self) -> None:
+        self.attribute_names = tuple(str(n) for n in self.attribute_names)
+        if self.attribute_tap not in ATTRIBUTE_TAPS:
+            raise ValueError(f"attribute_tap must be one of {ATTRIBUTE_TAPS}, got {self.attribute_tap!r}")
+        if len(set(self.attribute_names)) != len(self.attribute_names):
+            raise ValueError(f"attribute_names repeat a name: {list(self.attribute_names)}")
 
 
 class ReidHead(nn.Module):
@@ -56,33 +74,54 @@ class ReidHead(nn.Module):
 
 
 class GenderHead(nn.Module):
-    """layer3 map -> its own conv-BN-ReLU block -> global average pooling -> one logit (P(female) = sigmoid)."""
+    """layer3 map -> its own conv-BN-ReLU block -> global average pooling -> one logit (P(female) = sigmoid),
+    and with `num_attributes` > 0 the attribute logits from the same pooled feature."""
 
-    def __init__(self, in_channels: int, channels: int) -> None:
+    def __init__(self, in_channels: int, channels: int, num_attributes: int = 0) -> None:
         super().__init__()
         self.block = ConvBNReLU(in_channels, channels, kernel=3, stride=2)
         self.fc = nn.Linear(channels, 1)
+        self.attributes = nn.Linear(channels, num_attributes) if num_attributes > 0 else None
 
     def forward(self, fmap: torch.Tensor) -> dict:
         feat = F.adaptive_avg_pool2d(self.block(fmap), 1).flatten(1)
         out = {"gender_logit": self.fc(feat)}
+        if self.attributes is not None:
+            out["attribute_logits"] = self.attributes(feat)
         if self.training:
             out["gender_feature"] = feat
         return out
+
+
+class Layer4AttributeHead(nn.Module):
+    """Pooled layer4 map -> A logits (the `attribute_tap="layer4"` variant)."""
+
+    def __init__(self, in_channels: int, num_attributes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, num_attributes)
+
+    def forward(self, fmap: torch.Tensor) -> dict:
+        return {"attribute_logits": self.fc(F.adaptive_avg_pool2d(fmap, 1).flatten(1))}
 
 
 class DualHeadReID(nn.Module):
     """One backbone pass, two answers: `embedding` (N,D) and `gender_logit` (N,1)."""
 
     def __init__(self, num_classes: int = 0, embedding_dim: int = 128, gender_channels: int = 256,
-                 last_stride: int = 2, input_size: tuple = (256, 128)) -> None:
+                 last_stride: int = 2, input_size: tuple = (256, 128), attribute_names: tuple = (),
+                 attribute_tap: str = "gender_block") -> None:
         super().__init__()
         self.config = ModelConfig(embedding_dim=embedding_dim, num_classes=num_classes,
                                   gender_channels=gender_channels, last_stride=last_stride,
-                                  input_height=int(input_size[0]), input_width=int(input_size[1]))
+                                  input_height=int(input_size[0]), input_width=int(input_size[1]),
+                                  attribute_names=tuple(attribute_names), attribute_tap=attribute_tap)
+        num_attributes = len(self.config.attribute_names)
+        on_gender_block = num_attributes if attribute_tap == "gender_block" else 0
         self.backbone = ResNetIBNa(last_stride=last_stride)
         self.reid_head = ReidHead(512, embedding_dim, num_classes)
-        self.gender_head = GenderHead(256, gender_channels)
+        self.gender_head = GenderHead(256, gender_channels, on_gender_block)
+        self.attribute_head = (Layer4AttributeHead(512, num_attributes)
+                               if num_attributes and attribute_tap == "layer4" else None)
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict) -> "DualHeadReID":
@@ -93,7 +132,13 @@ class DualHeadReID(nn.Module):
         cfg = config
         return cls(num_classes=cfg.num_classes, embedding_dim=cfg.embedding_dim,
                    gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
-                   input_size=(cfg.input_height, cfg.input_width))
+                   input_size=(cfg.input_height, cfg.input_width), attribute_names=cfg.attribute_names,
+                   attribute_tap=cfg.attribute_tap)
+
+    @property
+    def attribute_names(self) -> tuple:
+        """The attribute head's names in output order; empty when the model has no attribute head."""
+        return self.config.attribute_names
 
     def config_dict(self) -> dict:
         """The ModelConfig as a plain dict."""
@@ -104,8 +149,11 @@ class DualHeadReID(nn.Module):
         return self.backbone(x)
 
     def forward_heads(self, x3: torch.Tensor, x4: torch.Tensor) -> dict:
-        """Both heads on the backbone maps; named outputs (never positional)."""
-        return {**self.reid_head(x4), **self.gender_head(x3)}
+        """The heads on the backbone maps; named outputs (never positional)."""
+        out = {**self.reid_head(x4), **self.gender_head(x3)}
+        if self.attribute_head is not None:
+            out.update(self.attribute_head(x4))
+        return out
 
     def forward(self, x: torch.Tensor) -> dict:
         return self.forward_heads(*self.forward_features(x))
@@ -115,9 +163,14 @@ class DualHeadReID(nn.Module):
         return self.reid_head(self.forward_features(x)[1])
 
     def forward_gender(self, x: torch.Tensor) -> dict:
-        """Gender outputs only; stops at layer3 so gender batches skip layer4."""
+        """Gender (and attribute) outputs; stops at layer3 so gender batches skip layer4, unless the attribute
+        head reads layer4."""
         b = self.backbone
-        return self.gender_head(b.layer3(b.layer2(b.layer1(b.stem(x)))))
+        x3 = b.layer3(b.layer2(b.layer1(b.stem(x))))
+        out = self.gender_head(x3)
+        if self.attribute_head is not None:
+            out.update(self.attribute_head(b.layer4(x3)))
+        return out
 
     def backbone_parameters(self) -> list:
         """Shared backbone parameters (stepped by both tasks' optimizers)."""
@@ -128,12 +181,14 @@ class DualHeadReID(nn.Module):
         return [p for p in self.reid_head.parameters() if p.requires_grad]
 
     def gender_parameters(self) -> list:
-        """Gender branch parameters (conv block and logit)."""
-        return list(self.gender_head.parameters())
+        """Gender branch parameters (conv block, logit and the attribute logits), stepped by the gender batches."""
+        extra = list(self.attribute_head.parameters()) if self.attribute_head is not None else []
+        return list(self.gender_head.parameters()) + extra
 
 
 class ExportWrapper(nn.Module):
-    """Fixed-signature forward for export: images -> (embedding, gender_logit), names set by the exporter."""
+    """Fixed-signature forward for export: images -> (embedding, gender_logit[, attribute_logits]), names set by
+    the exporter."""
 
     def __init__(self, model: DualHeadReID) -> None:
         super().__init__()
@@ -141,4 +196,6 @@ class ExportWrapper(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple:
         out = self.model(images)
+        if self.model.attribute_names:
+            return out["embedding"], out["gender_logit"], out["attribute_logits"]
         return out["embedding"], out["gender_logit"]

@@ -2,8 +2,10 @@
 
 Identity is carried by clothing colours/pattern, body shape and accessories; cameras change lighting,
 colour cast, blur, scale and background; gender is cued by hair length, skirts and shoulder width, each
-only probabilistically. Everything is deterministic from the seed: every image draws from its own
-random stream keyed by (seed, purpose, index), so the same arguments give the same bytes.
+only probabilistically. The gender CSVs carry each person's visible attributes as columns (backpack, hat,
+red / blue top, long hair, short sleeves, shorts; `synthetic_draw.ATTRIBUTES`). Everything is deterministic
+from the seed: every image draws from its own random stream keyed by (seed, purpose, index), so the same
+arguments give the same bytes.
 """
 from __future__ import annotations
 
@@ -37,10 +39,13 @@ def _write_jpeg(path: Path, img: np.ndarray) -> None:
 
 
 def _write_csv(path: Path, rows: list) -> None:
+    """`path,label,<attribute>...` rows; the attribute columns are `synthetic_draw.ATTRIBUTES` (1 / 0)."""
+    from edgereid.training.synthetic_draw import ATTRIBUTES
+
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label"])
-        writer.writerows(rows)
+        writer.writerow(["path", "label", *ATTRIBUTES])
+        writer.writerows((rel, label, *(v for _, v in person.attributes())) for rel, label, person in rows)
 
 
 def _identities(num_ids: int, seed: int) -> list:
@@ -122,9 +127,9 @@ def generate_synthetic(out_dir, num_ids: int = 150, images_per_id_per_cam: int =
                     rel = f"{sub}/{pid:04d}_c{c + 1}s1_{frame:06d}_00.jpg"
                     _write_jpeg(reid / rel, img)
                     counts[split] += 1
-                    reid_rows.append((rel, person.female))
+                    reid_rows.append((rel, person.female, person))
                     if is_test:
-                        reid_test_rows.append((rel, person.female))
+                        reid_test_rows.append((rel, person.female, person))
                     bar.update()
         # Distractors (id 0: people who are nobody's match) and junk (id -1: background-only boxes).
         for j in range(num_distractors + num_junk):
@@ -134,7 +139,7 @@ def generate_synthetic(out_dir, num_ids: int = 150, images_per_id_per_cam: int =
             if j < num_distractors:
                 person = random_person(rng, int(rng.integers(2)))
                 img, name = render(person, cameras[c], rng, (h, w)), f"0000_c{c + 1}s1_{frame:06d}_00.jpg"
-                reid_rows.append((f"bounding_box_test/{name}", person.female))
+                reid_rows.append((f"bounding_box_test/{name}", person.female, person))
                 counts["gallery"] += 1
             else:
                 bg = cameras[c].background
@@ -154,7 +159,7 @@ def generate_synthetic(out_dir, num_ids: int = 150, images_per_id_per_cam: int =
             img = render(person, cameras[int(rng.integers(num_cameras))], rng, (h, w))
             rel = f"images/{j:06d}.jpg"
             _write_jpeg(gender / rel, img)
-            rows.append((rel, person.female))
+            rows.append((rel, person.female, person))
             bar.update()
         bar.close()
         n_gtest = int(round(gender_images * gender_test_fraction))

@@ -13,6 +13,10 @@ TOP_COLOURS = [(40, 40, 200), (40, 160, 40), (190, 80, 30), (30, 200, 230), (235
 BOTTOM_COLOURS = [(25, 25, 25), (90, 40, 20), (150, 90, 50), (120, 120, 120), (150, 190, 210),
                   (40, 60, 100), (90, 140, 160), (225, 225, 225), (40, 40, 170), (50, 110, 50)]
 PATTERNS = ("solid", "hstripes", "vstripes", "checks")
+RED, BLUE = 0, 2  # TOP_COLOURS entries whose hue is plainly red / blue (BGR)
+# What a generated person shows and the gender CSVs carry as columns, in PETA's words.
+ATTRIBUTES = ("carryingBackpack", "accessoryHat", "upperBodyRed", "upperBodyBlue", "hairLong",
+              "upperBodyShortSleeve", "lowerBodyShorts")
 SKIN = [(170, 200, 240), (120, 160, 210), (80, 110, 160), (50, 75, 115)]
 HAIR = [(20, 20, 20), (30, 50, 80), (50, 90, 150), (130, 160, 200), (100, 100, 100)]
 
@@ -40,6 +44,13 @@ class Person:
     bag_colour: tuple
     bag_side: int
     hat: tuple        # () = no hat
+    top_index: int = -1  # the TOP_COLOURS entry of `top` (before jitter); names the colour attribute
+
+    def attributes(self) -> tuple:
+        """(name, 1 | 0) of the visible attributes, named by PETA's vocabulary (`ATTRIBUTES`)."""
+        values = (self.bag == "backpack", bool(self.hat), self.top_index == RED, self.top_index == BLUE,
+                  self.long_hair, not self.long_sleeves, self.bottom_kind == "shorts")
+        return tuple((name, int(v)) for name, v in zip(ATTRIBUTES, values))
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ def random_person(rng: np.random.Generator, female: int, top: int = -1, bottom: 
         bag_colour=_jitter(rng, TOP_COLOURS[int(rng.integers(len(TOP_COLOURS)))], 25),
         bag_side=int(rng.choice([-1, 1])),
         hat=_jitter(rng, TOP_COLOURS[int(rng.integers(len(TOP_COLOURS)))]) if rng.random() < 0.2 else (),
+        top_index=top,
     )
 
 

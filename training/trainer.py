@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from edgereid.datasets.attribute_labels import positive_ratio, resolve_attribute_names
 from edgereid.errors import InvalidInputError
 from edgereid.metadata import ModelMetadata
 
@@ -29,7 +30,7 @@ from edgereid.training.checkpoint import (numpy_rng_state, read_checkpoint, save
                                           set_numpy_rng_state)
 from edgereid.training.config import TrainConfig
 from edgereid.training.data import GenderDataset, ReidDataset, seed_worker
-from edgereid.training.losses import GenderLoss, ReidLoss
+from edgereid.training.losses import AttributeLoss, GenderLoss, ReidLoss
 from edgereid.training.model import DualHeadReID
 from edgereid.training.samplers import (BalancedBatchSampler, MultiTaskLoader, MultiTaskSchedule, PKSampler,
                                        ShuffleBatchSampler, ratio_counts)
@@ -117,9 +118,13 @@ class Trainer:
             gender_train, gender_test = self._load_gender()
         self.gender_train, self.gender_test = gender_train, gender_test or []
         num_classes = self.splits.num_train_pids
+        self.attribute_names = (model.attribute_names if model is not None
+                                else resolve_attribute_names(cfg.attributes, self.gender_train))
+        cfg.attributes = list(self.attribute_names)  # config.yaml holds the resolved list: resume builds this head
         self.model = model or DualHeadReID(num_classes=num_classes, embedding_dim=cfg.embedding_dim,
                                            gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
-                                           input_size=(cfg.image_height, cfg.image_width))
+                                           input_size=(cfg.image_height, cfg.image_width),
+                                           attribute_names=self.attribute_names, attribute_tap=cfg.attribute_tap)
         if model is None and cfg.pretrained:
             from edgereid.training.pretrained import load_backbone_weights
 
@@ -137,6 +142,8 @@ class Trainer:
                                   circle_gamma=cfg.circle_gamma).to(self.device)
         self.gender_loss = GenderLoss(cfg.gender_triplet_weight, margin).to(self.device)
         self._build_loaders()
+        self.attribute_loss = (AttributeLoss(positive_ratio(self.gender_data.attributes)).to(self.device)
+                               if self.attribute_names else None)
         self._build_optimizers()
         self.state = {"stage": 1, "epoch": 0, "step": 0, "best_reid": -1.0, "best_gender": -1.0}
         self.writer = None
@@ -204,7 +211,7 @@ class Trainer:
         tf = TrainTransform(self.metadata, aug)
         self.reid_data = ReidDataset(self.splits.train, tf, seed=cfg.seed, cache=cfg.cache_images)
         self.gender_data = GenderDataset(self.gender_train, self._gender_transform(aug), seed=cfg.seed + 1,
-                                         cache=cfg.cache_images)
+                                         cache=cfg.cache_images, attribute_names=self.attribute_names)
         common = dict(num_workers=cfg.num_workers, worker_init_fn=seed_worker if cfg.num_workers else None,
                       pin_memory=self.device.startswith("cuda"))
         pk = PKSampler(self.reid_data.pids, cfg.reid_p, cfg.reid_k, seed=cfg.seed,
@@ -253,6 +260,10 @@ class Trainer:
                 names = ["reid"] + (["center"] if "center" in self.opt else [])
             else:
                 loss, parts = self.gender_loss(out, labels)
+                if self.attribute_loss is not None:  # same forward, same optimizer as gender (both stages)
+                    attr = self.attribute_loss(out["attribute_logits"], batch[2].to(self.device))
+                    loss = loss + self.cfg.attribute_weight * attr
+                    parts["attributes"] = float(attr.detach())
                 names = ["gender" if stage == 1 else "stage2"]
         for n in names:
             self.opt[n].zero_grad(set_to_none=True)

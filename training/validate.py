@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from edgereid.datasets.attribute_labels import attribute_matrix
+from edgereid.retrieval.attribute_metrics import attribute_scores
 from edgereid.retrieval.metrics import gender_accuracy, reid_scores  # noqa: F401  (re-exported: their old home)
 from edgereid.training.data import GenderDataset, ReidDataset
 from edgereid.training.transforms import EvalTransform
@@ -20,27 +22,35 @@ from edgereid.training.transforms import EvalTransform
 @torch.no_grad()
 def model_outputs(model: torch.nn.Module, dataset, batch_size: int = 64, device: str = "cpu",
                   progress: bool = False, desc: str = "embed") -> dict:
-    """{"embedding": (N,D), "gender_prob": (N,)} for every item of `dataset` (eval mode, then restored)."""
+    """{"embedding": (N,D), "gender_prob": (N,)} for every item of `dataset` (eval mode, then restored), and
+    "attribute_prob" (N,A) when the model has an attribute head."""
     from edgereid.progress import progress as progress_bar
 
     was_training = model.training
     model.eval()
-    embs, probs = [], []
+    embs, probs, attrs = [], [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     try:
         for batch in progress_bar(loader, desc=desc, enabled=progress, leave=False):
             out = model(batch[0].to(device))
             embs.append(out["embedding"].float().cpu().numpy())
             probs.append(torch.sigmoid(out["gender_logit"].float()).reshape(-1).cpu().numpy())
+            if "attribute_logits" in out:
+                attrs.append(torch.sigmoid(out["attribute_logits"].float()).cpu().numpy())
     finally:
         model.train(was_training)
-    return {"embedding": np.concatenate(embs), "gender_prob": np.concatenate(probs)}
+    result = {"embedding": np.concatenate(embs), "gender_prob": np.concatenate(probs)}
+    if attrs:
+        result["attribute_prob"] = np.concatenate(attrs)
+    return result
 
 
 def evaluate_model(model: torch.nn.Module, splits=None, gender_records: Sequence | None = None,
                    batch_size: int = 64, device: str = "cpu", max_query: int = 0, progress: bool = False,
                    metadata=None, rerank: bool = False) -> dict:
-    """Re-ID rank-1/mAP on splits.query vs splits.gallery (also re-ranked when `rerank`) and gender accuracy.
+    """Re-ID rank-1/mAP on splits.query vs splits.gallery (also re-ranked when `rerank`), gender accuracy and,
+    for a model with an attribute head and test records that carry its attributes, "attributes" (mA and the
+    instance-based accuracy, precision, recall, F1).
 
     Splits combined from several sources are scored per source ("reid:<source>", each its own query/gallery)
     and "reid" is the mean over those sources (rank-1, rank-5, mAP; queries summed).
@@ -71,4 +81,8 @@ def evaluate_model(model: torch.nn.Module, splits=None, gender_records: Sequence
     if gender_records:
         out = model_outputs(model, GenderDataset(gender_records, tf), batch_size, device, progress, "gender")
         results["gender"] = {"accuracy": gender_accuracy(out["gender_prob"], [r.label for r in gender_records])}
+        names = tuple(getattr(model, "attribute_names", ()))
+        labels = attribute_matrix(gender_records, names) if names else None
+        if labels is not None and (labels >= 0).any():
+            results["attributes"] = attribute_scores(out["attribute_prob"], labels, names).summary()
     return results

@@ -33,7 +33,8 @@ class TorchBackend(Backend):
         base = ModelMetadata.from_dict(stored, source=str(self.path)) if stored else ModelMetadata()
         self._metadata = base.with_(weights_sha256=model_metadata(self.model).weights_sha256,
                                     embedding_dim=self.model.config.embedding_dim, normalize_in_graph=False,
-                                    input_layout="NCHW", input_dtype="float32", color_order="RGB")
+                                    input_layout="NCHW", input_dtype="float32", color_order="RGB"
+                                    ).with_attributes(self.model.attribute_names)  # the head that was loaded
 
     @property
     def metadata(self) -> ModelMetadata:

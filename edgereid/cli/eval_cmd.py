@@ -1,4 +1,5 @@
-"""`edgereid eval`: CMC / mAP (optionally re-ranked) of a model on a re-ID data set, plus a gender report."""
+"""`edgereid eval`: CMC / mAP (optionally re-ranked) of a model on a re-ID data set, plus a gender report and,
+for a model with an attribute head, an attribute report (mA and instance-based scores)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,11 +20,16 @@ from edgereid.retrieval.metrics import MODES
               help="Evaluation protocol (see edgereid.retrieval.metrics).")
 @click.option("--gender-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Gender labels (list or attribute table) to score the gender head on.")
+@click.option("--attributes-data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Attribute-labelled crops to score the attribute head on: a PETA folder or subset (its "
+                   "Label.txt words) or a CSV `path,label,<attribute>,...` (1/0; empty or -1 = unknown).")
+@click.option("--attributes-subsets", default=None, metavar="A,B",
+              help="With a PETA folder as --attributes-data: the subsets to score (e.g. PRID,GRID) [default: all].")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the numbers to this JSON file.")
 @runtime_options
-def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, json_out, max_batch, backend,
-                 threads) -> None:
+def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, attributes_data, attributes_subsets,
+                 json_out, max_batch, backend, threads) -> None:
     """Evaluate MODEL on the query / gallery split of the data set at DATA_ROOT."""
     import numpy as np
 
@@ -45,6 +51,9 @@ def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, j
             out = rt.infer_files([r.path for r in recs], progress="gender")
             gender = gender_report([r.label for r in recs], out.gender_prob,
                                    classes=(rt.metadata.gender_negative_class, rt.metadata.gender_positive_class))
+        attributes = None
+        if attributes_data is not None:
+            attributes = attribute_report(rt, attributes_data, attributes_subsets)
     ids = [np.array([getattr(r, k) for r in recs]) for recs in (splits.query, splits.gallery) for k in ("pid", "camid")]
     dist = retrieval_distances(q.embeddings, g.embeddings, metric, rerank, progress=True)
     res = evaluate(dist, ids[0], ids[2], ids[1], ids[3], mode=mode)
@@ -53,7 +62,35 @@ def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, j
     if gender is not None:
         click.echo("\nGender\n" + gender.table())
         report["gender"] = gender.to_dict()
+    if attributes is not None:
+        click.echo("\nAttributes\n" + attributes.table())
+        report["attributes"] = attributes.to_dict()
     if json_out:
         from edgereid.atomic import write_json_atomic
         write_json_atomic(json_out, report)
         click.echo(f"wrote {json_out}")
+
+
+def attribute_report(rt, data: Path, subsets: str | None):
+    """Score the attribute head of the Runtime `rt` on the labelled crops at `data` (a PETA folder or subset, or
+    an attribute CSV); an AttributeReport. A model without an attribute output is a usage error."""
+    from edgereid.datasets import load_gender_dataset
+    from edgereid.datasets.attribute_labels import attribute_matrix
+    from edgereid.errors import ModelFileError
+    from edgereid.retrieval.attribute_metrics import attribute_scores
+
+    names = tuple(getattr(rt, "attribute_names", None) or ())
+    if not names:
+        raise click.UsageError(f"the model has no attribute output, so --attributes-data {data} cannot be scored; "
+                               f"drop it, or evaluate a model trained with attributes.")
+    wanted = [s.strip() for s in subsets.split(",") if s.strip()] if subsets else None
+    recs = load_gender_dataset(data, subsets=wanted)
+    labels = attribute_matrix(recs, names)
+    if not (labels >= 0).any():
+        raise click.UsageError(f"{data} gives no label for any of the model's attributes ({', '.join(names)}); "
+                               f"pass a PETA folder or a CSV with those columns.")
+    out = rt.infer_files([r.path for r in recs], progress="attributes")
+    if out.attributes is None:
+        raise ModelFileError("the model names attributes but its runtime output has none; re-export it with "
+                             "this edgereid version.")
+    return attribute_scores(out.attributes, labels, names)

@@ -20,12 +20,16 @@ import click
 @click.option("--emulate-tensorrt/--cpu-kernels", default=True, show_default=True,
               help="TensorRT-form INT8 .onnx files: compute as TensorRT does (the same on every CPU), or with "
                    "ONNX Runtime's INT8 kernels of this CPU.")
-def parity(reference, models, data, calib, max_query, json_path, threads, emulate_tensorrt) -> None:
+@click.option("--attributes-data", type=click.Path(exists=True, path_type=Path),
+              help="Crops labelled with the model's attributes (a PETA folder or an attribute CSV): adds the "
+                   "attribute mA check (within 0.01 of the reference's) for a model with an attribute head.")
+def parity(reference, models, data, calib, max_query, json_path, threads, emulate_tensorrt,
+           attributes_data) -> None:
     """Compare MODELS (.onnx fp32/fp16/int8, .engine) with REFERENCE (the .pt checkpoint)."""
     from edgereid.calibration.parity import run_parity
 
     report = run_parity(reference, models, data, calib=calib, max_query=max_query, threads=threads,
-                        emulate_tensorrt=emulate_tensorrt)
+                        emulate_tensorrt=emulate_tensorrt, attributes_data=attributes_data)
     click.echo(report.table())
     if json_path:
         report.save(json_path)

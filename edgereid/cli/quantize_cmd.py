@@ -32,12 +32,15 @@ import click
                                              "<output>.sensitivity.json).")
 @click.option("--target-cosine", type=float, default=None,
               help="Plan until the embedding cosine to fp32 on the calibration crops reaches this [0.995].")
+@click.option("--target-attribute-agreement", type=float, default=None,
+              help="Models with an attribute head: plan until this share of the attribute decisions on the "
+                   "calibration crops equals fp32's too [0.99].")
 @click.option("--max-float-share", type=float, default=None,
               help="At most this share of the Conv multiply-accumulates left in float [0.25].")
 @click.option("--threads", type=int, default=None, help="CPU threads for the sensitivity pass.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def quantize(model, precision, calib, method, percentile, target, reduce_range, plan_file, bias_correction, report,
-             target_cosine, max_float_share, threads, output) -> None:
+             target_cosine, target_attribute_agreement, max_float_share, threads, output) -> None:
     """Write an FP16 or INT8 version of MODEL (an fp32 .onnx from `edgereid export`)."""
     if precision is None:
         raise click.UsageError("choose --fp16 or --int8.")
@@ -49,20 +52,20 @@ def quantize(model, precision, calib, method, percentile, target, reduce_range, 
         if calib is None:
             raise click.UsageError("--int8 needs --calib DIR (build one with `edgereid calibrate`).")
         path = _int8(model, calib, output, method, percentile, target, reduce_range, plan_file, report,
-                     target_cosine, max_float_share, threads, bias_correction)
+                     target_cosine, max_float_share, threads, bias_correction, target_attribute_agreement)
     click.echo(f"wrote {path} ({precision}, {path.stat().st_size / 2**20:.1f} MiB)")
 
 
 def _int8(model, calib, output, method, percentile, target, reduce_range, plan_file, report, target_cosine,
-          max_float_share, threads, bias_correction=False) -> Path:
+          max_float_share, threads, bias_correction=False, target_attribute_agreement=None) -> Path:
     from edgereid.calibration.int8_policy import DEFAULT_POLICY, quantize as policy_quantize
 
     if plan_file is not None or method is not None:
         if plan_file is not None and method is not None:
             raise click.UsageError("--plan already names the range method; drop --method.")
-        if report or target_cosine is not None or max_float_share is not None:
-            raise click.UsageError("--report, --target-cosine and --max-float-share shape the sensitivity pass, "
-                                   "which runs only without --method and --plan.")
+        if report or target_cosine is not None or max_float_share is not None or target_attribute_agreement is not None:
+            raise click.UsageError("--report, --target-cosine, --target-attribute-agreement and --max-float-share "
+                                   "shape the sensitivity pass, which runs only without --method and --plan.")
     elif bias_correction:
         # the sensitivity pass scores uncorrected files: a plan it chose is not known to hold once corrected
         raise click.UsageError("--bias-correction needs --method or --plan (the plan search does not use it).")
@@ -82,6 +85,8 @@ def _int8(model, calib, output, method, percentile, target, reduce_range, plan_f
         changes["target_cosine"] = target_cosine
     if max_float_share is not None:
         changes["max_float_share"] = max_float_share
+    if target_attribute_agreement is not None:
+        changes["target_attribute_agreement"] = target_attribute_agreement
     policy = DEFAULT_POLICY.with_(**changes)
     if not policy.plan:
         return policy_quantize(model, calib, output, policy).path
@@ -96,15 +101,16 @@ def _int8(model, calib, output, method, percentile, target, reduce_range, plan_f
     label = sens.range_label(plan.method, plan.percentile)
     score = plan.calibration_score
     units = f"{len(plan.keep_float)} of {len(rows)} units" if rows else f"{len(plan.keep_float)} units"
+    attrs = (f"; attribute agreement {score['attribute_agreement']:.4f}" if "attribute_agreement" in score else "")
     click.echo(f"plan: {label} ranges; {units} in float ({score['float_macs_share']:.1%} of the MACs); cosine to "
                f"fp32 on {score['images']} calibration crops: mean {score['cosine_mean']:.4f}, min "
-               f"{score['cosine_min']:.4f}; top-{score['top_k']} agreement {score['top10_overlap']:.3f} "
+               f"{score['cosine_min']:.4f}; top-{score['top_k']} agreement {score['top10_overlap']:.3f}{attrs} "
                f"({score['evaluations']} files scored)")
     for name, why in plan.reasons.items():
         click.echo(f"  float: {name}: {why}")
     click.echo(f"plan saved as {sens.plan_path(path)} (replay with --plan)")
     if report:
-        click.echo(sens.sensitivity_table(rows))
+        click.echo(sens.sensitivity_table(rows, attributes="attribute_agreement" in score))
         side = path.with_name(path.stem + ".sensitivity.json")
         write_json_atomic(side, {"plan": plan.to_dict(), "range_methods": methods,
                                  "layers": [r.to_dict() for r in rows]})

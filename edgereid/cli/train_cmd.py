@@ -1,4 +1,4 @@
-"""`edgereid train`: concurrent re-ID + gender training from a data-set root and a gender list."""
+"""`edgereid train`: concurrent re-ID + gender (+ attribute) training from a data-set root and a gender list."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +16,9 @@ from edgereid.cli.options import dataset_option
 @click.option("--gender-data", type=click.Path(exists=True, path_type=Path), multiple=True,
               help="Gender list (path,label), PETA/RAP/PA-100K-style attribute table, or a PETA folder "
                    "(its Label.txt files; --set gender_subsets=[MIT,i-LID] picks subsets). Repeatable; "
-                   "--set gender_sampling=subsets weighs each source and PETA subset alike.")
+                   "--set gender_sampling=subsets weighs each source and PETA subset alike. Attributes it "
+                   "carries (PETA words, 1/0 CSV columns) train the attribute head; --set attributes=[a,b] picks "
+                   "them, --set attributes=[] turns the head off.")
 @click.option("--gender-test-data", type=click.Path(exists=True, path_type=Path),
               help="Held-out gender list or PETA folder (default: hold out gender_val_fraction of --gender-data).")
 @click.option("--recipe", type=click.Choice(["cpu", "gpu"]), default=None,
@@ -95,6 +97,7 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minute
     click.echo(f"re-ID ({trainer.splits.name}): {len(trainer.splits.train)} images of "
                f"{trainer.splits.num_train_pids} identities; "
                f"gender: {len(trainer.gender_train)} train / {len(trainer.gender_test)} test images; "
+               f"attributes: {len(trainer.attribute_names) or 'none'}; "
                f"device {trainer.device}; writing to {cfg.out}")
     try:
         metrics = trainer.fit(resume=resume)

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from edgereid.errors import DatasetError
 
+from edgereid.datasets.attribute_labels import parse_attribute_value
 from edgereid.datasets.records import GenderRecord
 
 FEMALE_WORDS = {"1", "female", "f", "woman", "w"}
@@ -61,10 +62,20 @@ def _split_line(line: str) -> list:
     return line.rsplit(None, 1)  # whitespace: the path may itself contain spaces
 
 
+def _has_attribute_columns(text: str) -> bool:
+    """Whether the first line is a `path,label,...` header with more columns (attributes)."""
+    first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
+    fields = [f.strip().lower() for f in first.split(",")]
+    return len(fields) > 2 and fields[0] in IMAGE_COLUMNS and fields[1] in GENDER_COLUMNS
+
+
 def load_gender_list(path, image_root=None) -> list:
-    """Read `path,label` lines (comma, tab, ';' or space separated; optional header; '#' comments)."""
+    """Read `path,label` lines (comma, tab, ';' or space separated; optional header; '#' comments). A header
+    `path,label,<attribute>,...` adds attribute columns (1/0, empty or -1 = unknown) to the records."""
     path = Path(path).expanduser()
     text, base = _read_text(path), _base_dir(path, image_root)
+    if _has_attribute_columns(text):  # `path,label,attr1,...` (the generated sets write their attributes so)
+        return load_attribute_table(path, image_root=image_root)
     records, bad = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -105,7 +116,8 @@ def load_attribute_table(path, gender_column=None, invert=None, image_column=Non
     """Read a CSV attribute table with a header; `gender_column` by name (e.g. Female, personalMale).
 
     `invert` flips the column (1 - value); by default it is on for columns that name males
-    (`personalMale`, `Male`) so the result is always 1 = female.
+    (`personalMale`, `Male`) so the result is always 1 = female. Every other column whose values are all 1/0
+    (empty or -1 = unknown) is an attribute: its labels go into `GenderRecord.attributes`.
     """
     path = Path(path).expanduser()
     text, base = _read_text(path), _base_dir(path, image_root)
@@ -124,18 +136,36 @@ def load_attribute_table(path, gender_column=None, invert=None, image_column=Non
     if invert is None:
         name = gcol.strip().lower()
         invert = "male" in name and "female" not in name
+    rows = list(reader)
+    attr_cols = _attribute_columns(rows, [h for h in header if h not in (gcol, icol)])
     records, bad = [], []
-    for rowno, row in enumerate(reader, 2):
+    for rowno, row in enumerate(rows, 2):
         try:
             label = parse_label(row[gcol] or "")
         except ValueError:
             bad.append(f"row {rowno}: {gcol}={row[gcol]!r}")
             continue
-        records.append(GenderRecord(str((base / row[icol].strip()).resolve()), 1 - label if invert else label))
+        attrs = tuple((c.strip(), v) for c in attr_cols if (v := parse_attribute_value(row[c] or "")) >= 0)
+        records.append(GenderRecord(str((base / row[icol].strip()).resolve()), 1 - label if invert else label,
+                                    attributes=attrs))
     if bad:
         raise DatasetError(f"attribute table {path}: {len(bad)} row(s) have a gender value that is not "
                            f"0/1, male/female or M/F, e.g. {bad[0]}.")
     return _check_files(records, path)
+
+
+def _attribute_columns(rows: list, columns: list) -> list:
+    """The columns that are binary attributes: every value 1/0 (empty or -1 = unknown). Other columns (ages,
+    free text) are not attributes and are skipped."""
+    def binary(col: str) -> bool:
+        try:
+            for row in rows:
+                parse_attribute_value(row.get(col) or "")
+        except ValueError:
+            return False
+        return True
+
+    return [c for c in columns if c and c.strip() and binary(c)]
 
 
 def load_gender_dataset(path, subsets: Sequence[str] | None = None, exclude: Sequence[str] = (), **kwargs) -> list:

@@ -1,5 +1,6 @@
 """PETA's own label files as a gender source: `<subset>/archive/Label.txt` (a line per person: the id, then
-attribute words; `personalMale` or `personalFemale` gives the gender) beside the subset's images.
+attribute words; `personalMale` or `personalFemale` gives the gender) beside the subset's images. The other
+words are the person's attributes (present = positive, absent = negative), carried in each record.
 
 Images belong to a labelled id by their leading number (`0053_001.jpg`, `100_3_FRAME_26_RGB.bmp` -> 53, 100;
 zero-padding may differ between the file and Label.txt); the CUHK subset labels file names (`0606.png`).
@@ -15,6 +16,9 @@ from edgereid.datasets.records import GenderRecord
 from edgereid.errors import DatasetError
 
 LABEL_FILE = "Label.txt"
+# Label.txt words whose name in the 35-attribute protocol (edgereid.attributes.PETA_35) is spelled otherwise: a
+# record carries both spellings
+WORD_ALIASES = {"footwearSneakers": "footwearSneaker"}
 SUBSETS = ("3DPeS", "CAVIAR4REID", "CUHK", "GRID", "MIT", "PRID", "SARC3D", "TownCentre", "VIPeR", "i-LID")
 
 
@@ -26,9 +30,11 @@ def subset_folder(folder: Path) -> Path | None:
     return None
 
 
-def read_labels(label_file: Path) -> dict:
-    """{key: 1 female / 0 male}; a key is an int id, or a file name where Label.txt names files."""
-    labels, unknown = {}, []
+def read_label_words(label_file: Path) -> dict:
+    """{key: (gender 1 female / 0 male / None, attribute words, line number)} of every line; a key is an int
+    id, or a file name where Label.txt names files. The words are the attributes that hold for the person (PETA
+    lists positives only)."""
+    people = {}
     for n, line in enumerate(label_file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         words = line.split()
         if not words:
@@ -37,11 +43,21 @@ def read_labels(label_file: Path) -> dict:
         if female and male:
             raise DatasetError(f"{label_file} line {n}: id {words[0]!r} is labelled both personalMale and "
                                f"personalFemale; fix or remove the line.")
-        if not (female or male):
-            unknown.append(n)  # a person PETA gives no gender (PRID has one): not a gender sample
-            continue
         key = words[0] if "." in words[0] else _number(words[0], label_file, n)
-        labels[key] = int(female)
+        gender = int(female) if female or male else None
+        found = set(words[1:])
+        people[key] = (gender, tuple(sorted(found | {WORD_ALIASES[w] for w in found if w in WORD_ALIASES})), n)
+    return people
+
+
+def read_labels(label_file: Path) -> dict:
+    """{key: 1 female / 0 male}; a key is an int id, or a file name where Label.txt names files."""
+    labels, unknown = {}, []
+    for key, (gender, _, line) in read_label_words(label_file).items():
+        if gender is None:
+            unknown.append(line)  # a person PETA gives no gender (PRID has one): not a gender sample
+            continue
+        labels[key] = gender
     if unknown:
         warnings.warn(f"{label_file}: lines {unknown[:5]}{' ...' if len(unknown) > 5 else ''} give no gender "
                       f"(neither personalMale nor personalFemale); their images are left out.", stacklevel=2)
@@ -70,13 +86,16 @@ def load_peta_subset(folder) -> list:
     if base is None:
         raise DatasetError(f"{folder} is not a PETA subset: no {LABEL_FILE} in it or in {folder / 'archive'}.")
     labels = read_labels(base / LABEL_FILE)
+    # the attribute words as (word, 1) pairs: PETA lists positives, so any other name is a negative
+    words = {k: tuple((w, 1) for w in ws) for k, (_, ws, _) in read_label_words(base / LABEL_FILE).items()}
     by_name = any(isinstance(k, str) for k in labels)
     subset = base.parent.name if base.name == "archive" else base.name
     records, unlabelled = [], 0
     for path in list_images(base):
         key = path.name if by_name else image_key(path)
         if key in labels:
-            records.append(GenderRecord(str(path.resolve()), labels[key], person=f"{subset}/{key}"))
+            records.append(GenderRecord(str(path.resolve()), labels[key], person=f"{subset}/{key}",
+                                        attributes=words[key], attributes_complete=True))
         else:
             unlabelled += 1
     if not records:

@@ -33,11 +33,18 @@ class GenderRecord:
 
     `person` names who it shows where the source knows (PETA: "<subset>/<id>"), so a sampler can weigh people
     rather than frames; empty = unknown (each image its own person).
+
+    `attributes` holds the attribute labels the source gives, `((name, 1 | 0), ...)`;
+    `attributes_complete` says the source lists every positive (PETA's word lists), so a name it does not list
+    is a negative rather than unknown. `edgereid.datasets.attribute_labels.attribute_matrix` turns them into
+    a vector for a model's names.
     """
 
     path: str
     label: int
     person: str = ""
+    attributes: tuple = ()
+    attributes_complete: bool = False
 
 
 @dataclass

@@ -69,7 +69,9 @@ class AppearanceModel:
     `empty="black"` (the default), the embedding of an all-black crop (what boxmot's own backends give it: a finite
     unit row, since boxmot's trackers stop on a NaN or zero row), gender probability NaN and `last_valid` False;
     `empty="error"` raises InvalidInputError naming the box instead. After each call `last_gender_prob` holds the
-    gender probabilities of the same crops (from the same model pass).
+    gender probabilities of the same crops (from the same model pass), and for a model with an attribute head
+    `last_attributes` their (N, A) attribute probabilities, columns `attribute_names`, NaN rows for empty boxes
+    (None for a model without one).
     """
 
     def __init__(self, model: str | os.PathLike | Runtime, *, empty: str = "black", **runtime_options) -> None:
@@ -85,19 +87,25 @@ class AppearanceModel:
         meta = self.runtime.metadata
         self.dim = int(meta.embedding_dim)
         self.gender_positive_class = meta.gender_positive_class
+        self.attribute_names = meta.attribute_names  #: columns of `last_attributes`; () without an attribute head
         self.empty = empty
         self.calls = 0  #: get_features calls so far (a tracker that uses this model raises it every frame)
         self._black_row: np.ndarray | None = None
         self._last_image: np.ndarray | None = None
         self._set_last(np.zeros((0, 4)), np.zeros((0, 4), np.int64), np.zeros((0, self.dim), np.float32),
-                       np.zeros(0, np.float32), np.zeros(0, bool))
+                       np.zeros(0, np.float32), np.zeros(0, bool), self._empty_attributes(0))
 
-    def _set_last(self, boxes, pixels, embeddings, gender, valid) -> None:
+    def _empty_attributes(self, n: int) -> np.ndarray | None:
+        """(n, A) NaN rows (filled for the boxes that get a crop), or None for a model without attributes."""
+        return np.full((n, len(self.attribute_names)), np.nan, np.float32) if self.attribute_names else None
+
+    def _set_last(self, boxes, pixels, embeddings, gender, valid, attributes=None) -> None:
         self.last_boxes = boxes            #: the boxes of the last call as given (N x 4 float64)
         self.last_pixel_boxes = pixels     #: the pixel boxes cut from the frame (x0, y0, x1, y1), int64
         self.last_embeddings = embeddings  #: what the last call returned
         self.last_gender_prob = gender     #: P(gender_positive_class) per box of the last call; NaN for empty boxes
         self.last_valid = valid            #: False where a box had no pixel inside the frame
+        self.last_attributes = attributes  #: (N, A) P(attribute) per box; NaN rows for empty boxes; None: no head
 
     def get_features(self, boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
         """(N, D) float32 unit embeddings of `boxes` (N x 4 xyxy frame pixels) cut from `image` (uint8 BGR)."""
@@ -113,16 +121,19 @@ class AppearanceModel:
         n = len(xyxy)
         embeddings = np.empty((n, self.dim), np.float32)
         gender = np.full(n, np.nan, np.float32)
+        attributes = self._empty_attributes(n)
         rows = np.flatnonzero(valid)
         if rows.size:
             out = self.runtime.infer([frame[y0:y1, x0:x1] for x0, y0, x1, y1 in pixels[rows]])
             embeddings[rows] = out.embeddings
             gender[rows] = out.gender_prob
+            if attributes is not None:
+                attributes[rows] = out.attributes
         if rows.size < n:
             embeddings[~valid] = self.black_row()
         self.calls += 1
         self._last_image = frame
-        self._set_last(xyxy.copy(), pixels, embeddings, gender, valid)
+        self._set_last(xyxy.copy(), pixels, embeddings, gender, valid, attributes)
         return embeddings
 
     def features_of(self, boxes: np.ndarray, image: np.ndarray) -> tuple:

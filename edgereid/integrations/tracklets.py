@@ -1,8 +1,10 @@
 """Per-camera tracks -> tracklets -> identities across cameras (numpy only; works with any tracker's ids).
 
-A tracklet is one camera's track: the mean of its crops' unit embeddings (far less noisy than any one crop) and
-the mean of their gender probabilities. When a track has been unseen for `max_gap` frames it closes, and
-`IdentityMatcher.assign` gives it a person id: that of the person whose mean embedding is nearest, within
+A tracklet is one camera's track: the mean of its crops' unit embeddings (far less noisy than any one crop), the
+mean of their gender probabilities and, for a model with an attribute head, the per-attribute mean of their
+attribute probabilities (crops without attributes, e.g. empty boxes' NaN rows, are left out, as for gender).
+When a track has been unseen for `max_gap` frames it closes, and `IdentityMatcher.assign` gives it a person id:
+that of the person whose mean embedding is nearest, within
 `match_distance`, whose gender does not contradict it and who was not in the same camera at the same time;
 otherwise a new person. A track that the tracker broke in two within one camera is joined the same way.
 """
@@ -30,7 +32,7 @@ def _gender_side(prob: float, margin: float) -> int:
 
 @dataclass
 class Tracklet:
-    """One camera's track: its crops (frame, embedding, gender probability, box) and their running sums."""
+    """One camera's track: its crops (frame, embedding, gender probability, box, attribute probabilities)."""
 
     camera: int
     track: int
@@ -38,13 +40,20 @@ class Tracklet:
     embeddings: list = field(default_factory=list)
     gender: list = field(default_factory=list)
     boxes: list = field(default_factory=list)
+    attributes: list = field(default_factory=list)  # (A,) float32 per crop that has them
 
-    def add(self, frame: int, embedding: np.ndarray, gender_prob: float, box) -> None:
-        """Append one crop of this track."""
+    def add(self, frame: int, embedding: np.ndarray, gender_prob: float, box, attributes=None) -> None:
+        """Append one crop of this track (`attributes`: its (A,) attribute probabilities, or None)."""
         self.frames.append(int(frame))
         self.embeddings.append(np.asarray(embedding, np.float32))
         self.gender.append(float(gender_prob))
         self.boxes.append(tuple(float(v) for v in box))
+        if attributes is not None:
+            row = np.asarray(attributes, np.float32).reshape(-1)
+            if self.attributes and row.shape != self.attributes[0].shape:
+                raise InvalidInputError(f"track {self.track}: a crop with {row.size} attribute probabilities after "
+                                        f"crops with {self.attributes[0].size}; pass one model's attributes per track.")
+            self.attributes.append(row)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -72,6 +81,18 @@ class Tracklet:
         known = [g for g in self.gender if np.isfinite(g)]
         return float(np.mean(known)) if known else float("nan")
 
+    @property
+    def attribute_probs(self) -> np.ndarray | None:
+        """(A,) mean attribute probabilities over the crops that have them (rows with NaN, e.g. empty boxes, are
+        left out; NaN where no crop has one); None when no crop came with attributes."""
+        if not self.attributes:
+            return None
+        rows = np.stack(self.attributes)
+        known = np.isfinite(rows).all(axis=1)
+        if not known.any():
+            return np.full(rows.shape[1], np.nan, np.float32)
+        return rows[known].mean(axis=0).astype(np.float32)
+
 
 class TrackletBuilder:
     """Collects one camera's tracked detections into tracklets; a track unseen for more than `max_gap` frames
@@ -83,17 +104,24 @@ class TrackletBuilder:
         self.camera, self.max_gap = int(camera), int(max_gap)
         self.open: dict = {}
 
-    def add(self, frame: int, track_ids, embeddings: np.ndarray, gender_prob, boxes) -> list:
-        """Add one frame's detections (track id -1 = not tracked: skipped); returns the tracklets that closed."""
+    def add(self, frame: int, track_ids, embeddings: np.ndarray, gender_prob, boxes, attributes=None) -> list:
+        """Add one frame's detections (track id -1 = not tracked: skipped); returns the tracklets that closed.
+
+        `attributes`: the (N, A) attribute probabilities of the detections (`AppearanceModel.last_attributes`), or
+        None for a model without an attribute head."""
         track_ids = np.asarray(track_ids, np.int64).reshape(-1)
         n = len(track_ids)
         if len(embeddings) != n or len(gender_prob) != n or len(boxes) != n:
             raise InvalidInputError(f"frame {frame}: {n} track ids but {len(embeddings)} embeddings, "
                                     f"{len(gender_prob)} gender probabilities and {len(boxes)} boxes")
+        if attributes is not None and len(attributes) != n:
+            raise InvalidInputError(f"frame {frame}: {n} track ids but {len(attributes)} attribute rows; pass "
+                                    f"the AppearanceModel's last_attributes of the same call.")
         for i in np.flatnonzero(track_ids >= 0):
             tid = int(track_ids[i])
             tracklet = self.open.setdefault(tid, Tracklet(self.camera, tid))
-            tracklet.add(frame, embeddings[i], gender_prob[i], boxes[i])
+            tracklet.add(frame, embeddings[i], gender_prob[i], boxes[i],
+                         None if attributes is None else attributes[i])
         return self.close_older_than(frame - self.max_gap)
 
     def close_older_than(self, frame: int) -> list:

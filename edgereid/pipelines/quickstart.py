@@ -151,9 +151,15 @@ def training_data_fields(train_dir: Path, data: dict, gender_train: list, reid_d
             fields["reid_val_ids"] = reid_options["val_ids"]
         return fields
     train_dir.mkdir(parents=True, exist_ok=True)
+    from edgereid.datasets.attribute_labels import attribute_matrix, data_attribute_names
+
     listing = train_dir / "gender_train.csv"
-    rows = [f"{os.path.relpath(r.path, train_dir.resolve())},{r.label}" for r in gender_train]
-    write_text_atomic(listing, "path,label\n" + "\n".join(rows) + "\n")
+    # the attribute columns too (empty = unknown): a resumed run finds the labels its head was trained on
+    names = data_attribute_names(gender_train)
+    labels = attribute_matrix(gender_train, names)
+    rows = [",".join([os.path.relpath(r.path, train_dir.resolve()), str(r.label),
+                      *("" if v < 0 else str(v) for v in row)]) for r, row in zip(gender_train, labels.tolist())]
+    write_text_atomic(listing, ",".join(["path", "label", *names]) + "\n" + "\n".join(rows) + "\n")
     return {"reid_data": str(data["reid_root"]), "reid_dataset": "market1501", "gender_data": str(listing),
             "gender_test_data": str(data["gender_test_csv"])}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -26,6 +26,11 @@ class Hit:
     key: the entry's durable identity in this gallery; pass it to ``remove(keys=[...])``. Gallery: the in-memory
     row key (ascending, never reused while the object lives; a loaded gallery numbers from 0). GalleryStore: the
     SQLite row id (never reused, the same after reopening). MilvusGallery: the primary key.
+    distance: the embedding distance to the query; for a search by description alone (no query embeddings) the
+    attribute evidence distance, minus the mean log-probability of the requested values (0 = certain; see
+    `edgereid.retrieval.attribute_filter`).
+    attributes: the entry's attribute probabilities by name (stored as uint8, so within 1/510 of what was added);
+    None when the entry was added without attributes or the gallery has none.
     index: the entry's position in the gallery's current order; it shifts when earlier entries are removed, so
     prefer `key`. In MilvusGallery it is the primary key (a collection has no positions).
     """
@@ -39,6 +44,7 @@ class Hit:
     track: int
     meta: Any
     key: int
+    attributes: dict | None = None  # {name: probability} (decoded from uint8), None when unknown / no attributes
 
 
 @dataclass
@@ -60,6 +66,10 @@ class EncodedGallery:
     times: np.ndarray
     tracks: np.ndarray
     meta: list
+    # attribute probabilities as uint8 codes round(p * 255), (N, A); a per-entry known flag; the names (A of them)
+    attributes: np.ndarray | None = None
+    attributes_known: np.ndarray | None = None
+    attribute_names: tuple = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,25 +78,33 @@ class EncodedGallery:
         """The entries `rows` (a slice) of this encoding, sharing its arrays."""
         return EncodedGallery(self.dim, self.dtype, self.metric, self.embeddings[rows],
                               None if self.scale is None else self.scale[rows], self.ids[rows], self.cameras[rows],
-                              self.gender_prob[rows], self.times[rows], self.tracks[rows], self.meta[rows])
+                              self.gender_prob[rows], self.times[rows], self.tracks[rows], self.meta[rows],
+                              None if self.attributes is None else self.attributes[rows],
+                              None if self.attributes_known is None else self.attributes_known[rows],
+                              self.attribute_names)
 
 
 @runtime_checkable
 class GalleryLike(Protocol):
     """What every gallery tier offers (Gallery, GalleryStore, MilvusGallery); each may add keyword-only options."""
 
+    attribute_names: tuple  # the attributes each entry may carry, in order; () for a gallery without them
+
     def __len__(self) -> int:
         ...
 
     def add(self, embeddings: np.ndarray, ids=None, cameras=None, gender_prob=None, times=None, tracks=None,
-            meta: Sequence | None = None) -> np.ndarray:
-        """Append entries (a scalar column is the same for all entries); returns their keys (Hit.key)."""
+            meta: Sequence | None = None, attributes: np.ndarray | None = None) -> np.ndarray:
+        """Append entries (a scalar column is the same for all entries; attributes: (N, A) probabilities in the
+        order of the gallery's attribute_names, None = unknown); returns their keys (Hit.key)."""
         ...
 
-    def search(self, query_embeddings: np.ndarray, k: int = 10, *, rerank: bool = False, gender: str | None = None,
-               camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
-               k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> list:
-        """Nearest entries per query as Hit lists, closest first."""
+    def search(self, query_embeddings: np.ndarray | None = None, k: int = 10, *, rerank: bool = False,
+               gender: str | None = None, camera=None, exclude_camera=None, time_range: tuple | None = None,
+               gender_threshold: float = 0.5, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+               attributes: Mapping[str, bool] | None = None, attribute_threshold: float = 0.5) -> list:
+        """Nearest entries per query as Hit lists, closest first; with query_embeddings=None one list of the
+        entries passing the filters, ranked by attribute evidence (search by description)."""
         ...
 
     def remove(self, *, keys: Iterable[int] | None = None, ids: Iterable[int] | None = None) -> int:

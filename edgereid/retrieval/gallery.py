@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from edgereid.errors import GalleryFileError, InvalidInputError
+from edgereid.retrieval import attribute_filter as _a
 from edgereid.retrieval import distances as _d
 from edgereid.retrieval.columns import Column, append_rows
 from edgereid.retrieval.contract import (EXPIRE_USAGE, REMOVE_USAGE, EncodedGallery, Hit, entry_column,
                                         entry_meta, int_array, keyword_only, positions)
-from edgereid.retrieval.gallery_format import read_gallery_file, write_gallery_file
+from edgereid.retrieval.gallery_format import read_encoded, write_encoded
 
 DTYPES = ("float32", "float16", "int8")
 # Search walks the stored embeddings in chunks of this many rows, so int8/float16 galleries are
@@ -29,21 +30,23 @@ ANN_CANDIDATES = 4  # ANN fetches k x this (/ filter pass rate) candidates, re-s
 # A filter keeping less than this fraction of the gallery is searched exactly over the kept rows: the ANN would
 # need k / fraction candidates, and exact search over few rows is already fast.
 ANN_FILTER_MIN_FRACTION = 0.1
-# the array sections of a .gallery file: EncodedGallery's field names, so save() and load() agree by construction
-ENCODED_ARRAYS = ("embeddings", "scale", "ids", "cameras", "gender_prob", "times", "tracks")
 
 
 class Gallery:
-    """Embeddings (float32, float16 or int8 with a per-row scale) plus id, camera, gender, time, track and meta."""
+    """Embeddings (float32, float16 or int8 with a per-row scale) plus id, camera, gender, time, track, meta and
+    optional pedestrian attributes (uint8 codes, see `attribute_filter`)."""
 
     # growable columns: add()/extend() append in amortised O(new rows) instead of copying the gallery
-    _emb, _scale, ids, cameras, gender_prob, times, tracks = (Column() for _ in range(7))
-    _COLUMNS = ("_emb", "_scale", "ids", "cameras", "gender_prob", "times", "tracks")
+    _emb, _scale, ids, cameras, gender_prob, times, tracks, _attr, _attr_known = (Column() for _ in range(9))
+    _COLUMNS = ("_emb", "_scale", "ids", "cameras", "gender_prob", "times", "tracks", "_attr", "_attr_known")
     # in-memory row keys (ascending, never reused, not saved): what the ANN index knows rows by, so removing rows
     # shifts positions without invalidating it
     _keys = Column()
 
-    def __init__(self, dim: int = 128, dtype: str = "float32", metric: str = "euclidean", index: str = "auto") -> None:
+    def __init__(self, dim: int = 128, dtype: str = "float32", metric: str = "euclidean", index: str = "auto",
+                 attribute_names: Sequence[str] | None = None) -> None:
+        """An empty gallery. attribute_names: the attributes its entries may carry, in the model's order
+        (`rt.attribute_names`); None or () for a gallery without attributes."""
         if index not in INDEXES:
             raise InvalidInputError(f"gallery index must be one of {', '.join(INDEXES)}, got {index!r}")
         if dtype not in DTYPES:
@@ -60,6 +63,9 @@ class Gallery:
         self.gender_prob = np.empty(0, dtype=np.float32)
         self.times = np.empty(0, dtype=np.float64)
         self.tracks = np.empty(0, dtype=np.int64)
+        self.attribute_names = _a.check_names(attribute_names)
+        self._attr = np.empty((0, len(self.attribute_names)), dtype=np.uint8)  # round(p * 255) per attribute
+        self._attr_known = np.empty(0, dtype=bool)  # False: added without attributes (never passes a filter)
         self.meta: list = []
         self._faiss = None
         self._sqnorm: np.ndarray | None = None
@@ -72,9 +78,11 @@ class Gallery:
 
     @property
     def bytes_per_entry(self) -> int:
-        """Stored bytes per entry: embedding (+ int8 scale) and the fixed-size metadata columns."""
+        """Stored bytes per entry: embedding (+ int8 scale), the fixed-size metadata columns and, with attributes,
+        one byte per attribute plus the known flag."""
         emb = self.dim * np.dtype(self.dtype).itemsize + (4 if self.dtype == "int8" else 0)
-        return emb + 8 + 8 + 4 + 8 + 8
+        attr = len(self.attribute_names) + 1 if self.attribute_names else 0
+        return emb + 8 + 8 + 4 + 8 + 8 + attr
 
     @property
     def embedding_bytes_per_entry(self) -> int:
@@ -100,10 +108,18 @@ class Gallery:
         """All embeddings as float32 (dequantised)."""
         return self._decode(0, len(self))
 
+    @property
+    def attributes(self) -> np.ndarray:
+        """All attribute probabilities, (N, A) float32 decoded from the uint8 codes; NaN rows for entries added
+        without attributes (what `add(attributes=)` takes back as unknown)."""
+        return _a.probabilities(self._attr, self._attr_known)
+
     def add(self, embeddings: np.ndarray, ids=None, cameras=None, gender_prob=None, times=None, tracks=None,
-            meta: Sequence | None = None) -> np.ndarray:
+            meta: Sequence | None = None, attributes: np.ndarray | None = None) -> np.ndarray:
         """Append entries; returns their keys (Hit.key). A column may be a scalar (the same for every entry) or have
-        one value per embedding, else InvalidInputError. Unknown ids/cameras/tracks are -1, gender and time NaN."""
+        one value per embedding, else InvalidInputError. Unknown ids/cameras/tracks are -1, gender and time NaN.
+        attributes: (N, A) probabilities in the order of `attribute_names` (`Output.attributes`), stored as uint8;
+        None (or an all-NaN row) = unknown."""
         x = _d.as_matrix(embeddings, "embeddings", self.dim)
         n = len(x)
         meta = entry_meta(meta, n)
@@ -113,27 +129,45 @@ class Gallery:
                    "gender_prob": entry_column(gender_prob, n, "gender_prob", np.float32, np.nan),
                    "times": entry_column(times, n, "times", np.float64, np.nan),
                    "tracks": entry_column(tracks, n, "tracks", np.int64, -1)}
+        columns["_attr"], columns["_attr_known"] = _a.encode(attributes, n, self.attribute_names)
         emb, scale = self._encode(x)
         return self._append({"_emb": emb, "_scale": scale, **columns}, meta)
 
     def extend(self, other: "Gallery") -> np.ndarray:
-        """Append another gallery's entries as stored (no re-encoding); returns their keys here."""
+        """Append another gallery's entries as stored (no re-encoding); returns their keys here. A gallery without
+        attribute names adds its entries as of unknown attributes; other names raise InvalidInputError."""
         if (other.dim, other.dtype, other.metric) != (self.dim, self.dtype, self.metric):
             raise InvalidInputError(f"cannot extend a {self.dim}-d {self.dtype} {self.metric} gallery with a "
                                     f"{other.dim}-d {other.dtype} {other.metric} one; convert one of them first")
-        return self._append({name: getattr(other, name) for name in self._COLUMNS}, list(other.meta))
+        columns = {name: getattr(other, name) for name in self._COLUMNS}
+        if other.attribute_names != self.attribute_names:
+            _a.check_same_names(self.attribute_names, other.attribute_names, "this gallery")
+            if not self.attribute_names:
+                raise InvalidInputError(f"cannot extend a gallery without attributes with one holding "
+                                        f"{list(other.attribute_names)}; create it with that attribute_names")
+            columns["_attr"], columns["_attr_known"] = _a.encode(None, len(other), self.attribute_names)
+        return self._append(columns, list(other.meta))
 
     @classmethod
     def from_encoded(cls, dim: int, dtype: str, metric: str, embeddings: np.ndarray, scale: np.ndarray | None,
-                     ids, cameras, gender_prob, times, tracks, meta: list, index: str = "auto") -> "Gallery":
+                     ids, cameras, gender_prob, times, tracks, meta: list, index: str = "auto",
+                     attributes: np.ndarray | None = None, attributes_known: np.ndarray | None = None,
+                     attribute_names: Sequence[str] = ()) -> "Gallery":
         """A gallery over rows already stored in `dtype` (int8 with its per-row scale), as save()/a store hold them;
-        the inverse of to_encoded(): ``Gallery.from_encoded(**vars(g.to_encoded()))`` equals `g`."""
-        g = cls(dim=dim, dtype=dtype, metric=metric, index=index)
+        the inverse of to_encoded(): ``Gallery.from_encoded(**vars(g.to_encoded()))`` equals `g`. attributes are
+        (N, A) uint8 codes and attributes_known one flag per entry; None = every entry unknown."""
+        g = cls(dim=dim, dtype=dtype, metric=metric, index=index, attribute_names=attribute_names)
         g._emb = np.asarray(embeddings, dtype=g.dtype).reshape(-1, g.dim)
         g._scale = np.asarray(scale if g.dtype == "int8" else np.empty(0), dtype=np.float32)
         g.ids, g.cameras, g.tracks = (np.asarray(a, dtype=np.int64) for a in (ids, cameras, tracks))
         g.gender_prob, g.times = np.asarray(gender_prob, dtype=np.float32), np.asarray(times, dtype=np.float64)
         g.meta = list(meta)
+        if attributes is None or attributes_known is None:  # written before attributes (or without them)
+            attributes, attributes_known = _a.encode(None, len(g.meta), g.attribute_names)
+        g._attr, g._attr_known = np.asarray(attributes, dtype=np.uint8), np.asarray(attributes_known, dtype=bool)
+        if g._attr.ndim != 2 or g._attr.shape[1] != len(g.attribute_names):
+            raise GalleryFileError(f"gallery attributes have shape {g._attr.shape}, not (N, "
+                                   f"{len(g.attribute_names)}) for its attribute names; re-create it with Gallery.save()")
         g._keys, g._next_key = np.arange(len(g.meta), dtype=np.int64), len(g.meta)
         lengths = {len(getattr(g, name)) for name in g._stored}
         if lengths != {len(g.meta)}:
@@ -146,7 +180,8 @@ class Gallery:
         save() and GalleryStore write. The arrays are views of this gallery: copy them before modifying."""
         return EncodedGallery(self.dim, self.dtype, self.metric, self._emb,
                               self._scale if self.dtype == "int8" else None, self.ids, self.cameras,
-                              self.gender_prob, self.times, self.tracks, self.meta)
+                              self.gender_prob, self.times, self.tracks, self.meta, self._attr, self._attr_known,
+                              self.attribute_names)
 
     @property
     def _stored(self) -> tuple:
@@ -195,14 +230,18 @@ class Gallery:
         """Retention: remove entries whose time is before `older_than` (entries of unknown time stay)."""
         return self.remove(indices=np.flatnonzero(self.times < float(older_than)))
 
-    def _filter(self, gender, camera, exclude_camera, time_range, gender_threshold) -> np.ndarray | None:
+    def _filter(self, gender, camera, exclude_camera, time_range, gender_threshold,
+                request: _a.AttributeRequest = _a.AttributeRequest(), attribute_threshold: float = 0.5):
+        """Positions passing every filter (None = all entries)."""
         mask = np.ones(len(self), dtype=bool)
-        if gender is not None:
-            if gender not in ("female", "male"):
-                raise InvalidInputError(f"gender filter must be 'female' or 'male', got {gender!r}")
+        if gender is not None and gender not in ("female", "male"):
+            raise InvalidInputError(f"gender filter must be 'female' or 'male', got {gender!r}")
+        for want_female in ([gender == "female"] if gender is not None else []) + list(request.genders):
             known = ~np.isnan(self.gender_prob)
             female = self.gender_prob >= gender_threshold
-            mask &= known & (female if gender == "female" else ~female)
+            mask &= known & (female if want_female else ~female)
+        if request.terms:
+            mask &= _a.mask(self._attr, self._attr_known, request, attribute_threshold)
         if camera is not None:
             mask &= np.isin(self.cameras, np.atleast_1d(camera))
         if exclude_camera is not None:
@@ -352,25 +391,41 @@ class Gallery:
             idx[short], dist[short] = ei, ed
         return idx, dist
 
-    def search(self, query_embeddings: np.ndarray, k: int = 10, *, rerank: bool = False, gender: str | None = None,
-               camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
-               k1: int = 20, k2: int = 6, lambda_value: float = 0.3, use_faiss: bool | None = None) -> list:
+    def search(self, query_embeddings: np.ndarray | None = None, k: int = 10, *, rerank: bool = False,
+               gender: str | None = None, camera=None, exclude_camera=None, time_range: tuple | None = None,
+               gender_threshold: float = 0.5, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+               attributes: Mapping[str, bool] | None = None, attribute_threshold: float = 0.5,
+               use_faiss: bool | None = None) -> list:
         """Nearest entries per query (a list of Hit lists; a 1-D query gives one list), closest first. Hit.key
         identifies the entry for remove(keys=...); Hit.index is its position now (it shifts after removals).
 
         Filters: gender ("female"/"male" by gender_prob >= gender_threshold; unknown gender is excluded),
-        camera / exclude_camera (one id or several), time_range (lo, hi; None = open). With rerank=True the
+        camera / exclude_camera (one id or several), time_range (lo, hi; None = open), attributes ({name: True}
+        keeps entries whose probability is >= attribute_threshold, False those below; "female"/"male" filter the
+        gender column; entries of unknown attributes never pass; an unknown name raises InvalidInputError).
+        Search by description: query_embeddings=None gives one Hit list of the entries passing the filters,
+        ranked by attribute evidence: Hit.distance = minus the mean log-probability of the requested values
+        (0 = certain; ties in gallery order; see `attribute_filter`). With rerank=True the
         distances are k-reciprocal re-ranked distances (whole gallery up to 20,000 entries, else a shortlist of
         each query's 1,000 nearest). FAISS (exact flat index) is used when installed, the gallery has at least
         200,000 entries and no filter is set, unless use_faiss says otherwise. With index="hnsw"/"ivfpq", or
         "auto" at ANN_MIN_SIZE (200,000) entries, an approximate FAISS index gives the candidates (see _ann_topk
         for filters); use_faiss=False forces exact search.
         """
-        single = np.asarray(query_embeddings).ndim == 1
-        q = _d.as_matrix(query_embeddings, "query_embeddings", self.dim).astype(np.float32)
         if k < 1:
             raise InvalidInputError(f"k must be >= 1, got {k}")
-        rows = self._filter(gender, camera, exclude_camera, time_range, gender_threshold)
+        request = _a.resolve(attributes, self.attribute_names)
+        rows = self._filter(gender, camera, exclude_camera, time_range, gender_threshold, request, attribute_threshold)
+        if query_embeddings is None:
+            if rerank:
+                raise InvalidInputError("rerank=True needs query_embeddings: a search by description alone is "
+                                        "ranked by attribute evidence")
+            pos = np.arange(len(self)) if rows is None else rows
+            d = _a.evidence_distance(self._attr[pos], self.gender_prob[pos], request)
+            best = np.argsort(d, kind="stable")[:k]  # stable: equal evidence keeps gallery order
+            return [self._hit(int(pos[i]), float(d[i])) for i in best]
+        single = np.asarray(query_embeddings).ndim == 1
+        q = _d.as_matrix(query_embeddings, "query_embeddings", self.dim).astype(np.float32)
         n_cand = len(self) if rows is None else len(rows)
         if n_cand == 0:
             return [] if single else [[] for _ in q]
@@ -401,27 +456,21 @@ class Gallery:
     def _hit(self, i: int, d: float) -> Hit:
         return Hit(index=i, id=int(self.ids[i]), camera=int(self.cameras[i]), distance=d,
                    gender_prob=float(self.gender_prob[i]), time=float(self.times[i]), track=int(self.tracks[i]),
-                   meta=self.meta[i], key=int(self._keys[i]))
+                   meta=self.meta[i], key=int(self._keys[i]),
+                   attributes=_a.hit_attributes(self._attr[i], bool(self._attr_known[i]), self.attribute_names))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the gallery atomically (a crash mid-save leaves the previous file intact)."""
-        enc = self.to_encoded()
-        header = {"dim": enc.dim, "dtype": enc.dtype, "metric": enc.metric, "count": len(enc)}
-        arrays = {name: getattr(enc, name) for name in ENCODED_ARRAYS}
-        arrays["scale"] = enc.scale if enc.scale is not None else np.empty(0, dtype=np.float32)
-        arrays["meta"] = np.frombuffer(json.dumps(enc.meta).encode("utf-8"), dtype=np.uint8)
-        write_gallery_file(path, header, arrays)
+        write_encoded(path, self.to_encoded())
 
     @classmethod
     def load(cls, path: str | os.PathLike, index: str = "auto") -> "Gallery":
         """Read a gallery written by save() (an ANN index is rebuilt on first search, not stored); raises
-        GalleryFileError for truncated, foreign or corrupt files."""
-        header, arrays = read_gallery_file(path)
+        GalleryFileError for truncated, foreign or corrupt files. A file written before attributes has none."""
+        header, fields = read_encoded(path)
         try:
-            g = cls.from_encoded(header["dim"], header["dtype"], header["metric"],
-                                 meta=json.loads(arrays["meta"].tobytes().decode("utf-8")), index=index,
-                                 **{name: arrays[name] for name in ENCODED_ARRAYS})
-        except (KeyError, ValueError) as exc:
+            g = cls.from_encoded(**fields, index=index)
+        except ValueError as exc:
             raise GalleryFileError(f"{path} is missing gallery fields ({exc}); re-create it with Gallery.save()") \
                 from exc
         except GalleryFileError as exc:

@@ -5,6 +5,13 @@ Layout (little-endian):
     | sections (raw C-order arrays, back to back) | SHA-256 of everything before it (32 bytes)
 The header lists each section as {"name", "dtype", "shape", "offset", "nbytes"} (offset from the payload start)
 plus "payload_nbytes" so a truncated file is told apart from a corrupt one.
+
+The gallery's columns inside that container (`write_encoded` / `read_encoded`): EncodedGallery's arrays, meta as
+JSON text, and header fields dim, dtype, metric, count. Layout 2 (header "layout": 2, written only by a gallery with
+attributes) adds the sections "attributes" (N x A uint8 codes) and "attributes_known" (N uint8) and the header's
+"attribute_names"; a file without "layout" is layout 1 and reads as a gallery without attributes. The layout
+versions the columns while the container keeps version 1, so attribute-less files stay byte-identical to earlier
+ones; a layout newer than this reader's is refused.
 """
 from __future__ import annotations
 
@@ -18,9 +25,13 @@ import numpy as np
 
 from edgereid.atomic import replace_durably, temp_file_beside
 from edgereid.errors import GalleryFileError
+from edgereid.retrieval.contract import EncodedGallery
 
 MAGIC = b"EDGEREID-GALLERY\0"
 VERSION = 1
+LAYOUT = 2
+# the array sections of a .gallery file: EncodedGallery's field names, so save() and load() agree by construction
+ENCODED_ARRAYS = ("embeddings", "scale", "ids", "cameras", "gender_prob", "times", "tracks")
 _FIXED = struct.Struct("<IQ")
 _DIGEST = 32
 
@@ -91,3 +102,36 @@ def read_gallery_file(path: str | os.PathLike) -> tuple:
         raw = data[lo:lo + s["nbytes"]]
         arrays[s["name"]] = np.frombuffer(raw, dtype=np.dtype(s["dtype"])).reshape(s["shape"]).copy()
     return header, arrays
+
+
+def write_encoded(path: str | os.PathLike, enc: EncodedGallery) -> Path:
+    """Write a gallery's stored form as a .gallery file (layout 2 when it has attributes, else layout 1)."""
+    header = {"dim": enc.dim, "dtype": enc.dtype, "metric": enc.metric, "count": len(enc)}
+    arrays = {name: getattr(enc, name) for name in ENCODED_ARRAYS}
+    arrays["scale"] = enc.scale if enc.scale is not None else np.empty(0, dtype=np.float32)
+    arrays["meta"] = np.frombuffer(json.dumps(enc.meta).encode("utf-8"), dtype=np.uint8)
+    if enc.attribute_names:
+        header.update(layout=LAYOUT, attribute_names=list(enc.attribute_names))
+        arrays["attributes"] = enc.attributes
+        arrays["attributes_known"] = np.asarray(enc.attributes_known).astype(np.uint8)
+    return write_gallery_file(path, header, arrays)
+
+
+def read_encoded(path: str | os.PathLike) -> tuple:
+    """(header, `Gallery.from_encoded` keyword arguments) of a .gallery file; GalleryFileError when it is damaged,
+    misses a section or has a newer layout."""
+    header, arrays = read_gallery_file(path)
+    layout = int(header.get("layout", 1))
+    if layout > LAYOUT:
+        raise GalleryFileError(f"{path} has gallery layout {layout}, this edgereid reads layouts up to {LAYOUT}; "
+                               "upgrade edgereid to read it")
+    try:
+        fields = {"dim": header["dim"], "dtype": header["dtype"], "metric": header["metric"],
+                  "meta": json.loads(arrays["meta"].tobytes().decode("utf-8")),
+                  **{name: arrays[name] for name in ENCODED_ARRAYS}}
+        if layout >= 2:
+            fields.update(attributes=arrays["attributes"], attributes_known=arrays["attributes_known"].astype(bool),
+                          attribute_names=tuple(header["attribute_names"]))
+    except (KeyError, ValueError) as exc:
+        raise GalleryFileError(f"{path} is missing gallery fields ({exc}); re-create it with Gallery.save()") from exc
+    return header, fields

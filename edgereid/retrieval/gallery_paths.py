@@ -74,15 +74,18 @@ def as_memory_gallery(g):
 def save_gallery(g, path: str | os.PathLike, collection: str = DEFAULT_COLLECTION, token: str = "") -> int:
     """Write the rows of a Gallery, GalleryStore or MilvusGallery to `path` (see the module rule): appended to a
     Milvus collection (created if new) or a GalleryStore (in the store's dtype: appended entries are converted),
-    else written as a .gallery file; returns the entries the destination then holds."""
+    else written as a .gallery file; returns the entries the destination then holds. Attributes travel with
+    their names: a destination without names learns them, one with other names raises InvalidInputError."""
     from edgereid.retrieval.store import GalleryStore
     from edgereid.retrieval.store_batches import read_info as read_store_info
     mem = as_memory_gallery(g)
+    names = mem.attribute_names or None  # None: keep the destination's names (its new entries are unknown)
+    attributes = mem.attributes if names else None
     if is_milvus_path(path):
-        m = _milvus(path, collection, token, create=True, dim=mem.dim, metric=mem.metric)
+        m = _milvus(path, collection, token, create=True, dim=mem.dim, metric=mem.metric, attribute_names=names)
         try:
             m.add(mem.embeddings, ids=mem.ids, cameras=mem.cameras, gender_prob=mem.gender_prob, times=mem.times,
-                  tracks=mem.tracks, meta=mem.meta)
+                  tracks=mem.tracks, meta=mem.meta, attributes=attributes)
             return len(m)
         finally:
             m.close()
@@ -91,7 +94,7 @@ def save_gallery(g, path: str | os.PathLike, collection: str = DEFAULT_COLLECTIO
         return len(mem)
     # an existing store keeps its dtype: the float32 rows below are encoded in it (int8 <-> float, both ways)
     dtype = None if read_store_info(path) is not None else mem.dtype
-    with GalleryStore(path, dim=mem.dim, dtype=dtype, metric=mem.metric) as store:
+    with GalleryStore(path, dim=mem.dim, dtype=dtype, metric=mem.metric, attribute_names=names) as store:
         store.add(mem.embeddings, ids=mem.ids, cameras=mem.cameras, gender_prob=mem.gender_prob,
-                  times=mem.times, tracks=mem.tracks, meta=mem.meta)
+                  times=mem.times, tracks=mem.tracks, meta=mem.meta, attributes=attributes)
         return len(store)

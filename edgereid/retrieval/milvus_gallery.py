@@ -1,12 +1,21 @@
-"""`MilvusGallery`: the gallery interface on a Milvus collection (milvus-lite file on an edge box, or a cluster)."""
+"""`MilvusGallery`: the gallery interface on a Milvus collection (milvus-lite file on an edge box, or a cluster).
+
+Attributes: one ARRAY<INT8> field `attributes` holding each entry's uint8 codes shifted by -128 (code - 128, so
+0..255 fits INT8; A bytes per entry), an empty array for an entry of unknown attributes; the names (JSON) are the
+collection property `edgereid.attribute_names`. An attribute filter is part of the Milvus boolean expression
+(``array_length(attributes) > 0 and attributes[j] >= c - 128``), so it runs before the vector search; a search by
+description alone filters in Milvus and ranks the passing entries here. A collection created before attributes
+(no such field) opens and searches as before, without attributes.
+"""
 from __future__ import annotations
 
 import json
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from edgereid.errors import GalleryFileError, InvalidInputError
+from edgereid.retrieval import attribute_filter as _a
 from edgereid.retrieval import distances as _d
 from edgereid.retrieval.contract import (EXPIRE_USAGE, REMOVE_USAGE, Hit, entry_column, entry_meta, int_array,
                                         keyword_only, union_of)
@@ -26,6 +35,10 @@ RERANK_SHORTLIST = min(1000, MAX_SEARCH_LIMIT)
 # batch stays far below gRPC's message limits.
 RERANK_QUERY_BATCH = 16
 METRICS = {"euclidean": "L2", "cosine": "COSINE"}
+ATTRIBUTES_PROPERTY = "edgereid.attribute_names"
+MAX_ATTRIBUTES = 1024  # the ARRAY field's capacity (Milvus allows up to 4096 elements)
+CODE_SHIFT = 128  # stored element = uint8 code - 128: INT8 is Milvus's smallest integer and it is signed
+DESCRIBE_BATCH = 4096  # rows per query_iterator page when ranking by description
 
 
 def _num(x) -> str:
@@ -44,9 +57,12 @@ class MilvusGallery:
     """Embeddings plus id, camera, gender, time, track, site and meta in one Milvus collection (FLAT = exact)."""
 
     def __init__(self, uri: str, dim: int | None = None, collection: str = "edgereid", metric: str | None = None,
-                 site: str = "", index_type: str = "FLAT", token: str = "", create: bool = True) -> None:
+                 site: str = "", index_type: str = "FLAT", token: str = "", create: bool = True,
+                 attribute_names: Sequence[str] | None = None) -> None:
         """Open `collection` at `uri` (a milvus-lite file such as site.milvus.db, or a server URI), creating it
-        unless create=False; dim and metric None mean the existing collection's (128 / euclidean when new)."""
+        unless create=False; dim and metric None mean the existing collection's (128 / euclidean when new).
+        attribute_names: the attributes entries may carry (None = the collection's); a collection without names
+        learns these, other names raise InvalidInputError naming both."""
         from edgereid._optional import require
         if metric is not None and metric not in METRICS:
             raise InvalidInputError(f"MilvusGallery metric must be 'euclidean' or 'cosine', got {metric!r}")
@@ -64,6 +80,7 @@ class MilvusGallery:
                 self.dim, self.metric = int(128 if dim is None else dim), metric or "euclidean"
                 self._create(pymilvus.DataType, index_type)
             self._milvus_metric = METRICS[self.metric]
+            self.attribute_names = self._init_names(_a.check_names(attribute_names))
             self.client.load_collection(collection)
         except Exception:
             self.client.close()  # an open client keeps a milvus-lite file locked
@@ -80,10 +97,29 @@ class MilvusGallery:
         schema.add_field("time", DataType.DOUBLE)
         schema.add_field("site", DataType.VARCHAR, max_length=256)
         schema.add_field("meta", DataType.VARCHAR, max_length=65535)  # JSON text: any JSON value, null included
+        # always created, so a collection made before the model had an attribute head can take attributes later
+        schema.add_field("attributes", DataType.ARRAY, element_type=DataType.INT8, max_capacity=MAX_ATTRIBUTES)
         params = self.client.prepare_index_params()
         params.add_index(field_name="embedding", index_type=index_type, metric_type=METRICS[self.metric])
         self.client.create_collection(self.collection, schema=schema, index_params=params,
                                       consistency_level="Strong")
+
+    def _init_names(self, given: tuple) -> tuple:
+        """The collection's attribute names; one without any learns `given` (stored as a collection property)."""
+        desc = self.client.describe_collection(self.collection)
+        self._has_attr_field = any(f["name"] == "attributes" for f in desc["fields"])
+        self._fields = FIELDS + (["attributes"] if self._has_attr_field else [])
+        have = tuple(json.loads((desc.get("properties") or {}).get(ATTRIBUTES_PROPERTY, "[]")))
+        _a.check_same_names(have, given, f"Milvus collection {self.collection!r}")
+        if have or not given:
+            return have
+        if not self._has_attr_field:
+            raise InvalidInputError(f"Milvus collection {self.collection!r} was created before attributes (no "
+                                    f"'attributes' field); save the gallery into a new collection to store them")
+        if len(given) > MAX_ATTRIBUTES:
+            raise InvalidInputError(f"{len(given)} attribute names exceed the Milvus field's {MAX_ATTRIBUTES}")
+        self.client.alter_collection_properties(self.collection, properties={ATTRIBUTES_PROPERTY: json.dumps(given)})
+        return given
 
     def _check_existing(self, dim: int | None, metric: str | None) -> tuple:
         """(dim, metric) of the existing collection; raises when the caller asked for different ones."""
@@ -111,9 +147,10 @@ class MilvusGallery:
         return f"MilvusGallery(collection={self.collection!r}, dim={self.dim}, metric={self.metric})"
 
     def add(self, embeddings: np.ndarray, ids=None, cameras=None, gender_prob=None, times=None, tracks=None,
-            meta: Sequence | None = None) -> np.ndarray:
-        """Insert entries (columns as in `Gallery.add`) and flush; returns their primary keys (Hit.key). Unknown
-        ids/cameras/tracks are -1. Every entry gets this gallery's `site`."""
+            meta: Sequence | None = None, attributes: np.ndarray | None = None) -> np.ndarray:
+        """Insert entries (columns as in `Gallery.add`, attributes in the order of `attribute_names`) and flush;
+        returns their primary keys (Hit.key). Unknown ids/cameras/tracks are -1. Every entry gets this gallery's
+        `site`."""
         x = _d.as_matrix(embeddings, "embeddings", self.dim).astype(np.float32)
         n = len(x)
         meta_text = [json.dumps(m) for m in entry_meta(meta, n)]
@@ -123,22 +160,34 @@ class MilvusGallery:
                 "camera": entry_column(cameras, n, "cameras", np.int64, -1),
                 "track": entry_column(tracks, n, "tracks", np.int64, -1),
                 "gender_prob": np.where(np.isnan(gp), NO_GENDER, gp), "time": np.where(np.isnan(t), NO_TIME, t)}
+        codes, known = _a.encode(attributes, n, self.attribute_names)
+        stored = (codes.astype(np.int16) - CODE_SHIFT).astype(np.int8)
         rows = [{"embedding": x[i].tolist(), "site": self.site, "meta": meta_text[i],
                  **{k: v[i].item() for k, v in cols.items()}} for i in range(n)]
+        if self._has_attr_field:
+            for row, values, have in zip(rows, stored.tolist(), known.tolist()):
+                row["attributes"] = values if have else []
         keys = []
         for s in range(0, n, 10000):  # bounded gRPC messages
             keys.extend(self.client.insert(self.collection, rows[s:s + 10000])["ids"])
         self.client.flush(self.collection)
         return np.asarray(keys, dtype=np.int64)
 
-    def _expr(self, gender, camera, exclude_camera, time_range, gender_threshold, site) -> str:
+    def _expr(self, gender, camera, exclude_camera, time_range, gender_threshold, site,
+              request: _a.AttributeRequest = _a.AttributeRequest(), attribute_threshold: float = 0.5) -> str:
         """The Milvus boolean expression equal to Gallery's filters (evaluated before the vector search)."""
         parts = []
-        if gender is not None:
-            if gender not in ("female", "male"):
-                raise InvalidInputError(f"gender filter must be 'female' or 'male', got {gender!r}")
-            t = _num(gender_threshold)
-            parts.append(f"gender_prob >= {t}" if gender == "female" else f"(gender_prob >= 0 and gender_prob < {t})")
+        if gender is not None and gender not in ("female", "male"):
+            raise InvalidInputError(f"gender filter must be 'female' or 'male', got {gender!r}")
+        t = _num(gender_threshold)
+        for female in ([gender == "female"] if gender is not None else []) + list(request.genders):
+            parts.append(f"gender_prob >= {t}" if female else f"(gender_prob >= 0 and gender_prob < {t})")
+        c = _a.code_threshold(attribute_threshold) - CODE_SHIFT
+        for j, _, want in request.terms:
+            if want or c > -CODE_SHIFT:  # code < 0 matches nothing, and -129 is no INT8 literal
+                parts.append(f"(array_length(attributes) > 0 and attributes[{j}] {'>=' if want else '<'} {c})")
+            else:
+                parts.append("array_length(attributes) < 0")
         if camera is not None:
             parts.append(f"camera in {_ints(camera)}")
         if exclude_camera is not None:
@@ -154,30 +203,40 @@ class MilvusGallery:
             parts.append("site in [" + ", ".join(json.dumps(str(s)) for s in np.atleast_1d(site)) + "]")
         return " and ".join(parts)
 
-    def search(self, query_embeddings: np.ndarray, k: int = 10, *, rerank: bool = False, gender: str | None = None,
-               camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
-               k1: int = 20, k2: int = 6, lambda_value: float = 0.3, site=None) -> list:
+    def search(self, query_embeddings: np.ndarray | None = None, k: int = 10, *, rerank: bool = False,
+               gender: str | None = None, camera=None, exclude_camera=None, time_range: tuple | None = None,
+               gender_threshold: float = 0.5, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+               attributes: Mapping[str, bool] | None = None, attribute_threshold: float = 0.5, site=None) -> list:
         """Nearest entries per query as Hit lists (a 1-D query gives one list), closest first; filters as Gallery's
-        plus site (one or several). Hit.key is the Milvus primary key (Hit.index too: a collection has no
-        positions); distances are Gallery's.
+        (attributes included) plus site (one or several). Hit.key is the Milvus primary key (Hit.index too: a
+        collection has no positions); distances are Gallery's. query_embeddings=None: a search by description, one
+        Hit list ranked as Gallery.search ranks it (ties: lower primary key first); Milvus filters, the ranking
+        runs here over the passing entries' attributes.
 
         rerank=True: k-reciprocal re-ranked distances (k1, k2, lambda_value as Gallery.search) over the union of
         each query's RERANK_SHORTLIST nearest entries passing the filters, so a collection with no more rows than
         that gives Gallery.search(rerank=True)'s result on the same rows; ties go to the lower primary key, which
         auto_id hands out in insertion order (Gallery's positions).
         """
-        single = np.asarray(query_embeddings).ndim == 1
-        q = _d.as_matrix(query_embeddings, "query_embeddings", self.dim).astype(np.float32)
         if k < 1:
             raise InvalidInputError(f"k must be >= 1, got {k}")
-        expr = self._expr(gender, camera, exclude_camera, time_range, gender_threshold, site)
+        request = _a.resolve(attributes, self.attribute_names)
+        expr = self._expr(gender, camera, exclude_camera, time_range, gender_threshold, site, request,
+                          attribute_threshold)
+        if query_embeddings is None:
+            if rerank:
+                raise InvalidInputError("rerank=True needs query_embeddings: a search by description alone is "
+                                        "ranked by attribute evidence")
+            return self._describe(int(k), expr, request)
+        single = np.asarray(query_embeddings).ndim == 1
+        q = _d.as_matrix(query_embeddings, "query_embeddings", self.dim).astype(np.float32)
         if rerank:
             hits = self._rerank_search(q, k, expr, k1, k2, lambda_value)
         else:
             if k > MAX_SEARCH_LIMIT:
                 raise InvalidInputError(f"k={k} is above Milvus's search limit of {MAX_SEARCH_LIMIT}; pass a "
                                         f"smaller k")
-            res = self._search(q, int(k), expr, FIELDS)
+            res = self._search(q, int(k), expr, self._fields)
             hits = [[self._hit(r) for r in per_query] for per_query in res]
         return hits[0] if single else hits
 
@@ -190,7 +249,8 @@ class MilvusGallery:
         from edgereid.retrieval.reranking import rerank_topk
         entities = {}
         for s in range(0, len(q), RERANK_QUERY_BATCH):
-            for per_query in self._search(q[s:s + RERANK_QUERY_BATCH], RERANK_SHORTLIST, expr, FIELDS + ["embedding"]):
+            for per_query in self._search(q[s:s + RERANK_QUERY_BATCH], RERANK_SHORTLIST, expr,
+                                          self._fields + ["embedding"]):
                 for r in per_query:
                     entities[_pk(r)] = r["entity"]
         if not entities:
@@ -207,17 +267,53 @@ class MilvusGallery:
         d = float(np.sqrt(max(r["distance"], 0.0))) if self.metric == "euclidean" else 1.0 - float(r["distance"])
         return self._entity_hit(_pk(r), r["entity"], d)
 
-    @staticmethod
-    def _entity_hit(pk: int, e: dict, d: float) -> Hit:
+    def _entity_hit(self, pk: int, e: dict, d: float) -> Hit:
         gp, t = float(e["gender_prob"]), float(e["time"])
+        codes, known = self._codes([e])
         return Hit(index=int(pk), id=int(e["pid"]), camera=int(e["camera"]), distance=d,
                    gender_prob=float("nan") if gp < 0 else gp, time=float("nan") if t <= NO_TIME else t,
-                   track=int(e["track"]), meta=json.loads(e["meta"]), key=int(pk))
+                   track=int(e["track"]), meta=json.loads(e["meta"]), key=int(pk),
+                   attributes=_a.hit_attributes(codes[0], bool(known[0]), self.attribute_names))
+
+    def _codes(self, entities: list) -> tuple:
+        """(uint8 codes (n, A), known (n,)) of entities read with the attributes field (empty array: unknown)."""
+        width = len(self.attribute_names)
+        codes, known = np.zeros((len(entities), width), np.uint8), np.zeros(len(entities), bool)
+        for i, e in enumerate(entities):
+            values = e.get("attributes") or []
+            if width and len(values) == width:
+                codes[i] = np.asarray(values, np.int16) + CODE_SHIFT
+                known[i] = True
+        return codes, known
+
+    def _describe(self, k: int, expr: str, request: _a.AttributeRequest) -> list:
+        """Search by description: the k entries passing `expr` with the least attribute evidence distance."""
+        it = self.client.query_iterator(self.collection, batch_size=DESCRIBE_BATCH, filter=expr,
+                                        output_fields=["pk", "gender_prob"] + self._fields[len(FIELDS):])
+        best_pk, best_d = np.empty(0, np.int64), np.empty(0, np.float64)
+        try:
+            while True:
+                batch = it.next()
+                if not batch:
+                    break
+                gp = np.asarray([e["gender_prob"] for e in batch], np.float32)
+                d = _a.evidence_distance(self._codes(batch)[0], np.where(gp < 0, np.nan, gp), request)
+                pks = np.concatenate([best_pk, [_pk(e) for e in batch]]).astype(np.int64)
+                dist = np.concatenate([best_d, d])
+                keep = np.lexsort((pks, dist))[:k]  # running top k; equal evidence: lower key (earlier) first
+                best_pk, best_d = pks[keep], dist[keep]
+        finally:
+            it.close()
+        if not len(best_pk):
+            return []
+        got = {_pk(e): e for e in self.client.query(self.collection, filter=f"pk in {_ints(best_pk)}",
+                                                   output_fields=["pk"] + self._fields)}
+        return [self._entity_hit(int(p), got[int(p)], float(d)) for p, d in zip(best_pk, best_d) if int(p) in got]
 
     def to_gallery(self, index: str = "auto") -> Gallery:
         """Every entry as an in-memory float32 Gallery, in primary-key (insertion) order: to save as a file."""
         it = self.client.query_iterator(self.collection, batch_size=4096, filter="",
-                                        output_fields=["pk", "embedding"] + FIELDS)
+                                        output_fields=["pk", "embedding"] + self._fields)
         got = []
         try:
             while True:
@@ -229,10 +325,11 @@ class MilvusGallery:
             it.close()
         got.sort(key=lambda e: int(e["pk"]))
         hits = [self._entity_hit(e["pk"], e, 0.0) for e in got]
-        g = Gallery(dim=self.dim, metric=self.metric, index=index)
+        g = Gallery(dim=self.dim, metric=self.metric, index=index, attribute_names=self.attribute_names)
         g.add(np.asarray([e["embedding"] for e in got], dtype=np.float32).reshape(-1, self.dim),
               ids=[h.id for h in hits], cameras=[h.camera for h in hits], gender_prob=[h.gender_prob for h in hits],
-              times=[h.time for h in hits], tracks=[h.track for h in hits], meta=[h.meta for h in hits])
+              times=[h.time for h in hits], tracks=[h.track for h in hits], meta=[h.meta for h in hits],
+              attributes=_a.probabilities(*self._codes(got)) if self.attribute_names else None)
         return g
 
     def _delete(self, expr: str) -> int:

@@ -14,11 +14,12 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from edgereid.errors import GalleryFileError, InvalidInputError, StoreLockedError
+from edgereid.retrieval import attribute_filter as _a
 from edgereid.retrieval import store_batches as sb
 from edgereid.retrieval.columns import Column, append_rows
 from edgereid.retrieval.contract import (EXPIRE_USAGE, REMOVE_USAGE, int_array, keyword_only, positions,
@@ -38,8 +39,13 @@ class GalleryStore:
     rows = Column()  # durable row id of each mirror position (ascending), grown in place like the mirror
 
     def __init__(self, path: str | os.PathLike, dim: int | None = None, dtype: str | None = None,
-                 metric: str | None = None, durability: str = "full", timeout: float = 5.0) -> None:
+                 metric: str | None = None, durability: str = "full", timeout: float = 5.0,
+                 attribute_names: Sequence[str] | None = None) -> None:
         """Open or create the store at `path`. dim/dtype/metric default to the file's (new: 128, int8, euclidean).
+
+        attribute_names: the attributes entries may carry (the model's `rt.attribute_names`, in order). None means
+        the file's; a store that has none yet learns these (stored in the file); other names than the file's raise
+        InvalidInputError naming both.
 
         durability="full" fsyncs every commit (an `add` that returned survives a power cut); "normal" syncs at
         WAL checkpoints only: a power cut may lose the last commits but never corrupts the file. `timeout` is
@@ -62,6 +68,10 @@ class GalleryStore:
                 self._con.execute("PRAGMA journal_mode = WAL")
             self._con.execute(f"PRAGMA synchronous = {_SYNC[durability]}")
             info = self._init_schema(dim, dtype, metric)
+            self.attribute_names = self._init_names(_a.check_names(attribute_names))
+        except (GalleryFileError, InvalidInputError):
+            self._con.close()
+            raise
         except sqlite3.DatabaseError as exc:
             if hasattr(self, "_con"):
                 self._con.close()
@@ -72,7 +82,8 @@ class GalleryStore:
                                    "create a store, or Gallery.load() for a .gallery file") from exc
         self.dim, self.dtype, self.metric = int(info["dim"]), info["dtype"], info["metric"]
         self.durability = durability
-        self._gallery = Gallery(dim=self.dim, dtype=self.dtype, metric=self.metric)
+        self._gallery = Gallery(dim=self.dim, dtype=self.dtype, metric=self.metric,
+                                attribute_names=self.attribute_names)
         self.rows = np.empty(0, dtype=np.int64)
         # what the mirror holds: the epoch it was loaded in, the largest batch and tombstone ids applied and the
         # largest row id seen (a folded batch re-holds rows already mirrored; those at or below it are skipped)
@@ -102,7 +113,7 @@ class GalleryStore:
         info = dict(self._con.execute("SELECT key, value FROM store_info").fetchall())
         if info.get("format") != FORMAT:
             raise GalleryFileError(f"{self.path} is not an edgereid gallery store (format {info.get('format')!r})")
-        if int(info["version"]) == 1:
+        if int(info["version"]) in (1, 2):
             info = self._migrate(info)
         if int(info["version"]) != VERSION:
             raise GalleryFileError(f"{self.path} has store format version {info['version']}, this edgereid reads "
@@ -114,18 +125,39 @@ class GalleryStore:
         return info
 
     def _migrate(self, info: dict) -> dict:
-        """Rewrite a version-1 store in place (one transaction: a crash leaves version 1 intact)."""
+        """Upgrade a version-1 or -2 store in place (one transaction: a crash leaves the old version intact)."""
         self._con.execute("BEGIN IMMEDIATE")
         try:
             # another process may have upgraded the file while we waited for the write lock
             version = self._con.execute("SELECT value FROM store_info WHERE key = 'version'").fetchone()[0]
             if int(version) == 1:
                 sb.migrate_v1(self._con, int(info["dim"]), info["dtype"], info["metric"])
+            elif int(version) == 2:
+                sb.migrate_v2(self._con)
             self._con.execute("COMMIT")
         except BaseException:
             self._con.execute("ROLLBACK")
             raise
         return dict(self._con.execute("SELECT key, value FROM store_info").fetchall())
+
+    def _init_names(self, given: tuple) -> tuple:
+        """The store's attribute names; a store without any learns `given` (one transaction)."""
+        have = sb.attribute_names(self._con)
+        _a.check_same_names(have, given, str(self.path))
+        if have or not given:
+            return have
+        self._con.execute("BEGIN IMMEDIATE")
+        try:
+            have = sb.attribute_names(self._con)  # another writer may have set them while we waited
+            if not have:
+                self._con.execute("INSERT OR REPLACE INTO store_info VALUES ('attribute_names', ?)",
+                                  (json.dumps(list(given)),))
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        _a.check_same_names(have, given, str(self.path))
+        return have or given
 
     # -- reading -----------------------------------------------------------------------------------------------
     def refresh(self) -> int:
@@ -141,13 +173,15 @@ class GalleryStore:
     def _sync(self, con: sqlite3.Connection) -> None:
         """Inside a transaction: bring the mirror to the committed state (incrementally unless the epoch moved)."""
         marks = self._marks(con)
-        full = marks[0] != self._epoch
+        names = sb.attribute_names(con)
+        full = marks[0] != self._epoch or names != self.attribute_names  # names learned by another connection
+        self.attribute_names = names
         after = 0 if full else self._batch_mark
         batches = con.execute(f"SELECT {sb.BATCH_COLS} FROM batches WHERE batch > ? ORDER BY batch",
                               (after,)).fetchall()
         tombs = con.execute("SELECT first_row, last_row FROM tombstones WHERE seq > ?",
                             (0 if full else self._tomb_mark,)).fetchall()
-        part, rows = sb.decode_batches(batches, self.dim, self.dtype, self.metric, str(self.path))
+        part, rows = sb.decode_batches(batches, self.dim, self.dtype, self.metric, str(self.path), names)
         if full:
             self._gallery, self.rows, self._row_seen = part, rows, 0
         else:
@@ -187,30 +221,35 @@ class GalleryStore:
         """The in-memory mirror (read it, do not modify it: changes there are not stored)."""
         return self._gallery
 
-    def search(self, query_embeddings: np.ndarray, k: int = 10, *, rerank: bool = False, gender: str | None = None,
-               camera=None, exclude_camera=None, time_range: tuple | None = None, gender_threshold: float = 0.5,
-               k1: int = 20, k2: int = 6, lambda_value: float = 0.3, use_faiss: bool | None = None) -> list:
-        """`Gallery.search` on the rows committed as of the last add/remove/refresh (same options, same hits).
+    def search(self, query_embeddings: np.ndarray | None = None, k: int = 10, *, rerank: bool = False,
+               gender: str | None = None, camera=None, exclude_camera=None, time_range: tuple | None = None,
+               gender_threshold: float = 0.5, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+               attributes: Mapping[str, bool] | None = None, attribute_threshold: float = 0.5,
+               use_faiss: bool | None = None) -> list:
+        """`Gallery.search` on the rows committed as of the last add/remove/refresh (same options, same hits; with
+        query_embeddings=None a search by description, one Hit list).
 
         Hit.key is the entry's durable row id (pass it to remove(keys=...)); Hit.index its position in `self.rows`.
         """
+        single = query_embeddings is None or np.asarray(query_embeddings).ndim == 1
         with self._lock:
             found = self._gallery.search(query_embeddings, k=k, rerank=rerank, gender=gender, camera=camera,
                                          exclude_camera=exclude_camera, time_range=time_range,
                                          gender_threshold=gender_threshold, k1=k1, k2=k2, lambda_value=lambda_value,
+                                         attributes=attributes, attribute_threshold=attribute_threshold,
                                          use_faiss=use_faiss)
-            for hit in (found if np.asarray(query_embeddings).ndim == 1 else itertools.chain(*found)):
+            for hit in (found if single else itertools.chain(*found)):
                 hit.key = int(self.rows[hit.index])  # the mirror's own keys are in-memory only
         return found
 
     # -- writing -----------------------------------------------------------------------------------------------
     def add(self, embeddings: np.ndarray, ids=None, cameras=None, gender_prob=None, times=None, tracks=None,
-            meta: Sequence | None = None) -> np.ndarray:
+            meta: Sequence | None = None, attributes: np.ndarray | None = None) -> np.ndarray:
         """Append entries in one durable transaction; returns their row ids (Hit.key). Arguments as in
-        `Gallery.add`."""
-        part = Gallery(dim=self.dim, dtype=self.dtype, metric=self.metric)
+        `Gallery.add` (attributes in the order of `attribute_names`)."""
+        part = Gallery(dim=self.dim, dtype=self.dtype, metric=self.metric, attribute_names=self.attribute_names)
         part.add(embeddings, ids=ids, cameras=cameras, gender_prob=gender_prob, times=times, tracks=tracks,
-                 meta=meta)  # validates and encodes exactly as Gallery does
+                 meta=meta, attributes=attributes)  # validates and encodes exactly as Gallery does
         part.meta = json.loads(json.dumps(part.meta))  # memory holds what a reopen reads (tuples -> lists ...)
         n = len(part)
         if n == 0:
@@ -258,7 +297,9 @@ class GalleryStore:
 
     def _live(self, con: sqlite3.Connection, records: list) -> tuple:
         """(Gallery, row ids, dead count) of batch records without their tombstoned rows."""
-        g, rows = sb.decode_batches(records, self.dim, self.dtype, self.metric, str(self.path))
+        # the file's names, not the mirror's: another connection may have given the store names since our last sync
+        g, rows = sb.decode_batches(records, self.dim, self.dtype, self.metric, str(self.path),
+                                    sb.attribute_names(con))
         tombs = con.execute("SELECT first_row, last_row FROM tombstones WHERE last_row >= ? AND first_row <= ?",
                             (int(rows[0]), int(rows[-1]))).fetchall() if len(rows) else []
         dead = sb.dead_mask(rows, tombs)

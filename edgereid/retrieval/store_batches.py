@@ -1,6 +1,9 @@
 """How a GalleryStore lays entries out in SQLite: batches of packed columns, range tombstones, counters.
 
-Format version 2. Each `add` writes its entries as one batch row per BATCH_ROWS entries: every column (durable
+Format version 3 (version 2 plus two nullable blobs per batch, `attributes` (n x A uint8 codes) and
+`attributes_known` (n uint8), and the store's attribute names as JSON under store_info key `attribute_names`; a
+NULL blob means every entry of that batch has unknown attributes). Version-2 stores are upgraded in place on open
+(two ALTER TABLE ADD COLUMN: no rows are rewritten). Each `add` writes its entries as one batch row per BATCH_ROWS entries: every column (durable
 row ids, embeddings, int8 scales, ids, cameras, gender, times, tracks, meta) packed as one little-endian array
 (meta as one JSON list), so reopening 10^6 entries reads ~1,000 blobs instead of 10^6 rows of Python objects.
 Batch ids and row ids both grow with commit order, so batch order is row order. Small batches (a tracker adding
@@ -21,7 +24,7 @@ from edgereid.errors import GalleryFileError
 from edgereid.retrieval.gallery import Gallery
 
 FORMAT = "edgereid-gallery-store"
-VERSION = 2
+VERSION = 3
 BATCH_ROWS = 65536  # entries per batch row (8 MB of int8 embeddings): bounded blobs, few rows to read on open
 SMALL_ROWS = 1024  # a batch of fewer entries is "small" (level 0) and is folded with its neighbours
 FOLD_BATCHES = 64  # fold the trailing small batches into one once there are this many
@@ -35,14 +38,14 @@ CREATE TABLE IF NOT EXISTS batches (
     batch INTEGER PRIMARY KEY AUTOINCREMENT, level INTEGER NOT NULL, first_row INTEGER NOT NULL,
     last_row INTEGER NOT NULL, n INTEGER NOT NULL, dead INTEGER NOT NULL DEFAULT 0, rows BLOB NOT NULL,
     emb BLOB NOT NULL, scale BLOB NOT NULL, ids BLOB NOT NULL, cameras BLOB NOT NULL, gender_prob BLOB NOT NULL,
-    times BLOB NOT NULL, tracks BLOB NOT NULL, meta TEXT);
+    times BLOB NOT NULL, tracks BLOB NOT NULL, meta TEXT, attributes BLOB, attributes_known BLOB);
 CREATE TABLE IF NOT EXISTS tombstones (seq INTEGER PRIMARY KEY AUTOINCREMENT, first_row INTEGER NOT NULL,
     last_row INTEGER NOT NULL);
 """
 COUNTERS = {"next_row": 1, "epoch": 1}
-BATCH_COLS = "batch, rows, emb, scale, ids, cameras, gender_prob, times, tracks, meta"
+BATCH_COLS = "batch, rows, emb, scale, ids, cameras, gender_prob, times, tracks, meta, attributes, attributes_known"
 INSERT = ("INSERT INTO batches (level, first_row, last_row, n, rows, emb, scale, ids, cameras, gender_prob, times, "
-          "tracks, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+          "tracks, meta, attributes, attributes_known) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_AT = INSERT.replace("(level,", "(batch, level,").replace("VALUES (?,", "VALUES (?, ?,")  # keeps a batch id
 # Blob columns hold EncodedGallery's fields (SQL `emb` is `embeddings`: the SQL names stay, so every store written
 # before opens unchanged), little-endian whatever the machine: a file moves between an x86 box and an ARM Jetson.
@@ -56,17 +59,22 @@ def encode_batch(g: Gallery, rows: np.ndarray, level: int) -> tuple:
     enc = g.to_encoded()
     meta = None if all(m is None for m in enc.meta) else json.dumps(list(enc.meta))
     scale = enc.scale if enc.scale is not None else np.empty(0, np.float32)
+    known = enc.attributes_known is not None and bool(np.any(enc.attributes_known))  # NULL: all unknown
     return (level, int(rows[0]), int(rows[-1]), len(rows), rows.astype("<i8").tobytes(),
             enc.embeddings.astype(_EMB[enc.dtype], copy=False).tobytes(), scale.astype(_LE["scale"]).tobytes(),
-            *(getattr(enc, c).astype(_LE[c], copy=False).tobytes() for c in _METADATA), meta)
+            *(getattr(enc, c).astype(_LE[c], copy=False).tobytes() for c in _METADATA), meta,
+            np.ascontiguousarray(enc.attributes, np.uint8).tobytes() if known else None,
+            np.asarray(enc.attributes_known, np.uint8).tobytes() if known else None)
 
 
-def decode_batches(records: list, dim: int, dtype: str, metric: str, where: str) -> tuple:
+def decode_batches(records: list, dim: int, dtype: str, metric: str, where: str,
+                   attribute_names: tuple = ()) -> tuple:
     """(Gallery, row ids) of batch records selected as BATCH_COLS, in their order; GalleryFileError if damaged."""
-    cols = {name: [] for name in ("rows", "embeddings", "scale", *_METADATA)}
+    cols = {name: [] for name in ("rows", "embeddings", "scale", *_METADATA, "attributes", "attributes_known")}
     meta: list = []
+    width = len(attribute_names)
     try:
-        for _, rows, emb, scale, *rest, meta_text in records:
+        for _, rows, emb, scale, *rest, meta_text, attr, known in records:
             n = len(rows) // 8
             cols["rows"].append(np.frombuffer(rows, "<i8"))
             cols["embeddings"].append(np.frombuffer(emb, _EMB[dtype]).reshape(n, dim))
@@ -75,6 +83,10 @@ def decode_batches(records: list, dim: int, dtype: str, metric: str, where: str)
             for name, blob in zip(_METADATA, rest):
                 cols[name].append(np.frombuffer(blob, _LE[name]))
             meta.extend([None] * n if meta_text is None else json.loads(meta_text))
+            cols["attributes"].append(np.zeros((n, width), np.uint8) if attr is None else
+                                      np.frombuffer(attr, np.uint8).reshape(n, width))
+            cols["attributes_known"].append(np.zeros(n, bool) if known is None else
+                                            np.frombuffer(known, np.uint8).astype(bool))
     except (ValueError, TypeError) as exc:
         raise GalleryFileError(f"{where} holds a batch that is not {dim} x {dtype} entries ({exc}); the store is "
                                "damaged, restore it from a backup") from exc
@@ -82,7 +94,7 @@ def decode_batches(records: list, dim: int, dtype: str, metric: str, where: str)
     rows = joined["rows"] if joined["rows"] is not None else np.empty(0, np.int64)
     if len(rows) > 1 and not (np.diff(rows) > 0).all():
         raise GalleryFileError(f"{where} holds row ids out of order; the store is damaged, restore it from a backup")
-    empty = vars(Gallery(dim=dim, dtype=dtype, metric=metric).to_encoded())
+    empty = vars(Gallery(dim=dim, dtype=dtype, metric=metric, attribute_names=attribute_names).to_encoded())
     g = Gallery.from_encoded(**{**empty, **{k: v for k, v in joined.items() if k != "rows" and v is not None},
                                 "meta": meta})
     if len(rows) != len(g):
@@ -140,8 +152,22 @@ def sequence(con: sqlite3.Connection, table: str) -> int:
     return int(row[0]) if row else 0
 
 
+def attribute_names(con: sqlite3.Connection) -> tuple:
+    """The store's attribute names (store_info `attribute_names`, JSON), () when it has none."""
+    row = con.execute("SELECT value FROM store_info WHERE key = 'attribute_names'").fetchone()
+    return tuple(json.loads(row[0])) if row else ()
+
+
+def migrate_v2(con: sqlite3.Connection) -> None:
+    """Inside a write transaction: add version 3's attribute blobs to a version-2 store (existing batches: NULL,
+    entries of unknown attributes)."""
+    for column in ("attributes", "attributes_known"):
+        con.execute(f"ALTER TABLE batches ADD COLUMN {column} BLOB")
+    con.execute("UPDATE store_info SET value = ? WHERE key = 'version'", (str(VERSION),))
+
+
 def migrate_v1(con: sqlite3.Connection, dim: int, dtype: str, metric: str) -> None:
-    """Inside a write transaction: rewrite a version-1 store (one SQL row per entry) as version-2 batches."""
+    """Inside a write transaction: rewrite a version-1 store (one SQL row per entry) as current batches."""
     con.execute("DROP TABLE IF EXISTS tombstones")  # version 1's per-row log: no reader of version 1 remains
     for stmt in filter(str.strip, SCHEMA.split(";")):
         con.execute(stmt)

@@ -19,13 +19,15 @@ _STOP = object()
 
 @dataclass
 class ItemResult:
-    """One crop's result: its embedding (D,), P(positive class) and the size of the batch it ran in."""
+    """One crop's result: its embedding (D,), P(positive class), the size of the batch it ran in and, for a model
+    with an attribute head, {attribute name: probability} (None without one)."""
 
     embedding: np.ndarray
     gender_prob: float
     batch_size: int = 1
     positive_class: str = "female"
     negative_class: str = "male"
+    attributes: dict | None = None
 
     @property
     def gender(self) -> str:
@@ -183,11 +185,13 @@ class DynamicBatcher:
             return
         pos = getattr(out, "positive_class", "female")
         neg = getattr(out, "negative_class", "male")
+        # a duck-typed runtime's Output may predate attributes: no head, not an error
+        attribute_dict = getattr(out, "attribute_dict", lambda i: None)
         n = len(requests)
         self.batches_run += 1
         self.items_run += n
         for i, r in enumerate(requests):
             # Copy so a caller keeping one embedding does not keep the whole batch array alive.
             r.future.set_result(ItemResult(np.array(out.embeddings[i], dtype=np.float32, copy=True),
-                                           float(out.gender_prob[i]), n, pos, neg))
+                                           float(out.gender_prob[i]), n, pos, neg, attribute_dict(i)))
 

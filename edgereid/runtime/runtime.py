@@ -1,4 +1,5 @@
-"""`Runtime`: person crops in, embeddings and gender probabilities out, on whatever backend the file needs."""
+"""`Runtime`: person crops in, embeddings and gender probabilities (and attribute probabilities where the model has
+an attribute head) out, on whatever backend the file needs."""
 from __future__ import annotations
 
 import os
@@ -75,7 +76,8 @@ class Runtime:
 
     # -- inference ---------------------------------------------------------------------------------------
     def infer(self, crops: Sequence[np.ndarray] | np.ndarray, on_error: str = "raise") -> Output:
-        """Embeddings and gender probabilities for uint8 BGR crops of any size (a list, or one crop).
+        """Embeddings and gender probabilities (and `attributes` where the model has them) for uint8 BGR crops of
+        any size (a list, or one crop).
 
         `on_error="raise"` (default): a bad crop (empty, wrong dtype or channels) raises InvalidInputError naming
         it, and no crop gets a result. `on_error="skip"`: the good crops are run and returned;
@@ -205,12 +207,18 @@ class Runtime:
 
     def _check_promises(self, raw: dict, n: int) -> None:
         """On the first batch: the outputs are what the metadata promises (finite, unit rows where it says the
-        embedding is normalised); a file whose graph contradicts its metadata is refused."""
+        embedding is normalised, one attribute column per attribute name); a file whose graph contradicts its
+        metadata is refused."""
         meta = self.metadata
         emb = np.asarray(raw[meta.embedding_output], dtype=np.float32).reshape(n, -1)
         logit = np.asarray(raw[meta.gender_output], dtype=np.float32)
+        attrs = np.asarray(raw[meta.attribute_output], dtype=np.float32) if meta.has_attributes else np.zeros(0)
         broken = None
-        if not (np.isfinite(emb).all() and np.isfinite(logit).all()):
+        if meta.has_attributes and attrs.shape != (n, len(meta.attribute_names)):
+            broken = (f"{len(meta.attribute_names)} attributes {list(meta.attribute_names)}: "
+                      f"{meta.attribute_output} of shape ({n}, {len(meta.attribute_names)}) (the model returned "
+                      f"{attrs.shape} for {n} crops)")
+        elif not (np.isfinite(emb).all() and np.isfinite(logit).all() and np.isfinite(attrs).all()):
             broken = "outputs are finite (the model returned NaN or infinity)"
         elif meta.embedding_normalized:
             norms = np.linalg.norm(emb, axis=1)
@@ -234,13 +242,28 @@ class Runtime:
                                  f"{meta.embedding_dim}) and ({n}, 1). The metadata does not match the graph.")
         if not meta.embedding_normalized:
             emb = l2_normalize(emb)
-        return Output(emb, sigmoid(logit.reshape(n)), meta.gender_positive_class, meta.gender_negative_class)
+        attrs = None
+        if meta.has_attributes:
+            logits = np.asarray(raw[meta.attribute_output], dtype=np.float32)
+            if logits.size != n * len(meta.attribute_names):  # later batches: the first one passed _check_promises
+                raise ModelFileError(f"{self.path}: model returned {meta.attribute_output}{logits.shape} for {n} "
+                                     f"crops; expected ({n}, {len(meta.attribute_names)}). The metadata does not "
+                                     f"match the graph.")
+            attrs = sigmoid(logits.reshape(n, len(meta.attribute_names)))
+        return Output(emb, sigmoid(logit.reshape(n)), meta.gender_positive_class, meta.gender_negative_class,
+                      attributes=attrs, attribute_names=meta.attribute_names)
 
     def _concat(self, parts: list) -> Output:
         meta = self.metadata
-        return Output.concat(parts, meta.embedding_dim, meta.gender_positive_class, meta.gender_negative_class)
+        return Output.concat(parts, meta.embedding_dim, meta.gender_positive_class, meta.gender_negative_class,
+                             attribute_names=meta.attribute_names)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
+    @property
+    def attribute_names(self) -> tuple:
+        """The attribute head's column names in `Output.attributes` order; () for a model without one."""
+        return self.metadata.attribute_names
+
     @property
     def int8_arithmetic(self) -> str | None:
         """How the backend computes the file's INT8 layers, in words; None for float files and other backends."""
