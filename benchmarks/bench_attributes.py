@@ -52,7 +52,10 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=6.0, help="training budget of each run")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_attributes"))
     ap.add_argument("-o", "--output", type=Path, required=True)
+    ap.add_argument("--runs", default="with_attributes,without_attributes",
+                    help="which of the two runs to train (comma-separated), e.g. with_attributes alone")
     args = ap.parse_args(argv)
+    wanted = set(args.runs.split(","))
     from edgereid.datasets import load_peta
     from edgereid.training.config import TrainConfig
     from edgereid.training.recipes import recipe
@@ -63,6 +66,8 @@ def main(argv: list | None = None) -> int:
     tests = {name: load_peta(peta, subsets=subsets) for name, subsets in TEST_SETS.items()}
     runs = {}
     for label, attributes in (("with_attributes", None), ("without_attributes", [])):
+        if label not in wanted:
+            continue
         t0 = time.time()
         cfg = TrainConfig(**recipe("cpu"))
         cfg.update({"reid_data": str(args.cuhk03.expanduser()), "reid_dataset": "cuhk03",
@@ -79,7 +84,7 @@ def main(argv: list | None = None) -> int:
     write_result(args.output, {
         "benchmark": "attribute head on real crops: PETA-35 vs no attributes, cpu recipe",
         "command": f"python benchmarks/bench_attributes.py --cuhk03 labeled/train --peta 'PETA dataset' "
-                   f"--minutes {args.minutes} -o {args.output}",
+                   f"--minutes {args.minutes} --runs {args.runs} -o {args.output}",
         "sources": SOURCES, "training": {"reid": "cuhk03 labeled/train", "gender_subsets": TRAIN_SUBSETS,
                                           "gender_val_fraction": 0.2, "recipe": "cpu",
                                           "minutes_per_run": args.minutes},
