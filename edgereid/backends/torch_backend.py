@@ -29,9 +29,11 @@ class TorchBackend(Backend):
         self.model, ckpt = load_checkpoint(self.path, with_classifier=False)
         self.model.to(device)
         stored = ckpt.get("metadata") or {}
-        # Preprocessing travels with the weights; the hash is recomputed from what was actually loaded.
+        # Preprocessing travels with the weights.
         base = ModelMetadata.from_dict(stored, source=str(self.path)) if stored else ModelMetadata()
-        self._metadata = base.with_(weights_sha256=model_metadata(self.model).weights_sha256,
+        # load_checkpoint verified a stored hash against the weights; only files without one need it computed
+        sha = stored.get("weights_sha256") or model_metadata(self.model).weights_sha256
+        self._metadata = base.with_(weights_sha256=sha,
                                     embedding_dim=self.model.config.embedding_dim, normalize_in_graph=False,
                                     input_layout="NCHW", input_dtype="float32", color_order="RGB"
                                     ).with_attributes(self.model.attribute_names)  # the head that was loaded

@@ -197,12 +197,10 @@ class Runtime:
         good = []
         for i, item in enumerate(chunk):
             try:
-                crop = read_image(item) if decode else item
-                validate_crop(crop, start + i)
+                # keep the validated crop (gray/BGRA already turned BGR), so preprocessing converts nothing again
+                good.append(validate_crop(read_image(item) if decode else item, start + i))
             except (InvalidInputError, ImageReadError) as exc:
                 failed[start + i] = str(exc)
-                continue
-            good.append(crop)
         return good
 
     def _check_promises(self, raw: dict, n: int) -> None:
