@@ -7,7 +7,9 @@ evaluation set (rank-1, mAP, top-10 overlap). Images used for calibration are ex
 A reference with an attribute head adds the attribute decision agreement (crop x attribute decisions at p = 0.5
 equal to the reference's) on the evaluation crops and, with labelled crops (`attributes_data`: a PETA folder or
 an attribute CSV), the mA delta: |mA(model) - mA(reference)| <= 0.01. A model that lost the head, or names other
-attributes, fails the agreement check. Without an attribute head these checks are absent.
+attributes, fails the agreement check. Without an attribute head these checks are absent; so are the gender checks
+for a reference without a gender head (an imported re-ID network: its fp32 ONNX file is the reference, no
+checkpoint needed).
 """
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ ATTRIBUTE_BUDGETS = {
 }
 for _precision, _checks in ATTRIBUTE_BUDGETS.items():
     BUDGETS[_precision].update(_checks)
-# Checks judged only where the metric exists (a model without attributes, a run without labelled crops).
-OPTIONAL_CHECKS = ("attribute_agreement", "attribute_mA_delta")
+# Checks judged only where the metric exists (a model without attributes or without a gender head, a run without
+# labelled crops).
+OPTIONAL_CHECKS = ("attribute_agreement", "attribute_mA_delta", "gender_logit_max_abs", "gender_agreement")
 
 
 @dataclass
@@ -93,8 +96,8 @@ def calibration_images(calib: str | os.PathLike) -> list:
 
 def raw_outputs(model_path: str | os.PathLike, paths: Sequence[str], batch: int = 16,
                 threads: int | None = None, emulate_tensorrt: bool = True, **runtime_options) -> dict:
-    """{"embedding": (N,D), "gender_logit": (N,), "attribute_logits": (N,A) or None, "attribute_names"} straight
-    from the backend (named outputs, raw logits).
+    """{"embedding": (N,D), "gender_logit": (N,) or None, "attribute_logits": (N,A) or None, "attribute_names"}
+    straight from the backend (named outputs, raw logits; None where the model has no such head).
 
     With `emulate_tensorrt`, a TensorRT-form INT8 ONNX file computes as TensorRT does (`Runtime.for_checking`),
     not with ONNX Runtime's CPU kernels, so the verdict does not depend on the CPU that checks it.
@@ -108,7 +111,7 @@ def raw_outputs(model_path: str | os.PathLike, paths: Sequence[str], batch: int 
         out = rt.infer_raw(files=paths, progress=Path(model_path).name)
         attrs = out[meta.attribute_output].astype(np.float32) if meta.has_attributes else None
         return {"embedding": out[meta.embedding_output].astype(np.float32),
-                "gender_logit": out[meta.gender_output].astype(np.float32).reshape(-1),
+                "gender_logit": out[meta.gender_output].astype(np.float32).reshape(-1) if meta.has_gender else None,
                 "attribute_logits": attrs, "attribute_names": meta.attribute_names,
                 "precision": meta.precision, "arithmetic": rt.int8_arithmetic}
 
@@ -155,19 +158,32 @@ def compare(ref: dict, got: dict, ev: EvalSet, ref_ret: dict | None = None) -> d
     """All parity numbers of one model's outputs against the reference's."""
     ref_ret = ref_ret or retrieval(ref["embedding"], ev)
     ret = retrieval(got["embedding"], ev)
+    if ref["embedding"].shape != got["embedding"].shape:
+        raise InvalidInputError(f"the model gives {got['embedding'].shape[1]}-d embeddings and the reference "
+                                f"{ref['embedding'].shape[1]}-d: they are not versions of one network. Compare each "
+                                f"file with the fp32 file it was made from.")
     e_err = np.abs(got["embedding"] - ref["embedding"])
-    g_err = np.abs(got["gender_logit"] - ref["gender_logit"])
     cos = row_cosine(ref["embedding"], got["embedding"])
     overlap = neighbour_overlap(ref_ret["top10"], ret["top10"])
     return {
         "embedding_max_abs": float(e_err.max()), "embedding_mean_abs": float(e_err.mean()),
-        "gender_logit_max_abs": float(g_err.max()), "gender_logit_mean_abs": float(g_err.mean()),
         "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
-        "gender_agreement": float(np.mean((got["gender_logit"] >= 0) == (ref["gender_logit"] >= 0))),
+        **gender_metrics(ref, got),
         "rank1": ret["rank1"], "mAP": ret["mAP"], "rank1_delta": abs(ret["rank1"] - ref_ret["rank1"]),
         "mAP_delta": abs(ret["mAP"] - ref_ret["mAP"]), "top10_overlap": float(overlap),
         **attribute_metrics(ref, got),
     }
+
+
+def gender_metrics(ref: dict, got: dict) -> dict:
+    """Gender logit errors and agreement of `got` against `ref` ({} when the reference has no gender head)."""
+    if ref.get("gender_logit") is None:
+        return {}
+    if got.get("gender_logit") is None:
+        return {"gender_agreement": 0.0}  # the head was lost: no call can be said to agree
+    g_err = np.abs(got["gender_logit"] - ref["gender_logit"])
+    return {"gender_logit_max_abs": float(g_err.max()), "gender_logit_mean_abs": float(g_err.mean()),
+            "gender_agreement": float(np.mean((got["gender_logit"] >= 0) == (ref["gender_logit"] >= 0)))}
 
 
 def neighbour_overlap(reference, got) -> float:

@@ -5,7 +5,8 @@ model's own outputs: embedding cosine and gender-probability difference, and for
 attribute decision agreement (the share of crop x attribute decisions at p = 0.5 that the file makes as fp32 does)
 and mean |attribute probability difference|, with TensorRT's arithmetic (Q/DQ not fused, so int8 products are exact
 and the verdict does not depend on the checking CPU). The target is met when the cosine reaches `target_cosine`
-and the attribute agreement `target_attribute_agreement` (no attribute head: the cosine alone, as before).
+and the attribute agreement `target_attribute_agreement` (no attribute head: the cosine alone, as before). A model
+without a gender head (an imported re-ID network) is scored on its embedding alone (no gender column).
 
 1. Ranges: each candidate method (min-max, two percentiles, entropy) quantizes the whole model; the best
    embedding cosine wins.
@@ -71,7 +72,7 @@ class LayerSensitivity:
     macs_share: float
     cosine_mean: float
     cosine_min: float
-    gender_prob_diff: float  # mean |p_int8 - p_fp32|
+    gender_prob_diff: float | None  # mean |p_int8 - p_fp32|; None for a model without a gender head
     kept_float: bool = False
     reason: str = ""
     attribute_agreement: float = 1.0  # share of crop x attribute decisions equal to fp32's (1.0: no attribute head)
@@ -169,7 +170,8 @@ class Scorer:
             self._bar = None
 
     def run(self, model) -> dict:
-        """{"embedding": (N,D), "gender_prob": (N,)} of an in-memory onnx.ModelProto."""
+        """{"embedding": (N,D), "gender_prob": (N,)} of an in-memory onnx.ModelProto (no "gender_prob" for a model
+        without a gender head, "attribute_prob" (N,A) for one with attributes)."""
         from edgereid.backends.onnxruntime_backend import int8_session_config
 
         opts = self.ort.SessionOptions()
@@ -178,26 +180,32 @@ class Scorer:
         if self.threads:
             opts.intra_op_num_threads = self.threads
         sess = self.ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        names = list(self.meta.output_names)  # embedding, gender[, attributes]: bound by name
-        outs = [sess.run(names, {self.meta.input_name: self.images[i:i + self.batch]})
+        names = list(self.meta.output_names)  # embedding[, gender][, attributes]: bound by name
+        outs = [dict(zip(names, sess.run(names, {self.meta.input_name: self.images[i:i + self.batch]})))
                 for i in range(0, len(self.images), self.batch)]
-        logit = np.concatenate([o[1] for o in outs]).reshape(-1).astype(np.float64)
-        result = {"embedding": np.concatenate([o[0] for o in outs]).astype(np.float64),
-                  "gender_prob": 1.0 / (1.0 + np.exp(-logit))}
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([o[name] for o in outs]).astype(np.float64)
+
+        result = {"embedding": joined(self.meta.embedding_output)}
+        if self.meta.has_gender:
+            result["gender_prob"] = 1.0 / (1.0 + np.exp(-joined(self.meta.gender_output).reshape(-1)))
         if self.meta.has_attributes:
-            result["attribute_prob"] = 1.0 / (1.0 + np.exp(-np.concatenate([o[2] for o in outs]).astype(np.float64)))
+            result["attribute_prob"] = 1.0 / (1.0 + np.exp(-joined(self.meta.attribute_output)))
         return result
 
     def score(self, model, what: str = "") -> dict:
-        """Embedding cosine (mean, min), top-k agreement and mean |gender probability difference| against fp32;
-        with an attribute head also the attribute decision agreement and mean |attribute probability difference|."""
+        """Embedding cosine (mean, min), top-k agreement and mean |gender probability difference| against fp32 (with
+        a gender head); with an attribute head also the attribute decision agreement and mean |attribute probability
+        difference|."""
         start = time.perf_counter()
         got = self.run(model)
         cos = row_cosine(self.reference["embedding"], got["embedding"])
         agree = neighbour_overlap(self.reference_neighbours, nearest(got["embedding"], self.k)) if self.k else 1.0
         result = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-                  "top10_overlap": agree,
-                  "gender_prob_diff": float(np.abs(got["gender_prob"] - self.reference["gender_prob"]).mean())}
+                  "top10_overlap": agree}
+        if "gender_prob" in got:
+            result["gender_prob_diff"] = float(np.abs(got["gender_prob"] - self.reference["gender_prob"]).mean())
         if "attribute_prob" in got:
             ref, new = self.reference["attribute_prob"], got["attribute_prob"]
             result["attribute_agreement"] = float(np.mean((ref >= 0.5) == (new >= 0.5)))
@@ -217,9 +225,10 @@ class Scorer:
         elif self.echo is not None:
             attrs = (f", attribute agreement {result['attribute_agreement']:.4f}"
                      if "attribute_agreement" in result else "")
+            gender = f", gender |dp| {result['gender_prob_diff']:.4f}" if "gender_prob_diff" in result else ""
             self.echo(f"  [{self.evaluations}] {self._step} {self._done}/{self._total}"
                       f"{' ' + what if what else ''}: cosine mean {result['cosine_mean']:.4f}, min "
-                      f"{result['cosine_min']:.4f}, gender |dp| {result['gender_prob_diff']:.4f}{attrs}; {per:.1f} s "
+                      f"{result['cosine_min']:.4f}{gender}{attrs}; {per:.1f} s "
                       f"per file, this step at most {left} more (~{left * per:.0f} s)")
 
 
@@ -271,7 +280,7 @@ def best_ranges(quantizer: Int8Quantizer, scorer: Scorer, candidates=CANDIDATE_R
     labels = list(scores)
     best = max(range(len(labels)), key=lambda i: (scores[labels[i]]["cosine_mean"],
                                                    scores[labels[i]].get("attribute_agreement", 1.0),
-                                                   -scores[labels[i]]["gender_prob_diff"]))
+                                                   -scores[labels[i]].get("gender_prob_diff", 0.0)))
     return candidates[best], scores
 
 
@@ -284,8 +293,8 @@ def layer_sensitivity(quantizer: Int8Quantizer, scorer: Scorer, ranges: dict) ->
     for name in macs:
         s = scorer.score(quantizer.quantize(ranges, only=[name]), name)
         rows.append(LayerSensitivity(name, macs[name] / total, s["cosine_mean"], s["cosine_min"],
-                                     s["gender_prob_diff"], attribute_agreement=s.get("attribute_agreement", 1.0)))
-    return sorted(rows, key=lambda r: (r.cosine_mean, -r.gender_prob_diff))
+                                     s.get("gender_prob_diff"), attribute_agreement=s.get("attribute_agreement", 1.0)))
+    return sorted(rows, key=lambda r: (r.cosine_mean, -(r.gender_prob_diff or 0.0)))
 
 
 def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float = TARGET_COSINE,
@@ -405,7 +414,8 @@ def sensitivity_table(rows: list, attributes: bool = False) -> str:
     for r in rows:
         cell = f" {r.attribute_agreement:.4f} |" if attributes else ""
         lines.append(f"| {r.name} | {r.macs_share:.1%} | {r.cosine_mean:.4f} / {r.cosine_min:.4f} | "
-                     f"{r.gender_prob_diff:.4f} |{cell} {'float' if r.kept_float else 'int8'} |")
+                     f"{'-' if r.gender_prob_diff is None else f'{r.gender_prob_diff:.4f}'} |{cell} "
+                     f"{'float' if r.kept_float else 'int8'} |")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from edgereid.errors import (
     ModelFileError,
     ModelVersionError,
     StoreLockedError,
+    WeightsDownloadError,
 )
 
 # public name -> module that defines it; loaded lazily so `import edgereid` imports no backend.
@@ -52,6 +53,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelFileError",
     "ModelVersionError",
+    "WeightsDownloadError",
     *_LAZY,
 ]
 

@@ -40,3 +40,8 @@ class GalleryFileError(EdgereidError, ValueError):
 
 class StoreLockedError(EdgereidError, TimeoutError):
     """Another connection held a GalleryStore's write lock for longer than the store's `timeout`."""
+
+
+class WeightsDownloadError(EdgereidError, OSError):
+    """A named weights file that could not be downloaded, or whose bytes do not match its published SHA-256;
+    the message names the file, its URL and the exact path where to place a copy by hand."""

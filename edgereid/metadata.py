@@ -14,8 +14,14 @@ from edgereid._version import __version__
 from edgereid.errors import ModelFileError, ModelVersionError
 
 PREFIX = "edgereid."
-# Bumped when a field changes meaning; readers refuse a newer major version.
-FORMAT_VERSION = 1
+# Bumped when a field changes meaning; readers refuse a file whose format_version is newer than FORMAT_VERSION.
+# 2: the gender head may be absent (gender_output "": an imported single-output re-ID network), which a version-1
+# reader would look for in the graph. A file is written with the lowest version that describes it (1 while it has
+# a gender head), so an older edgereid keeps reading every file it could read before.
+FORMAT_VERSION = 2
+_FIRST_FORMAT_VERSION = 1
+#: `origin` of a network brought in by `edgereid import-model` (edgereid's own exports say "edgereid")
+IMPORTED = "imported"
 
 #: the graph output an attribute head writes (N, A) float32 logits; sigmoid = P(attribute)
 ATTRIBUTE_OUTPUT = "attribute_logits"
@@ -34,14 +40,16 @@ class ModelMetadata:
     height: int = 256
     width: int = 128
     color_order: str = "RGB"  # channel order the *model input* expects (BGR when fused)
-    mean: tuple = IMAGENET_MEAN  # in 0..1 units, in RGB order
+    # in 0..1 units (of a 0..1 pixel), in the order of the channels they normalise: the model input's colour order
+    # where the runtime normalises (RGB for edgereid's own models), RGB inside a fused graph (it swaps first)
+    mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     normalize_in_graph: bool = False  # True: the graph casts, swaps channels and normalises itself
     interpolation: str = "linear"  # OpenCV resize interpolation used by every stage
     embedding_dim: int = 128
     embedding_output: str = "embedding"
     embedding_normalized: bool = True
-    gender_output: str = "gender_logit"
+    gender_output: str = "gender_logit"  # "": no gender head (an imported re-ID network); Output.gender_prob None
     gender_positive_class: str = "female"  # sigmoid(gender_logit) = P(gender_positive_class)
     gender_negative_class: str = "male"
     # Optional attribute head: "" = none. Files written before the head existed lack both fields and read as none,
@@ -49,9 +57,14 @@ class ModelMetadata:
     attribute_output: str = ""
     attribute_names: tuple = ()  # column order of the attribute output
     weights_sha256: str = ""
+    # Where the network comes from: "edgereid" (trained and exported here) or IMPORTED (`edgereid import-model`),
+    # then with the foreign file's name and SHA-256 (of the .onnx; of the .xml then the .bin of an IR).
+    origin: str = "edgereid"
+    origin_file: str = ""
+    origin_sha256: str = ""
     edgereid_version: str = __version__
     precision: str = "fp32"
-    format_version: int = FORMAT_VERSION
+    format_version: int = _FIRST_FORMAT_VERSION
     extra: dict = field(default_factory=dict)  # stage-specific fields (calibration hash, TRT profile, ...)
 
     def __post_init__(self) -> None:
@@ -62,12 +75,19 @@ class ModelMetadata:
                 f"model metadata names the attribute output {self.attribute_output!r} with "
                 f"{len(self.attribute_names)} attribute names; both are set (a head and its column names) or "
                 f"neither. Set them together with ModelMetadata.with_attributes(names).")
+        if not self.gender_output and self.format_version < 2:
+            object.__setattr__(self, "format_version", 2)  # a version-1 reader would look for the gender output
 
     @property
     def output_names(self) -> tuple:
         """Output names in a stable order; bind outputs by these names, never by position."""
-        base = (self.embedding_output, self.gender_output)
+        base = (self.embedding_output, self.gender_output) if self.gender_output else (self.embedding_output,)
         return base + (self.attribute_output,) if self.attribute_output else base
+
+    @property
+    def has_gender(self) -> bool:
+        """True when the model has a gender head (False for an imported single-output re-ID network)."""
+        return bool(self.gender_output)
 
     @property
     def has_attributes(self) -> bool:
@@ -121,7 +141,7 @@ class ModelMetadata:
     def from_dict(cls, data: Mapping, source: str = "model") -> "ModelMetadata":
         """Build from a dict as written by `to_dict`, refusing a newer format version."""
         known = {f.name for f in fields(cls)}
-        version = int(data.get("format_version", FORMAT_VERSION))
+        version = int(data.get("format_version", _FIRST_FORMAT_VERSION))
         if version > FORMAT_VERSION:
             raise ModelVersionError(
                 f"{source} uses edgereid metadata format {version}, newer than this edgereid understands "
@@ -140,7 +160,7 @@ class ModelMetadata:
         if "format_version" not in ours:
             raise ModelFileError(
                 f"{source} has no edgereid metadata (metadata_props 'edgereid.*'); export it with "
-                f"`edgereid export` or add it with edgereid.export.metadata.write_metadata()."
+                f"`edgereid export`, or bring a foreign re-ID network in with `edgereid import-model` (docs/import.md)."
             )
         string_fields = {f.name for f in fields(cls) if f.type in ("str", str)}
         data = {}

@@ -82,6 +82,25 @@ def export_small(model, path, height: int = 64, width: int = 32, simplify: bool 
 
 # One short training recipe at 64x32 input (the model is fully convolutional with global pooling, so a small
 # size trains the same network 16x cheaper than the exported 256x128 contract).
+def torchvision_style_state_dict(seed: int = 0) -> dict:
+    """A plain ResNet-18 state dict with torchvision's names (no IBN), non-trivial BatchNorm statistics and the
+    ImageNet fc layer: what a downloaded torchvision backbone file holds."""
+    import torch
+
+    from edgereid.training.layers import ResNetIBNa
+
+    torch.manual_seed(seed)
+    plain = ResNetIBNa(ibn_stages=(False, False, False, False), last_stride=2)
+    for m in plain.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
+    state = dict(plain.state_dict())
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
+    return state
+
+
 SMALL_TRAIN = dict(image_height=64, image_width=32, pad=2, erase_p=0.3, reid_p=6, reid_k=4, gender_batch=24,
                    gender_ratio=0.5, lr_reid=2e-3, lr_gender=2e-3, stage2_lr=1e-3, warmup_epochs=1,
                    lr_schedule="cosine", threads=2, eval_every=0, progress=False, tensorboard=False,

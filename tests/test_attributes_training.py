@@ -118,6 +118,26 @@ def test_deepmar_weighted_loss_on_a_hand_example():
     assert float(loss(logits, torch.full((2, 2), -1))) == 0.0
 
 
+def test_balanced_weighting_on_a_hand_example():
+    torch = pytest.importorskip("torch")
+    from edgereid.errors import InvalidInputError
+    from edgereid.training.losses import AttributeLoss
+
+    loss = AttributeLoss([0.25, 0.001], weighting="balanced")
+    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    labels = torch.tensor([[1, 1], [0, 0]])
+    # p=.25: positives 1/(2*.25)=2, negatives 1/(2*.75)=2/3; p=.001 is clamped to .01: positives 50,
+    # negatives 1/1.98. BCE: log 2 at logit 0, log(1 + e^2) for a negative at logit 2
+    expected = (2 * math.log(2) + 50 * math.log(2) + (2 / 3) * math.log(1 + math.exp(2))
+                + math.log(2) / 1.98) / 4
+    assert float(loss(logits, labels)) == pytest.approx(expected, rel=1e-6)
+    # over a data set whose positive ratio is p, positives and negatives weigh the same in total
+    p = 0.25
+    assert p * float(loss.positive_weight[0]) == pytest.approx((1 - p) * float(loss.negative_weight[0]))
+    with pytest.raises(InvalidInputError, match="attribute_weighting"):
+        AttributeLoss([0.5], weighting="focal")
+
+
 # -- training -------------------------------------------------------------------------------------------------
 def _small_trainer(small_synthetic, out, gender_train=None, **overrides):
     from conftest import SMALL_TRAIN

@@ -6,6 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import torchvision_style_state_dict  # noqa: E402
+
 from edgereid.training.layers import IBN, BasicBlockIBN, ResNetIBNa  # noqa: E402
 from edgereid.training.model import DualHeadReID  # noqa: E402
 
@@ -72,24 +74,10 @@ def test_parameter_groups_partition_trainables():
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
 
 
-def _torchvision_style_state_dict(seed=0) -> dict:
-    """A plain ResNet-18 state dict with torchvision names (no IBN), plus the ImageNet fc layer."""
-    torch.manual_seed(seed)
-    plain = ResNetIBNa(ibn_stages=(False, False, False, False), last_stride=2)
-    for m in plain.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 2)
-    state = dict(plain.state_dict())
-    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
-    return state
-
-
 def test_load_torchvision_weights_splits_bn_into_ibn(tmp_path):
     from edgereid.training.pretrained import load_backbone_weights
 
-    state = _torchvision_style_state_dict()
+    state = torchvision_style_state_dict()
     torch.save(state, tmp_path / "resnet18.pth")
     model = DualHeadReID()
     report = load_backbone_weights(model.backbone, tmp_path / "resnet18.pth")
@@ -105,7 +93,7 @@ def test_load_torchvision_weights_splits_bn_into_ibn(tmp_path):
 def test_load_reports_missing_and_prefixed_keys(tmp_path):
     from edgereid.training.pretrained import load_backbone_weights
 
-    state = {f"module.{k}": v for k, v in _torchvision_style_state_dict().items() if not k.startswith("layer4")}
+    state = {f"module.{k}": v for k, v in torchvision_style_state_dict().items() if not k.startswith("layer4")}
     torch.save({"state_dict": state}, tmp_path / "partial.pth")
     report = load_backbone_weights(DualHeadReID().backbone, tmp_path / "partial.pth")
     assert report.missing and all(k.startswith("layer4.") for k in report.missing)

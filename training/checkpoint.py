@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,23 @@ def set_numpy_rng_state(state) -> None:
         state = (state["kind"], np.asarray(state["keys"], dtype=np.uint32), state["pos"], state["has_gauss"],
                  state["cached_gaussian"])
     np.random.set_state(state)
+
+
+def training_rng_state(*datasets) -> dict:
+    """The RNG states a training run continues from: Python's, numpy's, torch's and each data set's augmentation
+    generator (the trainer passes its re-ID and gender data sets, saved as "reid_data" and "gender_data")."""
+    state = {"python": random.getstate(), "numpy": numpy_rng_state(), "torch": torch.get_rng_state()}
+    state.update({name: data.rng.bit_generator.state for name, data in zip(("reid_data", "gender_data"), datasets)})
+    return state
+
+
+def set_training_rng_state(state: dict, *datasets) -> None:
+    """Restore what `training_rng_state` returned."""
+    random.setstate(state["python"])
+    set_numpy_rng_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    for name, data in zip(("reid_data", "gender_data"), datasets):
+        data.rng.bit_generator.state = state[name]
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

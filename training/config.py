@@ -97,6 +97,9 @@ class TrainConfig(YamlConfig):
     # bfloat16 autocast of the forward pass on a CPU: "off", "on", or "auto" = on where the CPU has bfloat16
     # arithmetic (AVX512-BF16 or AMX); weights, optimizer and checkpoints stay float32
     cpu_bf16: str = "off"
+    # Under torchrun (several processes): BatchNorm statistics over the global batch (SyncBatchNorm; IBN's
+    # InstanceNorm half is per sample and unchanged). GPUs only: torch's SyncBatchNorm refuses CPU tensors.
+    sync_bn: bool = False
     # model
     embedding_dim: int = 128
     gender_channels: int = 256
@@ -105,7 +108,9 @@ class TrainConfig(YamlConfig):
     # so the runtime resizes to what the model was trained on.
     image_height: int = 256
     image_width: int = 128
-    pretrained: str = ""  # local ImageNet backbone weights (torchvision or IBN-Net state dict)
+    # ImageNet backbone weights: a local torchvision / IBN-Net state dict, or a name from
+    # training/pretrained_registry.py (resnet18, resnet18_ibn_a) downloaded once into $EDGEREID_HOME/weights
+    pretrained: str = ""
     # batches and multi-task schedule
     reid_p: int = 16  # identities per re-ID batch
     reid_k: int = 4  # images per identity
@@ -147,6 +152,8 @@ class TrainConfig(YamlConfig):
     # two-output model). The run's config.yaml holds the resolved list, so --resume builds the same head.
     attributes: list | None = None
     attribute_weight: float = 1.0  # weight of the attribute loss (positive-ratio weighted BCE) beside gender's
+    # how the attribute BCE weighs rare labels: deepmar = exp(1 - p) / exp(p); balanced = 1 / 2p and 1 / 2(1 - p)
+    attribute_weighting: str = "deepmar"
     attribute_tap: str = "gender_block"  # the head reads the gender block on layer3, or "layer4"
     # stage 2: backbone frozen, gender branch fine-tuned
     stage2_epochs: int = 10

@@ -1,6 +1,7 @@
 """torch Datasets over the reader records (ImageRecord / GenderRecord), with optional in-memory caching."""
 from __future__ import annotations
 
+import random
 from typing import Callable, Sequence
 
 import numpy as np
@@ -69,3 +70,22 @@ def seed_worker(worker_id: int) -> None:
     """DataLoader worker init: give each worker's augmentation generator its own seed."""
     info = torch.utils.data.get_worker_info()
     info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**32)
+
+
+def gender_subset(person: str) -> str:
+    """The subset a gender record's person belongs to: its source and PETA subset ("0:MIT/12" -> "0:MIT");
+    "" for a person without a subset (one group)."""
+    return person.rsplit("/", 1)[0] if "/" in person else person.split(":", 1)[0] if ":" in person else ""
+
+
+def split_gender(records: list, fraction: float, seed: int) -> tuple:
+    """(train, held-out) with `fraction` held out, stratified by label and seeded."""
+    rng = random.Random(seed)
+    train, test = [], []
+    for label in (0, 1):
+        group = [r for r in records if r.label == label]
+        rng.shuffle(group)
+        n = int(round(len(group) * fraction))
+        test += group[:n]
+        train += group[n:]
+    return train, test

@@ -6,6 +6,8 @@ circle loss (Sun et al., 2020) can replace the batch-hard triplet. Gender = BCE-
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -162,10 +164,14 @@ class ReidLoss(nn.Module):
                        "circle": lambda: CircleLoss(circle_margin, circle_gamma)}[metric]()
         self.center = CenterLoss(num_classes, feat_dim) if center_weight > 0 else None
         self.ce_weight, self.metric_weight, self.center_weight = ce_weight, metric_weight, center_weight
+        # (features, labels) -> those of the global batch: set by distributed training, whose ranks each hold a
+        # share of the batch, so the metric loss mines over the whole batch as one process would
+        self.gather: Callable | None = None
 
     def forward(self, out: dict, labels: torch.Tensor) -> tuple:
         """(total loss, {part name: float}) from the model's re-ID training outputs."""
-        parts = {"ce": self.ce(out["id_logits"], labels), "metric": self.metric(out["reid_feature"], labels)}
+        feats, ids = self.gather(out["reid_feature"], labels) if self.gather else (out["reid_feature"], labels)
+        parts = {"ce": self.ce(out["id_logits"], labels), "metric": self.metric(feats, ids)}
         total = self.ce_weight * parts["ce"] + self.metric_weight * parts["metric"]
         if self.center is not None:
             parts["center"] = self.center(out["reid_feature"], labels)
@@ -192,6 +198,7 @@ class GenderLoss(nn.Module):
         self.triplet = TripletLoss(margin)
         self.triplet_weight = triplet_weight
         self.register_buffer("pos_weight", torch.tensor([pos_weight]) if pos_weight else None)
+        self.gather: Callable | None = None  # as ReidLoss.gather: standardisation and triplet over the global batch
 
     @staticmethod
     def standardise(feats: torch.Tensor) -> torch.Tensor:
@@ -211,8 +218,11 @@ class GenderLoss(nn.Module):
         bce = F.binary_cross_entropy_with_logits(logit, labels.float(), pos_weight=self.pos_weight)
         total = bce
         parts = {"bce": bce}
-        if self.triplet_weight > 0 and "gender_feature" in out and len(labels) > 1:
-            parts["triplet"] = self.triplet(self.standardise(out["gender_feature"]), labels)
+        feats = out.get("gender_feature")
+        if self.gather and self.triplet_weight > 0 and feats is not None:
+            feats, labels = self.gather(feats, labels)
+        if self.triplet_weight > 0 and feats is not None and len(labels) > 1:
+            parts["triplet"] = self.triplet(self.standardise(feats), labels)
             total = total + self.triplet_weight * parts["triplet"]
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
@@ -221,22 +231,39 @@ class AttributeLoss(nn.Module):
     """Positive-ratio weighted BCE over the attribute logits (DeepMAR, Li et al., ACPR 2015), unknown labels
     masked out.
 
-    A rare attribute (positive ratio p_j small) would be learnt as "always absent" by plain BCE; DeepMAR weighs
-    its positives by exp(1 - p_j) and its negatives by exp(p_j). The loss is the weighted BCE summed over the
-    known entries of the batch divided by their count (so it does not grow with the number of attributes);
-    0 when no entry is known.
+    A rare attribute (positive ratio p_j small) would be learnt as "always absent" by plain BCE; DeepMAR
+    (`weighting="deepmar"`) weighs its positives by exp(1 - p_j) and its negatives by exp(p_j), at most e : 1.
+    `weighting="balanced"` weighs them by 1 / (2 p_j) and 1 / (2 (1 - p_j)) (p_j clamped to [0.01, 0.99]), so
+    each attribute's positives and negatives weigh the same in total: the loss of mA, the mean of both recalls.
+    The loss is the weighted BCE summed over the known entries of the batch divided by their count (so it does
+    not grow with the number of attributes); 0 when no entry is known.
     """
 
-    def __init__(self, positive_ratio) -> None:
+    WEIGHTINGS = ("deepmar", "balanced")
+
+    def __init__(self, positive_ratio, weighting: str = "deepmar") -> None:
         super().__init__()
-        self.register_buffer("positive_ratio", torch.as_tensor(positive_ratio, dtype=torch.float32).reshape(-1),
-                             persistent=False)  # recomputed from the data on resume, never stored
+        if weighting not in self.WEIGHTINGS:
+            raise InvalidInputError(f"attribute_weighting must be one of {', '.join(self.WEIGHTINGS)}, got "
+                                    f"{weighting!r}")
+        p = torch.as_tensor(positive_ratio, dtype=torch.float32).reshape(-1)
+        if weighting == "deepmar":
+            pos, neg = torch.exp(1.0 - p), torch.exp(p)
+        else:
+            p = p.clamp(0.01, 0.99)
+            pos, neg = 0.5 / p, 0.5 / (1.0 - p)
+        # recomputed from the data on resume, never stored
+        self.register_buffer("positive_weight", pos, persistent=False)
+        self.register_buffer("negative_weight", neg, persistent=False)
+        # known-label count -> the denominator: set by distributed training, whose ranks hold different counts
+        self.denominator: Callable | None = None
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar loss of (N, A) logits against (N, A) labels 1 / 0 / -1 (unknown)."""
         known = labels >= 0
         target = (labels == 1).to(logits.dtype)
-        p = self.positive_ratio.to(logits.dtype)
-        weight = torch.where(labels == 1, torch.exp(1.0 - p), torch.exp(p)) * known.to(logits.dtype)
+        weight = torch.where(labels == 1, self.positive_weight.to(logits.dtype),
+                             self.negative_weight.to(logits.dtype)) * known.to(logits.dtype)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        return (weight * bce).sum() / known.sum().clamp(min=1)
+        count = known.sum()
+        return (weight * bce).sum() / (self.denominator(count) if self.denominator else count.clamp(min=1))

@@ -1,4 +1,5 @@
-"""Loading torchvision-style or IBN-Net-style ResNet-18 weights into the backbone, from a local file only."""
+"""Loading torchvision-style or IBN-Net-style ResNet-18 weights into the backbone, from a local file or a
+registered name (`training/pretrained_registry.py`: downloaded once, verified by SHA-256)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import torch
 from edgereid.errors import ModelFileError
 
 from edgereid.training.layers import IBN
+from edgereid.training.pretrained_registry import resolve_pretrained
 from edgereid.training.safe_load import load_tensors
 
 _PREFIXES = ("module.", "backbone.", "base.", "model.")
@@ -34,8 +36,8 @@ class LoadReport:
 
 def _read_state_dict(path: Path) -> dict:
     if not path.is_file():
-        raise ModelFileError(f"backbone weights not found: {path}; give a local .pth/.pt file "
-                             f"(edgereid never downloads weights).")
+        raise ModelFileError(f"backbone weights not found: {path}; give a local .pth/.pt file or a weights "
+                             f"name (edgereid never downloads anything but a name you give).")
     obj = load_tensors(path, "backbone weights file",
                        hint="Re-save just the state dict (torch.save(model.state_dict(), path)) from code you trust.")
     for key in ("state_dict", "model", "model_state_dict"):
@@ -52,13 +54,17 @@ def _read_state_dict(path: Path) -> dict:
     return out
 
 
-def load_backbone_weights(backbone: torch.nn.Module, path: str | os.PathLike) -> LoadReport:
+def load_backbone_weights(backbone: torch.nn.Module, weights: str | os.PathLike,
+                          show_progress: bool = True) -> LoadReport:
     """Load a ResNet-18 state dict (torchvision or IBN-Net naming) into `backbone`; returns a LoadReport.
+
+    `weights` is a local file or a registered name (`pretrained_registry.names()`), which is downloaded into
+    the cache once and verified against its SHA-256; either way the file is read weights-only.
 
     A torchvision BatchNorm where the backbone has IBN is split: the first half of its affine
     parameters initialises the InstanceNorm, the second half (with running stats) the BatchNorm.
     """
-    source = _read_state_dict(Path(path))
+    source = _read_state_dict(resolve_pretrained(weights, show_progress=show_progress))
     target = backbone.state_dict()
     report = LoadReport()
     new_state = {}

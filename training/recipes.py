@@ -3,11 +3,21 @@ command line's own options and `--set` (which still change any field).
 
 - `gpu`: the release recipe (TrainConfig's defaults): 256x128, 120 + 10 epochs, Adam 3.5e-4 with warm-up and
   steps at 40 / 70, P16 x K4, label-smoothed CE + batch-hard triplet + center loss, BCE + triplet for gender.
+  On N processes (torchrun --nproc_per_node N, or N over several machines) every process takes the release
+  batch, so the global batch is N times it: reid_p = 16 N identities (K stays 4), gender_batch = 64 N. The
+  learning rates follow `lr_scale`: Adam's (lr_reid, lr_gender, stage2_lr) grow by sqrt(N), the square-root
+  rule for adaptive optimizers (Malladi et al., NeurIPS 2022: Adam's update is normalised by the gradient's
+  second moment, so its noise scale, not its size, follows the batch), and plain SGD's (the centres' center_lr)
+  by N, the linear rule (Goyal et al., 2017). The warm-up stays warmup_epochs = 10 epochs: the same share of
+  the data, in N times fewer, larger steps, which is the gradual warm-up a larger rate needs. Epoch counts stay:
+  an epoch still visits every identity once. config.yaml holds the resolved values, and `--set` wins as given.
 - `cpu`: from scratch on a 2-core CPU within a time budget (`--minutes`, default 40): 128x64 input (a quarter of
   the compute per image), smaller P x K batches so more steps fit, a higher Adam LR with a cosine decay that
   ends inside the budget, one gender batch per re-ID batch, evaluation only at the end of each stage.
 """
 from __future__ import annotations
+
+import math
 
 from edgereid.errors import InvalidInputError
 
@@ -25,8 +35,34 @@ RECIPES = {
 }
 
 
-def recipe(name: str) -> dict:
-    """The TrainConfig fields of a named recipe."""
+def lr_scale(optimizer: str, world: int) -> float:
+    """The learning-rate multiplier when the global batch is `world` times the recipe's: sqrt(world) for Adam
+    (square-root rule), `world` for SGD (linear rule). Module docstring: why."""
+    if world < 1:
+        raise InvalidInputError(f"the world size must be >= 1, got {world}")
+    if optimizer == "adam":
+        return math.sqrt(world)
+    if optimizer == "sgd":
+        return float(world)
+    raise InvalidInputError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+
+
+def world_scaled(fields: dict, world: int) -> dict:
+    """`fields` (a recipe's) on `world` processes that each take its batch: batch sizes times `world`, learning
+    rates by `lr_scale` (the centres' SGD linearly)."""
+    from edgereid.training.config import TrainConfig
+
+    cfg = TrainConfig().update(fields)
+    scale = lr_scale(cfg.optimizer, world)
+    return {**fields, "reid_p": cfg.reid_p * world, "gender_batch": cfg.gender_batch * world,
+            "lr_reid": cfg.lr_reid * scale, "lr_gender": cfg.lr_gender * scale, "stage2_lr": cfg.stage2_lr * scale,
+            "center_lr": cfg.center_lr * lr_scale("sgd", world)}
+
+
+def recipe(name: str, world: int = 1) -> dict:
+    """The TrainConfig fields of a named recipe; the gpu recipe on `world` processes (torchrun's WORLD_SIZE)
+    scales its batch and learning rates with it (module docstring)."""
     if name not in RECIPES:
         raise InvalidInputError(f"unknown training recipe {name!r}; choose one of {', '.join(RECIPES)}.")
-    return dict(RECIPES[name])
+    fields = dict(RECIPES[name])
+    return world_scaled(fields, world) if name == "gpu" and world > 1 else fields

@@ -215,3 +215,28 @@ class MultiTaskLoader:
         streams = {t: self._stream(t, epoch) for t in self.schedule.counts}
         for task in self.schedule.order(epoch):
             yield task, next(streams[task])
+
+
+class RankShard:
+    """One process's share of another batch sampler's batches (distributed training): every rank iterates the
+    same seeded sampler, so all draw the same global batch, and rank r keeps the r-th of `world` contiguous
+    slices. A P x K batch lists each identity's K images together, so with P divisible by `world` the slices hold
+    whole, distinct identities; the global batch is exactly what one process would have drawn."""
+
+    def __init__(self, sampler, rank: int, world: int) -> None:
+        if not 0 <= rank < world:
+            raise InvalidInputError(f"rank {rank} is outside a world of {world} processes")
+        self.sampler, self.rank, self.world = sampler, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to the global sampler (every rank sets the same epoch)."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list]:
+        for batch in self.sampler:
+            n = len(batch) // self.world
+            yield list(batch[self.rank * n:(self.rank + 1) * n])

@@ -5,6 +5,9 @@ Stage 1: each step takes the next batch of one task (random order, configured ra
 the gender optimizer (backbone + gender head). Stage 2: backbone frozen, only the gender branch trains.
 Every epoch ends with an atomic `last.pt` (weights, optimizers, RNG states, step) so Ctrl-C loses at most
 the running epoch and `resume=True` continues exactly where the checkpoint was taken.
+
+Under torchrun every process runs this trainer on its share of each global batch (training/distributed.py);
+rank 0 alone evaluates and writes checkpoints, metrics.jsonl, config.yaml and TensorBoard events.
 """
 from __future__ import annotations
 
@@ -23,41 +26,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from edgereid.datasets.attribute_labels import positive_ratio, resolve_attribute_names
-from edgereid.errors import InvalidInputError
+from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
-from edgereid.training.checkpoint import (numpy_rng_state, read_checkpoint, save_checkpoint,
-                                          set_numpy_rng_state)
+from edgereid.training.checkpoint import (read_checkpoint, save_checkpoint, set_training_rng_state,
+                                          training_rng_state)
 from edgereid.training.config import TrainConfig
-from edgereid.training.data import GenderDataset, ReidDataset, seed_worker
+from edgereid.training.data import GenderDataset, ReidDataset, gender_subset, seed_worker, split_gender
+from edgereid.training.distributed import convert_sync_bn, setup as setup_distributed
 from edgereid.training.losses import AttributeLoss, GenderLoss, ReidLoss
 from edgereid.training.model import DualHeadReID
 from edgereid.training.samplers import (BalancedBatchSampler, MultiTaskLoader, MultiTaskSchedule, PKSampler,
                                        ShuffleBatchSampler, ratio_counts)
+from edgereid.training.schedule import budget_lr_factor, lr_factor
 from edgereid.training.transforms import AugmentConfig, TrainTransform
 from edgereid.training.validate import evaluate_model
 
 log = logging.getLogger(__name__)
-
-
-def lr_factor(cfg: TrainConfig, epoch: float, total: int) -> float:
-    """LR multiplier at fractional `epoch`: linear warm-up from warmup_factor, then step or cosine decay."""
-    if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
-        return cfg.warmup_factor + (1.0 - cfg.warmup_factor) * epoch / cfg.warmup_epochs
-    if cfg.lr_schedule == "cosine":
-        span = max(total - cfg.warmup_epochs, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min((epoch - cfg.warmup_epochs) / span, 1.0)))
-    return cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_steps)
-
-
-def budget_lr_factor(cfg: TrainConfig, progress: float, stage: int = 1) -> float:
-    """LR multiplier with a time budget, at `progress` = the fraction of the stage's budget spent: stage 1
-    warms up linearly over `warmup_fraction`, then decays by a cosine to 0 at progress 1; stage 2 is a cosine."""
-    p = min(max(progress, 0.0), 1.0)
-    warm = cfg.warmup_fraction if stage == 1 else 0.0
-    if p < warm:
-        return cfg.warmup_factor + (1.0 - cfg.warmup_factor) * p / warm
-    return 0.5 * (1.0 + math.cos(math.pi * (p - warm) / max(1.0 - warm, 1e-9)))
 
 
 def resolve_device(name: str) -> str:
@@ -82,25 +67,6 @@ def cpu_bf16_enabled(setting: str, device: str) -> bool:
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
-def gender_subset(person: str) -> str:
-    """The subset a gender record's person belongs to: its source and PETA subset ("0:MIT/12" -> "0:MIT");
-    "" for a person without a subset (one group)."""
-    return person.rsplit("/", 1)[0] if "/" in person else person.split(":", 1)[0] if ":" in person else ""
-
-
-def split_gender(records: list, fraction: float, seed: int) -> tuple:
-    """(train, held-out) with `fraction` held out, stratified by label and seeded."""
-    rng = random.Random(seed)
-    train, test = [], []
-    for label in (0, 1):
-        group = [r for r in records if r.label == label]
-        rng.shuffle(group)
-        n = int(round(len(group) * fraction))
-        test += group[:n]
-        train += group[n:]
-    return train, test
-
-
 class Trainer:
     """Builds model, data, losses and optimizers from a TrainConfig; `fit()` runs both stages."""
 
@@ -108,7 +74,8 @@ class Trainer:
                  gender_test: list | None = None, model: DualHeadReID | None = None) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.device = resolve_device(cfg.device)
+        self.dist = setup_distributed(resolve_device(cfg.device))  # world 1 (no process group) without torchrun
+        self.device = self.dist.device
         self.bf16 = cpu_bf16_enabled(cfg.cpu_bf16, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -125,10 +92,12 @@ class Trainer:
                                            gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
                                            input_size=(cfg.image_height, cfg.image_width),
                                            attribute_names=self.attribute_names, attribute_tap=cfg.attribute_tap)
-        if model is None and cfg.pretrained:
+        if model is None and cfg.pretrained and self.dist.is_main:  # DDP copies rank 0's weights to every rank
             from edgereid.training.pretrained import load_backbone_weights
 
             log.info("%s", load_backbone_weights(self.model.backbone, cfg.pretrained))
+        if cfg.sync_bn:  # BatchNorm statistics over the global batch (GPUs; IBN's InstanceNorm half unchanged)
+            self.model = convert_sync_bn(self.model, self.dist)
         self.model.to(self.device)
         self.mixstyle = []  # forward hooks; never part of a checkpoint or an export
         if cfg.mixstyle_p > 0:
@@ -142,8 +111,12 @@ class Trainer:
                                   circle_gamma=cfg.circle_gamma).to(self.device)
         self.gender_loss = GenderLoss(cfg.gender_triplet_weight, margin).to(self.device)
         self._build_loaders()
-        self.attribute_loss = (AttributeLoss(positive_ratio(self.gender_data.attributes)).to(self.device)
-                               if self.attribute_names else None)
+        self.attribute_loss = (AttributeLoss(positive_ratio(self.gender_data.attributes), cfg.attribute_weighting)
+                               .to(self.device) if self.attribute_names else None)
+        if self.dist.enabled:  # losses comparing samples see the global batch, so a step is one process's step
+            self.reid_loss.gather = self.gender_loss.gather = self.dist.gather_batch
+            if self.attribute_loss is not None:
+                self.attribute_loss.denominator = self.dist.global_count
         self._build_optimizers()
         self.state = {"stage": 1, "epoch": 0, "step": 0, "best_reid": -1.0, "best_gender": -1.0}
         self.writer = None
@@ -212,11 +185,16 @@ class Trainer:
         self.reid_data = ReidDataset(self.splits.train, tf, seed=cfg.seed, cache=cfg.cache_images)
         self.gender_data = GenderDataset(self.gender_train, self._gender_transform(aug), seed=cfg.seed + 1,
                                          cache=cfg.cache_images, attribute_names=self.attribute_names)
+        if self.dist.rank:  # each rank its own augmentation draws; rank 0 keeps the single-process stream
+            self.reid_data.rng = np.random.default_rng([cfg.seed, self.dist.rank])
+            self.gender_data.rng = np.random.default_rng([cfg.seed + 1, self.dist.rank])
         common = dict(num_workers=cfg.num_workers, worker_init_fn=seed_worker if cfg.num_workers else None,
                       pin_memory=self.device.startswith("cuda"))
         pk = PKSampler(self.reid_data.pids, cfg.reid_p, cfg.reid_k, seed=cfg.seed,
                        groups=[r.source for r in self.splits.train], balance=cfg.reid_source_balance)
+        pk = self.dist.shard(pk, "reid_p", cfg.reid_p, cfg.reid_k)  # the same global batches, split by identity
         gb = self._gender_sampler()
+        gb = self.dist.shard(gb, "gender_batch", gb.batch_size)
         self.loaders = {"reid": DataLoader(self.reid_data, batch_sampler=pk, **common),
                         "gender": DataLoader(self.gender_data, batch_sampler=gb, **common)}
         reid_batches = min(len(pk), cfg.max_reid_batches) if cfg.max_reid_batches else len(pk)
@@ -249,11 +227,25 @@ class Trainer:
         """One optimizer step of `task` on `batch`; returns the loss parts. `timer(name)` (a context manager
         factory, see step_profile.py) times the forward, backward and optimizer parts."""
         part = timer or (lambda name: contextlib.nullcontext())
+        names, parts = self.compute_gradients(task, batch, stage, part)
+        with part("optimizer"):
+            if "center" in names:
+                for p in self.reid_loss.center.parameters():  # undo the loss weight for the centres (BoT)
+                    p.grad.mul_(1.0 / self.cfg.center_weight)
+            for n in names:
+                self.opt[n].step()
+        return parts
+
+    def compute_gradients(self, task: str, batch: tuple, stage: int, part: Callable | None = None) -> tuple:
+        """Zero the gradients of the step's optimizers, then forward, loss and backward of `task` on `batch`:
+        (optimizer names, loss parts). Under torchrun the gradients (and parts) are those of the global batch."""
+        part = part or (lambda name: contextlib.nullcontext())
         images = batch[0].to(self.device, non_blocking=True)
         labels = batch[1].to(self.device, non_blocking=True)
         with part("forward"):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                out = self.model.forward_reid(images) if task == "reid" else self.model.forward_gender(images)
+                out = (self.dist.forward(self.model, images, task, key=stage) if self.dist.enabled
+                       else self.model.forward_reid(images) if task == "reid" else self.model.forward_gender(images))
             out = {k: v.float() for k, v in out.items()}  # losses in float32 (a no-op without autocast)
             if task == "reid":
                 loss, parts = self.reid_loss(out, labels)
@@ -269,14 +261,10 @@ class Trainer:
             self.opt[n].zero_grad(set_to_none=True)
         with part("backward"):
             loss.backward()
-        with part("optimizer"):
-            if "center" in names:
-                for p in self.reid_loss.center.parameters():  # undo the loss weight for the centres (BoT)
-                    p.grad.mul_(1.0 / self.cfg.center_weight)
-            for n in names:
-                self.opt[n].step()
+            if "center" in names:  # the centres live outside the DDP model
+                self.dist.average_grads(self.reid_loss.center.parameters())
         parts["loss"] = float(loss.detach())
-        return parts
+        return names, self.dist.average(parts)
 
     # -- epochs ------------------------------------------------------------------------------------------
     def _run_epoch(self, stage: int, epoch: int, on_step: Callable | None) -> dict:
@@ -294,7 +282,7 @@ class Trainer:
         # Off a terminal (CI, nohup) each epoch prints one line with its mean losses.
         of = "" if budget else f"/{total}"
         bar = progress_bar(loader.epoch(epoch), total=n, desc=f"stage {stage} epoch {epoch + 1}{of}",
-                           unit="step", enabled=cfg.progress, leave=False, summary=True)
+                           unit="step", enabled=cfg.progress and self.dist.is_main, leave=False, summary=True)
         for i, (task, batch) in enumerate(bar):
             if budget:
                 spent = self._stage_elapsed() / budget
@@ -350,6 +338,13 @@ class Trainer:
             self.state["elapsed_s"] = self._stage_elapsed()
             if self._budget_spent:
                 self.state["stage_done"] = stage
+        self._rng_ranks = self.dist.all_objects(self._rng_state())  # every rank's, for last.pt (a collective)
+        # rank 0 evaluates and writes while the others wait; all then hold its bests and scores
+        self.state, self.last_metrics, self.best_metrics = self.dist.run_on_main(
+            lambda: self._record_epoch(stage, epoch, losses))
+
+    def _record_epoch(self, stage: int, epoch: int, losses: dict) -> tuple:
+        """Evaluate when due, write best_*.pt, last.pt and a metrics.jsonl line (rank 0 alone)."""
         record = {"stage": stage, "epoch": epoch + 1, "step": self.state["step"], "train": losses}
         if self._should_eval(stage, epoch):
             metrics = self.evaluate(reid=(stage == 1))
@@ -373,33 +368,43 @@ class Trainer:
         self._save("last.pt", record)
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        return self.state, self.last_metrics, self.best_metrics
 
     # -- checkpoints -------------------------------------------------------------------------------------
+    def _rng_state(self) -> dict:
+        return training_rng_state(self.reid_data, self.gender_data)
+
     def _save(self, name: str, metrics: dict) -> Path:
+        rng = self._rng_state()  # rank 0's now (evaluation draws from torch's RNG), the others' at the epoch's end
+        ranks = {"rng_ranks": [rng, *self._rng_ranks[1:]]} if self.dist.enabled else {}
         return save_checkpoint(
             self.out / name, self.model, trainer_state=dict(self.state), metrics=metrics,
             config=self.cfg.to_dict(),
             optimizers={k: o.state_dict() for k, o in self.opt.items()},
-            losses={"reid": self.reid_loss.state_dict(), "gender": self.gender_loss.state_dict()},
-            rng={"python": random.getstate(), "numpy": numpy_rng_state(), "torch": torch.get_rng_state(),
-                 "reid_data": self.reid_data.rng.bit_generator.state,
-                 "gender_data": self.gender_data.rng.bit_generator.state})
+            losses={"reid": self.reid_loss.state_dict(), "gender": self.gender_loss.state_dict()}, rng=rng, **ranks)
 
     def resume(self, path: str | Path | None = None) -> dict:
-        """Restore weights, optimizers, loss centres, RNG states and the step from `last.pt`."""
-        ckpt = read_checkpoint(path or self.out / "last.pt")
+        """Restore weights, optimizers, loss centres, RNG states and the step from `last.pt` (every rank reads it)."""
+        path = Path(path or self.out / "last.pt")
+        if self.dist.enabled and not self.dist.all_true(path.is_file()):
+            raise ModelFileError(f"--resume: {path} is missing for at least one process; every process reads it, "
+                                 f"so keep --out on a file system all machines share (or copy the run folder).")
+        ckpt = read_checkpoint(path)
         self.model.load_state_dict(ckpt["state_dict"])
         for k, o in self.opt.items():
             o.load_state_dict(ckpt["optimizers"][k])
         self.reid_loss.load_state_dict(ckpt["losses"]["reid"])
         self.gender_loss.load_state_dict(ckpt["losses"]["gender"])
-        rng = ckpt["rng"]
-        random.setstate(rng["python"])
-        set_numpy_rng_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        self.reid_data.rng.bit_generator.state = rng["reid_data"]
-        self.gender_data.rng.bit_generator.state = rng["gender_data"]
+        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        same_world = len(ranks) == self.dist.world
+        set_training_rng_state(ranks[self.dist.rank] if same_world else ckpt["rng"], self.reid_data, self.gender_data)
         self.state = dict(ckpt["trainer_state"])
+        if not same_world and self.dist.rank:  # saved by another process count: this rank draws its own
+            self.reid_data.rng = np.random.default_rng([self.cfg.seed, self.dist.rank, self.state["step"]])
+            self.gender_data.rng = np.random.default_rng([self.cfg.seed + 1, self.dist.rank, self.state["step"]])
+        if len(set(self.dist.all_objects(self.state["step"]))) > 1:
+            raise ModelFileError(f"--resume: the processes read different checkpoints at {path} (steps differ); "
+                                 f"give every machine the same run folder.")
         # the re-ID scores of the saved epoch (a stage-2 record carries stage 1's), for the records that follow
         self.last_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k.startswith("reid")}
         return self.state
@@ -407,8 +412,9 @@ class Trainer:
     # -- main loop ---------------------------------------------------------------------------------------
     def fit(self, resume: bool = False, on_step: Callable | None = None) -> dict:
         """Run stage 1 then stage 2 (from the saved step when `resume`); returns the last evaluation."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(self.out / "config.yaml")
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.out / "config.yaml")
         self.epochs_run = 0
         self.last_metrics: dict = {}
         self.best_metrics: dict = {}
@@ -416,7 +422,7 @@ class Trainer:
             self.resume()
             log.info("resumed at stage %d epoch %d step %d", self.state["stage"], self.state["epoch"],
                      self.state["step"])
-        self.writer = self._tensorboard()
+        self.writer = self._tensorboard() if self.dist.is_main else None
         try:
             for stage, start in self._stages_left():
                 if stage == 2:
@@ -426,7 +432,12 @@ class Trainer:
         finally:
             if self.writer is not None:
                 self.writer.close()
+            self.dist.release()  # DDP's hooks go before the process group (else torch aborts at exit)
         return self.last_metrics
+
+    def close(self) -> None:
+        """Leave the process group this trainer joined (a no-op in a single process)."""
+        self.dist.close()
 
     # -- stages and the time budget ----------------------------------------------------------------------
     clock = staticmethod(time.monotonic)  # tests substitute a fake clock
@@ -444,7 +455,8 @@ class Trainer:
         return 60.0 * cfg.minutes * (share if stage == 2 else 1.0 - share)
 
     def _stage_elapsed(self) -> float:
-        return self.clock() - self._stage_start
+        # rank 0's clock decides: every rank stops at the same step and sets the same learning rate
+        return self.dist.broadcast_float(self.clock() - self._stage_start)
 
     def _stages_left(self) -> list:
         """[(stage, first epoch)] still to run from the saved state (all of both stages in a fresh run)."""

@@ -46,8 +46,15 @@ def convert_to_openvino(onnx_path: str | os.PathLike, out_xml: str | os.PathLike
                                            "int8_activations_unsigned": unsigned}}
     precision = "fp16" if compress_to_fp16 and meta.precision == "fp32" else meta.precision
     set_model_metadata(model, meta.with_(precision=precision, extra=extra))
-    # Both files are written in a temp folder beside the target, then moved: a crash never leaves a half
-    # file, and the .xml moves last so that a new .xml never meets a missing .bin.
+    return save_ir(model, xml, compress_to_fp16)
+
+
+def save_ir(model, xml: Path, compress_to_fp16: bool = False) -> Path:
+    """Write an OpenVINO model as NAME.xml + NAME.bin, crash-safe: both files are written in a temp folder beside
+    the target, then moved, the .xml last, so a new .xml never meets a missing or half-written .bin."""
+    ov = require("openvino")
+    xml = Path(xml)
+    weights = xml.with_suffix(".bin")
     tmp = temp_dir_beside(xml)
     try:
         ov.save_model(model, str(tmp / xml.name), compress_to_fp16=bool(compress_to_fp16))

@@ -47,6 +47,9 @@ def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, a
         g = rt.infer_files([r.path for r in splits.gallery], progress="gallery")
         gender = None
         if gender_list is not None:
+            if not rt.metadata.has_gender:
+                raise click.UsageError(f"{model} has no gender head (an imported re-ID network); drop the gender "
+                                       f"data option.")
             recs = load_gender_dataset(gender_list)
             out = rt.infer_files([r.path for r in recs], progress="gender")
             gender = gender_report([r.label for r in recs], out.gender_prob,

@@ -11,16 +11,21 @@ import click
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="ONNX file to write.")
 @click.option("--random-init", is_flag=True, help="Export an untrained model (smoke tests; no checkpoint needed).")
+@click.option("--pretrained", metavar="NAME|PATH",
+              help="With --random-init: ImageNet weights for the backbone, NAME resnet18 (torchvision) or "
+                   "resnet18_ibn_a (IBN-Net), downloaded once into $EDGEREID_HOME/weights and checked by SHA-256, "
+                   "or PATH of a local ResNet-18 / IBN-Net state dict.")
 @click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="With --random-init: a local torchvision/IBN-Net ResNet-18 state dict for the backbone.")
+              help="With --random-init: a local torchvision/IBN-Net ResNet-18 state dict (same as --pretrained "
+                   "PATH).")
 @click.option("--embedding-dim", type=int, default=128, show_default=True, help="With --random-init.")
 @click.option("--fuse-preprocessing", is_flag=True,
               help="uint8 NHWC BGR input; cast, channel swap and normalisation happen inside the graph.")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--no-simplify", is_flag=True, help="Skip onnx-simplifier.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --random-init.")
-def export(checkpoint, output, random_init, backbone_weights, embedding_dim, fuse_preprocessing, opset,
-           no_simplify, seed) -> None:
+def export(checkpoint, output, random_init, pretrained, backbone_weights, embedding_dim, fuse_preprocessing,
+           opset, no_simplify, seed) -> None:
     """Export CHECKPOINT.pt (from `edgereid train`) to ONNX, checked against PyTorch."""
     from edgereid._optional import require
 
@@ -31,6 +36,11 @@ def export(checkpoint, output, random_init, backbone_weights, embedding_dim, fus
 
     if (checkpoint is None) == (not random_init):
         raise click.UsageError("give a CHECKPOINT or --random-init (exactly one).")
+    if pretrained and backbone_weights:
+        raise click.UsageError("give --pretrained or --backbone-weights, not both.")
+    if pretrained and not random_init:
+        raise click.UsageError("--pretrained goes with --random-init; a CHECKPOINT carries its own weights.")
+    backbone_weights = pretrained or backbone_weights
     if random_init:
         torch.manual_seed(seed)
         model = DualHeadReID(embedding_dim=embedding_dim)

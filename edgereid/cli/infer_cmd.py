@@ -12,15 +12,17 @@ from edgereid.cli.options import runtime_options
 
 
 def csv_text(names: list, out) -> str:
-    """One CSV row per crop: name, gender, gender_prob, then one P(attribute) column per attribute name (none
-    without an attribute head). Embeddings are left to --json: 128 columns help no spreadsheet."""
+    """One CSV row per crop: name, gender, gender_prob (both empty without a gender head), then one P(attribute)
+    column per attribute name (none without an attribute head). Embeddings are left to --json: 128 columns help
+    no spreadsheet."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["name", "gender", "gender_prob", *out.attribute_names])
     labels = out.gender_labels
     for i, name in enumerate(names):
         attrs = [f"{p:.6f}" for p in out.attributes[i]] if out.attributes is not None else []
-        writer.writerow([name, labels[i], f"{float(out.gender_prob[i]):.6f}", *attrs])
+        gender = ["", ""] if labels is None else [labels[i], f"{float(out.gender_prob[i]):.6f}"]
+        writer.writerow([name, *gender, *attrs])
     return buf.getvalue()
 
 
@@ -45,10 +47,13 @@ def infer(model, images, json_out, csv_out, max_batch, backend, threads) -> None
         raise click.UsageError("no image files found in the given paths.")
     with Runtime(model, backend=backend, max_batch=max_batch, threads=threads) as rt:
         out = rt.infer_files(files, progress="infer" if len(files) > rt.max_batch else False)
-        for i, (path, prob, label) in enumerate(zip(files, out.gender_prob, out.gender_labels)):
+        labels = out.gender_labels  # None: a model without a gender head (an imported re-ID network)
+        for i, path in enumerate(files):
             attrs = out.attribute_dict(i)
             shown = "" if attrs is None else "\t" + " ".join(f"{k}={v:.3f}" for k, v in attrs.items())
-            click.echo(f"{path}\t{label}\tP({rt.metadata.gender_positive_class})={prob:.3f}{shown}")
+            gender = ("" if labels is None else
+                      f"\t{labels[i]}\tP({rt.metadata.gender_positive_class})={out.gender_prob[i]:.3f}")
+            click.echo(f"{path}{gender}{shown}")
         if json_out:
             write_json_atomic(json_out, {
                 "model": str(model),

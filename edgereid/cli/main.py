@@ -25,6 +25,7 @@ COMMANDS = {
     "build-engine": "edgereid.cli.build_engine_cmd:build_engine",
     "convert-openvino": "edgereid.cli.openvino_cmd:convert_openvino",
     "parity": "edgereid.cli.parity_cmd:parity",
+    "import-model": "edgereid.cli.import_model_cmd:import_model",
     "convert-checkpoint": "edgereid.cli.convert_checkpoint_cmd:convert_checkpoint",
 }
 
@@ -42,7 +43,8 @@ SHORT_HELP = {
     "quantize": "FP16 or INT8 (Q/DQ, per-channel symmetric) ONNX from an fp32 edgereid ONNX file.",
     "build-engine": "TensorRT engine (8.6 / 10.x / 11.x) from any edgereid ONNX file, with a JSON sidecar.",
     "convert-openvino": "OpenVINO IR (.xml + .bin) from any edgereid ONNX file, with the metadata inside.",
-    "parity": "Checkpoint vs ONNX/engine files: errors, cosine, gender agreement, rank-1/mAP deltas; exit 1 on fail.",
+    "parity": "Checkpoint (or fp32 file) vs ONNX/engine files: errors, cosine, rank-1/mAP deltas; exit 1 on fail.",
+    "import-model": "A foreign re-ID network (.onnx / OpenVINO .xml) as an edgereid model: metadata, L2, checks.",
     "convert-checkpoint": "Rewrite a checkpoint of an older edgereid so that it loads without unpickling code.",
 }
 

@@ -1,4 +1,5 @@
-"""`edgereid parity`: a checkpoint vs its ONNX/engine files on an evaluation set; exits 1 when a check fails."""
+"""`edgereid parity`: a checkpoint (or an fp32 model file) vs its ONNX/engine files on an evaluation set; exits 1
+when a check fails."""
 from __future__ import annotations
 
 import sys
@@ -25,7 +26,8 @@ import click
                    "attribute mA check (within 0.01 of the reference's) for a model with an attribute head.")
 def parity(reference, models, data, calib, max_query, json_path, threads, emulate_tensorrt,
            attributes_data) -> None:
-    """Compare MODELS (.onnx fp32/fp16/int8, .engine) with REFERENCE (the .pt checkpoint)."""
+    """Compare MODELS (.onnx fp32/fp16/int8, .engine, .xml) with REFERENCE: the .pt checkpoint, or any model file,
+    such as the fp32 .onnx of a network brought in by `edgereid import-model` (no checkpoint needed)."""
     from edgereid.calibration.parity import run_parity
 
     report = run_parity(reference, models, data, calib=calib, max_query=max_query, threads=threads,

@@ -135,7 +135,8 @@ def search(model, gallery_path, queries, where, k, rerank, gender, save_path, sa
     if q is None:
         report([(None, None, results)], wanted or {}, save_path)
     else:
-        report(list(zip(queries, q.gender_prob, results)), wanted, save_path)
+        genders = q.gender_prob if q.gender_prob is not None else [None] * len(queries)  # no gender head
+        report(list(zip(queries, genders, results)), wanted, save_path)
 
 
 def attribute_notes(hit, wanted: dict | None, top: int = 0) -> str:
@@ -164,7 +165,8 @@ def report(rows: list, wanted: dict | None, save_path: Path | None) -> None:
     grid = []
     for path, prob, hits in rows:
         described = " ".join(f"{'' if v else 'no-'}{n}" for n, v in (wanted or {}).items())
-        click.echo(f"where: {described or '(no attribute)'}" if path is None else f"{path}\tP(female)={prob:.3f}")
+        shown = "" if prob is None else f"\tP(female)={prob:.3f}"  # None: a model without a gender head
+        click.echo(f"where: {described or '(no attribute)'}" if path is None else f"{path}{shown}")
         for rank, h in enumerate(hits, 1):
             at = (h.meta or {}).get("path", f"#{h.key}") if isinstance(h.meta, dict) else f"#{h.key}"
             notes = attribute_notes(h, wanted, top)
@@ -178,7 +180,8 @@ def report(rows: list, wanted: dict | None, save_path: Path | None) -> None:
                 query = Tile(np.full(CELL + (3,), 255, np.uint8), "description", notes=described)
             else:
                 qid = id_and_camera(path)[0]
-                query = Tile(read_image(path), "query", None, float(prob), qid if qid >= 0 else None)
+                query = Tile(read_image(path), "query", None, None if prob is None else float(prob),
+                             qid if qid >= 0 else None)
             grid.append((query, tiles))
     if save_path:
         (save_html if save_path.suffix.lower() in (".html", ".htm") else save_grid_png)(save_path, grid)

@@ -23,7 +23,9 @@ from edgereid.cli.options import dataset_option
               help="Held-out gender list or PETA folder (default: hold out gender_val_fraction of --gender-data).")
 @click.option("--recipe", type=click.Choice(["cpu", "gpu"]), default=None,
               help="Preset: cpu = from scratch on a 2-core CPU within --minutes (128x64); gpu = the release "
-                   "recipe (256x128, 120 epochs). --set and the options here still change any field.")
+                   "recipe (256x128, 120 epochs; under torchrun with N processes each takes the release batch "
+                   "and the learning rates grow by sqrt(N), see docs/training.md). --set and the options here "
+                   "still change any field.")
 @click.option("--minutes", type=float, default=None,
               help="Wall-clock budget for the training steps of both stages (stage 2: stage2_fraction of it); "
                    "the LR schedule ends inside it. Not counted: loading the data and building the model "
@@ -35,8 +37,10 @@ from edgereid.cli.options import dataset_option
 @click.option("--epochs", type=int, help="Stage-1 epochs (both tasks).")
 @click.option("--stage2-epochs", type=int, help="Stage-2 epochs (backbone frozen, gender branch only).")
 @click.option("--device", help="auto | cpu | cuda | cuda:N.")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Local ImageNet ResNet-18 / IBN-Net weights for the backbone.")
+@click.option("--pretrained", metavar="NAME|PATH",
+              help="ImageNet weights for the backbone: NAME resnet18 (torchvision) or resnet18_ibn_a (IBN-Net), "
+                   "downloaded once into $EDGEREID_HOME/weights (default ~/.cache/edgereid) and checked by "
+                   "SHA-256, or PATH of a local ResNet-18 / IBN-Net state dict (never downloads).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (same step, optimizers and RNG states).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config field, e.g. --set lr_reid=3e-4 --set lr_steps=[40,70]. Repeatable.")
@@ -55,6 +59,7 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minute
 
     require("torch")
     from edgereid.training.config import TrainConfig
+    from edgereid.training.distributed import env_rank, env_world_size
 
     run_config = Path(out or TrainConfig().out) / "config.yaml"
     if config_path:
@@ -66,7 +71,7 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minute
     if recipe:
         from edgereid.training.recipes import recipe as recipe_fields
 
-        cfg.update(recipe_fields(recipe))
+        cfg.update(recipe_fields(recipe, world=env_world_size()))  # gpu: the batch and LR grow with torchrun's N
     from edgereid.datasets.sources import parse_spec
 
     for spec in reid_data:
@@ -82,33 +87,47 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minute
     cfg.update({k: str(v) if isinstance(v, Path) else v for k, v in explicit.items() if v is not None})
     cfg.apply_overrides(overrides)
     if print_config:
-        click.echo(require("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
+        if env_rank() == 0:
+            click.echo(require("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
         return
+    if cfg.pretrained:  # a name or an existing file, checked before any data loads; the download comes later
+        from edgereid.training.pretrained_registry import check_pretrained
+
+        check_pretrained(cfg.pretrained)
     if not cfg.reid_data or not cfg.gender_data:
         raise click.UsageError("give --reid-data and --gender-data (or set them in --config).")
     from edgereid.training.trainer import Trainer
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg)  # under torchrun: joins the process group (training/distributed.py)
+    try:
+        _run(trainer, cfg, resume, profile_steps)
+    finally:
+        trainer.close()
+
+
+def _run(trainer, cfg, resume: bool, profile_steps: int) -> None:
+    """Profile or fit; under torchrun only rank 0 prints."""
+    say = click.echo if trainer.dist.is_main else (lambda *args, **kwargs: None)
     if profile_steps:
         from edgereid.training.step_profile import format_profile, profile_steps as run_profile
 
-        click.echo(format_profile(run_profile(trainer, profile_steps)))
+        say(format_profile(run_profile(trainer, profile_steps)))
         return
-    click.echo(f"re-ID ({trainer.splits.name}): {len(trainer.splits.train)} images of "
-               f"{trainer.splits.num_train_pids} identities; "
-               f"gender: {len(trainer.gender_train)} train / {len(trainer.gender_test)} test images; "
-               f"attributes: {len(trainer.attribute_names) or 'none'}; "
-               f"device {trainer.device}; writing to {cfg.out}")
+    say(f"re-ID ({trainer.splits.name}): {len(trainer.splits.train)} images of "
+        f"{trainer.splits.num_train_pids} identities; "
+        f"gender: {len(trainer.gender_train)} train / {len(trainer.gender_test)} test images; "
+        f"attributes: {len(trainer.attribute_names) or 'none'}; "
+        f"device {trainer.device}{f' x {trainer.dist.world} processes' if trainer.dist.enabled else ''}; "
+        f"writing to {cfg.out}")
     try:
         metrics = trainer.fit(resume=resume)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; {Path(cfg.out) / 'last.pt'} holds the last completed epoch "
-                   f"(epoch {trainer.state['epoch']} of stage {trainer.state['stage']}). Continue with --resume.",
-                   err=True)
+        say(f"\ninterrupted; {Path(cfg.out) / 'last.pt'} holds the last completed epoch "
+            f"(epoch {trainer.state['epoch']} of stage {trainer.state['stage']}). Continue with --resume.", err=True)
         raise SystemExit(130)
     if resume and trainer.epochs_run == 0:
-        click.echo(f"nothing left to train: {Path(cfg.out) / 'last.pt'} already holds epoch "
-                   f"{trainer.state['epoch']} of stage {trainer.state['stage']} ({cfg.epochs} + {cfg.stage2_epochs} "
-                   "epochs configured); raise --stage2-epochs (or --epochs before stage 2 began) to continue.")
+        say(f"nothing left to train: {Path(cfg.out) / 'last.pt'} already holds epoch "
+            f"{trainer.state['epoch']} of stage {trainer.state['stage']} ({cfg.epochs} + {cfg.stage2_epochs} "
+            "epochs configured); raise --stage2-epochs (or --epochs before stage 2 began) to continue.")
         return
-    click.echo(f"done: {metrics}; checkpoints in {cfg.out}")
+    say(f"done: {metrics}; checkpoints in {cfg.out}")

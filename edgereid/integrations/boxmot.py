@@ -71,7 +71,8 @@ class AppearanceModel:
     `empty="error"` raises InvalidInputError naming the box instead. After each call `last_gender_prob` holds the
     gender probabilities of the same crops (from the same model pass), and for a model with an attribute head
     `last_attributes` their (N, A) attribute probabilities, columns `attribute_names`, NaN rows for empty boxes
-    (None for a model without one).
+    (None for a model without one). A model without a gender head (an imported re-ID network) leaves
+    `last_gender_prob` None.
     """
 
     def __init__(self, model: str | os.PathLike | Runtime, *, empty: str = "black", **runtime_options) -> None:
@@ -87,13 +88,15 @@ class AppearanceModel:
         meta = self.runtime.metadata
         self.dim = int(meta.embedding_dim)
         self.gender_positive_class = meta.gender_positive_class
+        self.has_gender = meta.has_gender  #: False: `last_gender_prob` is None (an imported re-ID network)
         self.attribute_names = meta.attribute_names  #: columns of `last_attributes`; () without an attribute head
         self.empty = empty
         self.calls = 0  #: get_features calls so far (a tracker that uses this model raises it every frame)
         self._black_row: np.ndarray | None = None
         self._last_image: np.ndarray | None = None
         self._set_last(np.zeros((0, 4)), np.zeros((0, 4), np.int64), np.zeros((0, self.dim), np.float32),
-                       np.zeros(0, np.float32), np.zeros(0, bool), self._empty_attributes(0))
+                       np.zeros(0, np.float32) if self.has_gender else None, np.zeros(0, bool),
+                       self._empty_attributes(0))
 
     def _empty_attributes(self, n: int) -> np.ndarray | None:
         """(n, A) NaN rows (filled for the boxes that get a crop), or None for a model without attributes."""
@@ -104,6 +107,7 @@ class AppearanceModel:
         self.last_pixel_boxes = pixels     #: the pixel boxes cut from the frame (x0, y0, x1, y1), int64
         self.last_embeddings = embeddings  #: what the last call returned
         self.last_gender_prob = gender     #: P(gender_positive_class) per box of the last call; NaN for empty boxes
+        #                                     (None for a model without a gender head)
         self.last_valid = valid            #: False where a box had no pixel inside the frame
         self.last_attributes = attributes  #: (N, A) P(attribute) per box; NaN rows for empty boxes; None: no head
 
@@ -120,13 +124,14 @@ class AppearanceModel:
                 f"it before tracking, or use AppearanceModel(..., empty='black') to give it a defined row.")
         n = len(xyxy)
         embeddings = np.empty((n, self.dim), np.float32)
-        gender = np.full(n, np.nan, np.float32)
+        gender = np.full(n, np.nan, np.float32) if self.has_gender else None
         attributes = self._empty_attributes(n)
         rows = np.flatnonzero(valid)
         if rows.size:
             out = self.runtime.infer([frame[y0:y1, x0:x1] for x0, y0, x1, y1 in pixels[rows]])
             embeddings[rows] = out.embeddings
-            gender[rows] = out.gender_prob
+            if gender is not None:
+                gender[rows] = out.gender_prob
             if attributes is not None:
                 attributes[rows] = out.attributes
         if rows.size < n:
@@ -138,7 +143,8 @@ class AppearanceModel:
 
     def features_of(self, boxes: np.ndarray, image: np.ndarray) -> tuple:
         """(embeddings, gender_prob) of `boxes` in `image`: the last call's rows when it was for these boxes and this
-        frame (a tracker's own call during `update`), else a new `get_features` call."""
+        frame (a tracker's own call during `update`), else a new `get_features` call. gender_prob is None for a
+        model without a gender head."""
         xyxy = _check_boxes(boxes)
         last = self._last_image
         same_frame = last is not None and (last is image or (isinstance(image, np.ndarray) and
@@ -147,7 +153,8 @@ class AppearanceModel:
         if not (same_frame and xyxy.shape == self.last_boxes.shape and
                 np.array_equal(xyxy.astype(np.float32), self.last_boxes.astype(np.float32))):
             self.get_features(xyxy, image)
-        return self.last_embeddings.copy(), self.last_gender_prob.copy()
+        gender = None if self.last_gender_prob is None else self.last_gender_prob.copy()
+        return self.last_embeddings.copy(), gender
 
     def black_row(self) -> np.ndarray:
         """The embedding an empty box gets: that of an all-black crop of the model's input size (computed once)."""

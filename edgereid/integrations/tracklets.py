@@ -111,6 +111,8 @@ class TrackletBuilder:
         None for a model without an attribute head."""
         track_ids = np.asarray(track_ids, np.int64).reshape(-1)
         n = len(track_ids)
+        if gender_prob is None:  # a model without a gender head: every crop's gender is unknown
+            gender_prob = np.full(n, np.nan, np.float32)
         if len(embeddings) != n or len(gender_prob) != n or len(boxes) != n:
             raise InvalidInputError(f"frame {frame}: {n} track ids but {len(embeddings)} embeddings, "
                                     f"{len(gender_prob)} gender probabilities and {len(boxes)} boxes")

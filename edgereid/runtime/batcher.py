@@ -19,19 +19,21 @@ _STOP = object()
 
 @dataclass
 class ItemResult:
-    """One crop's result: its embedding (D,), P(positive class), the size of the batch it ran in and, for a model
-    with an attribute head, {attribute name: probability} (None without one)."""
+    """One crop's result: its embedding (D,), P(positive class) (None for a model without a gender head), the size
+    of the batch it ran in and, for a model with an attribute head, {attribute name: probability} (None without one)."""
 
     embedding: np.ndarray
-    gender_prob: float
+    gender_prob: float | None
     batch_size: int = 1
     positive_class: str = "female"
     negative_class: str = "male"
     attributes: dict | None = None
 
     @property
-    def gender(self) -> str:
-        """Predicted class name at threshold 0.5."""
+    def gender(self) -> str | None:
+        """Predicted class name at threshold 0.5 (None without a gender head)."""
+        if self.gender_prob is None:
+            return None
         return self.positive_class if self.gender_prob >= 0.5 else self.negative_class
 
 
@@ -187,11 +189,13 @@ class DynamicBatcher:
         neg = getattr(out, "negative_class", "male")
         # a duck-typed runtime's Output may predate attributes: no head, not an error
         attribute_dict = getattr(out, "attribute_dict", lambda i: None)
+        gender = out.gender_prob  # None: a model without a gender head
         n = len(requests)
         self.batches_run += 1
         self.items_run += n
         for i, r in enumerate(requests):
             # Copy so a caller keeping one embedding does not keep the whole batch array alive.
             r.future.set_result(ItemResult(np.array(out.embeddings[i], dtype=np.float32, copy=True),
-                                           float(out.gender_prob[i]), n, pos, neg, attribute_dict(i)))
+                                           None if gender is None else float(gender[i]), n, pos, neg,
+                                           attribute_dict(i)))
 

@@ -27,6 +27,9 @@ UNIT_NORM_TOLERANCE = 0.05
 class Runtime:
     """Load a model file (.onnx, .engine, .xml or .pt) and run crops through it in batches of `max_batch`.
 
+    A model without a gender head (a foreign re-ID network brought in by `edgereid import-model`) gives
+    `Output.gender_prob` None, as one without an attribute head gives `Output.attributes` None.
+
     The backend is chosen from the file (or `backend=`: "onnxruntime", "openvino", "tensorrt", "torch") and
     configured from its metadata: input size, colour order, normalisation (in the runtime or fused in the graph)
     and output names. `device`: the OpenVINO device ("CPU", "GPU", "NPU", "AUTO"), the CUDA device of TensorRT,
@@ -209,7 +212,7 @@ class Runtime:
         metadata is refused."""
         meta = self.metadata
         emb = np.asarray(raw[meta.embedding_output], dtype=np.float32).reshape(n, -1)
-        logit = np.asarray(raw[meta.gender_output], dtype=np.float32)
+        logit = np.asarray(raw[meta.gender_output], dtype=np.float32) if meta.has_gender else np.zeros(0)
         attrs = np.asarray(raw[meta.attribute_output], dtype=np.float32) if meta.has_attributes else np.zeros(0)
         broken = None
         if meta.has_attributes and attrs.shape != (n, len(meta.attribute_names)):
@@ -233,11 +236,14 @@ class Runtime:
     def _postprocess(self, raw: dict, n: int) -> Output:
         meta = self.metadata
         emb = np.asarray(raw[meta.embedding_output], dtype=np.float32)
-        logit = np.asarray(raw[meta.gender_output], dtype=np.float32)
-        if emb.shape != (n, meta.embedding_dim) or logit.size != n:
-            raise ModelFileError(f"{self.path}: model returned {meta.embedding_output}{emb.shape} and "
-                                 f"{meta.gender_output}{logit.shape} for {n} crops; expected ({n}, "
-                                 f"{meta.embedding_dim}) and ({n}, 1). The metadata does not match the graph.")
+        # no gender head (an imported re-ID network): gender_prob is None, nothing to check
+        logit = np.asarray(raw[meta.gender_output], dtype=np.float32) if meta.has_gender else None
+        if emb.shape != (n, meta.embedding_dim) or (logit is not None and logit.size != n):
+            got = f" and {meta.gender_output}{logit.shape}" if logit is not None else ""
+            want = f" and ({n}, 1)" if logit is not None else ""
+            raise ModelFileError(f"{self.path}: model returned {meta.embedding_output}{emb.shape}{got} for {n} "
+                                 f"crops; expected ({n}, {meta.embedding_dim}){want}. The metadata does not match "
+                                 f"the graph.")
         if not meta.embedding_normalized:
             emb = l2_normalize(emb)
         attrs = None
@@ -248,13 +254,13 @@ class Runtime:
                                      f"crops; expected ({n}, {len(meta.attribute_names)}). The metadata does not "
                                      f"match the graph.")
             attrs = sigmoid(logits.reshape(n, len(meta.attribute_names)))
-        return Output(emb, sigmoid(logit.reshape(n)), meta.gender_positive_class, meta.gender_negative_class,
-                      attributes=attrs, attribute_names=meta.attribute_names)
+        return Output(emb, None if logit is None else sigmoid(logit.reshape(n)), meta.gender_positive_class,
+                      meta.gender_negative_class, attributes=attrs, attribute_names=meta.attribute_names)
 
     def _concat(self, parts: list) -> Output:
         meta = self.metadata
         return Output.concat(parts, meta.embedding_dim, meta.gender_positive_class, meta.gender_negative_class,
-                             attribute_names=meta.attribute_names)
+                             attribute_names=meta.attribute_names, gender=meta.has_gender)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     @property
