@@ -25,6 +25,19 @@ from bench_real_data import (SOURCES, add_run_and_data_args, hsv_histograms, rei
 from common import write_result
 
 
+def finished(run: Path) -> bool:
+    """Whether an `edgereid adapt` run folder holds its final model: adapt.jsonl ends with the "final" line, or
+    the run was AdaBN alone (round_steps 0), whose model is final once written."""
+    import yaml
+
+    log, config = run / "adapt.jsonl", run / "adapt.yaml"
+    if not (run / "adapted.pt").is_file() or not log.is_file() or not config.is_file():
+        return False
+    lines = log.read_text().splitlines()
+    adabn_alone = (yaml.safe_load(config.read_text()) or {}).get("round_steps") == 0
+    return bool(lines) and (adabn_alone or json.loads(lines[-1]).get("round") == "final")
+
+
 def camera_named_view(records: list, folder: Path) -> Path:
     """A folder of symlinks to `records` named only by camera and position (c1_00000.jpg): adaptation sees the
     cameras, never the identities."""
@@ -47,6 +60,9 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="adapt --set KEY=VALUE")
     ap.add_argument("--out", type=Path, default=None, help="adapt runs go to OUT/<site> [default: RUN/adapt]")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true",
+                    help="score the adapted checkpoints an earlier run of this script left in OUT/<site> and "
+                         "OUT/<site>_adabn (both finished) instead of adapting again")
     ap.add_argument("-o", "--output", type=Path, default=Path(__file__).parent / "results" / "adapt_cpu.json")
     args = ap.parse_args(argv)
 
@@ -76,12 +92,15 @@ def main(argv: list | None = None) -> int:
                "--out", str(run), "--minutes", str(args.minutes), "--cameras-from-names"]
         for o in args.overrides:
             cmd += ["--set", o]
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        entry["adapt_seconds"] = round(time.perf_counter() - t, 1)
         adabn_only = run.with_name(run.name + "_adabn")
-        subprocess.run(cmd[:cmd.index("--out") + 1] + [str(adabn_only)] + cmd[cmd.index("--out") + 2:]
-                       + ["--set", "round_steps=0"], check=True)
+        entry["adapt_seconds"] = None  # adapted by an earlier invocation (--reuse); its adapt.jsonl has the rounds
+        if not (args.reuse and finished(run)):
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            entry["adapt_seconds"] = round(time.perf_counter() - t, 1)
+        if not (args.reuse and finished(adabn_only)):
+            subprocess.run(cmd[:cmd.index("--out") + 1] + [str(adabn_only)] + cmd[cmd.index("--out") + 2:]
+                           + ["--set", "round_steps=0"], check=True)
         entry["adabn_only"] = score_file(export_onnx(load_checkpoint(adabn_only / "adapted.pt", with_classifier=False)[0],
                                                      adabn_only / "adapted.onnx"), reid_sets, gender_sets,
                                          args.threads, "AdaBN only")
