@@ -8,19 +8,9 @@
 # training subsets) to OUT/<run>.metrics.jsonl and its log to OUT/<run>.log.
 #   DATA=.gpudata OUT=/tmp/gpu MINUTES=2.5 bash benchmarks/gpu/attribute_ab.sh
 set -u
-DATA=$(realpath "${DATA:-.gpudata}"); OUT=${OUT:?set OUT}; MINUTES=${MINUTES:-2.5}; WORKERS=${WORKERS:-4}
-PY=${PYTHON:-python3}; DEVICE=${DEVICE:-cuda}
-mkdir -p "$OUT"; OUT=$(realpath "$OUT")
-export PYTHONUNBUFFERED=1
-if [ -z "${SKIP_INSTALL:-}" ]; then
-  "$PY" -m pip install -q --no-deps --no-index --no-build-isolation --no-compile . >/tmp/install.log 2>&1 \
-    || { cat /tmp/install.log; exit 3; }
-fi
-cd /tmp  # the installed package, not the source tree
-ARGS=(--recipe gpu --reid-data "cuhk03=$DATA/cuhk03/labeled/train" --reid-data "peta=$DATA/peta"
-      --gender-data "$DATA/peta" --set "gender_subsets=[3DPeS,CAVIAR4REID,SARC3D,TownCentre,i-LID]"
-      --set reid_source_balance=0.5 --set gender_sampling=subsets --set num_workers=$WORKERS --set eval_every=0
-      --set progress=false --set tensorboard=false --device "$DEVICE" --minutes "$MINUTES" ${EXTRA:-})
+MINUTES=${MINUTES:-2.5}; WORKERS=${WORKERS:-4}
+source "$(dirname "$0")/common.sh"
+ARGS=("${SOURCE_ARGS[@]}" --set num_workers=$WORKERS --minutes "$MINUTES" ${EXTRA:-})
 run() {  # $1 name, then its own options
   local name=$1; shift
   timeout ${TRAIN_TIMEOUT:-300} "$PY" -m edgereid.cli.main train "${ARGS[@]}" "$@" --out "/tmp/r/$name" \

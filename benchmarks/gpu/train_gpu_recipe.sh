@@ -6,28 +6,16 @@
 # Each run leaves OUT/<run>.tar (config.yaml, metrics.jsonl, train.log) and its weights as float16 parts
 # OUT/<run>.weights.part-* (benchmarks/gpu/unpack_weights.py turns them back into an ordinary checkpoint).
 set -u
-DATA=$(realpath "${DATA:-.gpudata}"); OUT=${OUT:?set OUT}; ROOT=$(pwd); MINUTES=${MINUTES:-6.5}; WORKERS=${WORKERS:-7}
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"; OUT=$(realpath "$OUT")
-export PYTHONUNBUFFERED=1
-if [ -z "${SKIP_INSTALL:-}" ]; then
-  "$PY" -m pip install -q --no-deps --no-index --no-build-isolation --no-compile . >"$OUT/install.log" 2>&1 \
-    || { cat "$OUT/install.log"; exit 3; }
-  rm -f "$OUT/install.log"
-fi
-cd /tmp  # run the installed package, not the source tree (its stage folders install under edgereid.*)
-DEVICE=${DEVICE:-cuda}
+MINUTES=${MINUTES:-6.5}; WORKERS=${WORKERS:-7}
+source "$(dirname "$0")/common.sh"
 "$PY" -c "import edgereid, torch; print('edgereid', edgereid.__version__, 'torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 nproc
 train() {  # $1 run name, $2 attributes setting
-  timeout ${TRAIN_TIMEOUT:-$(( ${MINUTES%.*} * 60 + 150 ))} "$PY" -m edgereid.cli.main train --recipe gpu \
-    --reid-data "cuhk03=$DATA/cuhk03/labeled/train" --reid-data "peta=$DATA/peta" \
-    --gender-data "$DATA/peta" --set "gender_subsets=[3DPeS,CAVIAR4REID,SARC3D,TownCentre,i-LID]" \
-    --set reid_source_balance=0.5 --set gender_sampling=subsets \
+  timeout ${TRAIN_TIMEOUT:-$(( ${MINUTES%.*} * 60 + 150 ))} "$PY" -m edgereid.cli.main train "${SOURCE_ARGS[@]}" \
     --set mixstyle_p=0.5 --set scale_p=0.3 --set cast_p=0.3 --set gray_p=0.1 --set blur_p=0.2 --set lowres_p=0.2 \
-    --set "attributes=$2" --set num_workers=$WORKERS --set eval_every=0 --set progress=false --set tensorboard=false \
-    --device "$DEVICE" --minutes "$MINUTES" ${EXTRA:-} --out "$OUT/runs/$1" >"$OUT/$1.log" 2>&1
+    --set "attributes=$2" --set num_workers=$WORKERS --minutes "$MINUTES" ${EXTRA:-} --out "$OUT/runs/$1" \
+    >"$OUT/$1.log" 2>&1
   echo "$1 exit $?" >>"$OUT/$1.log"
 }
 train with_attributes null &

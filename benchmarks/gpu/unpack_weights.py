@@ -6,15 +6,14 @@ saved through `save_checkpoint` (so the weights hash describes the float32 weigh
 """
 from __future__ import annotations
 
-import io
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
-
-import torch
 
 from edgereid.training.checkpoint import save_checkpoint
 from edgereid.training.model import DualHeadReID
+from edgereid.training.safe_load import load_tensors
 
 
 def main(prefix: str, run: str) -> None:
@@ -22,7 +21,10 @@ def main(prefix: str, run: str) -> None:
     parts = sorted(prefix_path.parent.glob(prefix_path.name + ".weights.part-*"))
     if not parts:
         raise SystemExit(f"no parts {prefix}.weights.part-*")
-    payload = torch.load(io.BytesIO(b"".join(p.read_bytes() for p in parts)), map_location="cpu", weights_only=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the parts joined, then read like any weights file
+        joined = Path(tmp) / "weights.pt"
+        joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+        payload = load_tensors(joined, "packed GPU-run weights")
     model = DualHeadReID.from_config(payload["model_config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     out.mkdir(parents=True, exist_ok=True)
