@@ -130,12 +130,12 @@ class MobileOneBlock(nn.Module):
         """Start a block with an identity branch as that identity (the other branches' BN scales 0, "zero-gamma"
         as in ResNets' zero-init-residual), and a block without one at unit gain (scales 1/sqrt(branches)).
 
-        Measured on generated people at 64x32 and 128x64 with Apple's own code too: with every BN scale 1 (its
-        default) a MobileOne trained from scratch barely moves its loss in the first epochs where the IBN ResNet
-        learns, being a deep chain of ReLU blocks without a clean shortcut; starting the identity blocks as
-        identities lets it learn from the first steps. It also keeps an untrained network's eval-mode outputs in
-        range (scales of 1 grow them ~3x per block), so a random-init export passes its own check. Only the
-        starting point changes: the branches, and the fusion, are Apple's."""
+        Measured on generated people at 64x32 (Apple's own code behaves the same): with every BN scale 1, its
+        default, a MobileOne-S0 trained from scratch did not move its losses in the 10 epochs in which the IBN
+        ResNet learns (held-out gender 0.48, chance); with this start it learns, slowly (gender 0.69, re-ID rank-1
+        0.08 against the ResNet's 0.53). It also keeps an untrained network's eval-mode outputs in range (scales of
+        1 grow them ~3x per block), so a random-init export passes its own check. Only the starting point changes:
+        the branches, and the fusion, are Apple's."""
         norms = self.branch_norms()
         if self.rbr_skip is None:
             for bn in norms:
