@@ -19,7 +19,7 @@ import numpy as np
 from edgereid._optional import require
 from edgereid.errors import InvalidInputError, ModelFileError
 
-from edgereid.calibration.qdq import QUANTIZED_OPS, fold_sliced_batchnorm, nodes_to_exclude
+from edgereid.calibration.qdq import QUANTIZED_OPS, fold_sliced_batchnorm, nodes_to_exclude, sliced_batchnorms
 from edgereid.datasets.calibration_set import CalibrationSet
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Int8Quantizer:
                                  f"`edgereid export`.")
         self.calib.check_compatible(self.meta, str(onnx_path))
         self.folded = fold_sliced_batchnorm(proto) if fold_ibn_bn else 0
-        if fold_ibn_bn and not self.folded and any(n.op_type == "InstanceNormalization" for n in proto.graph.node):
+        if fold_ibn_bn and sliced_batchnorms(proto):
             warnings.warn(f"{onnx_path}: the BatchNorm halves of the IBN layers could not be folded into their "
                           "convs, so the INT8 file keeps fp32 round trips there; re-export it with `edgereid export`.")
         self.batch = calibration_batch_size(len(self.calib), batch_size)

@@ -161,6 +161,14 @@ def fold_sliced_batchnorm(model) -> int:
     return folded
 
 
+def sliced_batchnorms(model) -> int:
+    """BatchNormalization nodes reading a channel Slice or Split: IBN BatchNorm halves left unfolded. (A MobileOne
+    export has InstanceNorm but no such BN: its norms are fused into the convs before export.)"""
+    producers = _producers(model.graph)
+    return sum(1 for n in model.graph.node if n.op_type == "BatchNormalization"
+               and getattr(producers.get(n.input[0]), "op_type", "") in ("Slice", "Split"))
+
+
 def nodes_to_exclude(model) -> list:
     """Names of nodes that must stay fp32 (named so the exclusion survives op-type defaults)."""
     return [n.name for n in model.graph.node if n.op_type in NEVER_QUANTIZED and n.name]

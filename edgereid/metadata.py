@@ -57,6 +57,11 @@ class ModelMetadata:
     attribute_output: str = ""
     attribute_names: tuple = ()  # column order of the attribute output
     weights_sha256: str = ""
+    # The network's backbone (ibn_resnet18, mobileone_s0, ...) and its cost: GMACs (multiply-accumulates, Conv and
+    # Linear layers) per crop at height x width. Files written before these fields, and imported networks, leave
+    # them unset ("" and None); they describe the file and change no other field's meaning (FORMAT_VERSION stays).
+    backbone: str = ""
+    gmacs: float | None = None
     # Where the network comes from: "edgereid" (trained and exported here) or IMPORTED (`edgereid import-model`),
     # then with the foreign file's name and SHA-256 (of the .onnx; of the .xml then the .bin of an IR).
     origin: str = "edgereid"

@@ -29,13 +29,17 @@ def output_names(model) -> tuple:
 
 
 def export_metadata(model, **overrides) -> ModelMetadata:
-    """The model contract of `model` for its ONNX file (`model_metadata`: the attribute head's names included)."""
+    """The model contract of `model` for its ONNX file (`model_metadata`: the attribute head's names and the backbone
+    included), with the GMACs per crop of the deployed (re-parameterised) graph at the file's input size. The
+    weights hash is that of the model as trained (its checkpoint's), also when the file holds fused weights."""
     from edgereid.training.checkpoint import model_metadata
+    from edgereid.training.complexity import model_gmacs
 
-    return model_metadata(model, **overrides)
+    meta = model_metadata(model, **overrides)
+    return meta.with_(gmacs=model_gmacs(model, (meta.height, meta.width)))
 
 
-def _fused_wrapper(model, meta: ModelMetadata):
+def _fused_wrapper(model, meta: ModelMetadata, reparameterize: bool = True):
     """uint8 NHWC BGR in -> cast, BGR->RGB, NCHW, (x/255 - mean)/std -> model: the edge host only resizes."""
     torch = require("torch")
     from edgereid.training.model import ExportWrapper
@@ -43,7 +47,7 @@ def _fused_wrapper(model, meta: ModelMetadata):
     class FusedPreprocessing(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.inner = ExportWrapper(model)
+            self.inner = ExportWrapper(model, reparameterize)
             mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1)
             std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1)
             # One multiply-add after the cast: x * 1/(255 std) - mean/std.
@@ -62,8 +66,10 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
                 opset: int = DEFAULT_OPSET, verify: bool = True, atol: float = 1e-4) -> Path:
     """Export a DualHeadReID to ONNX with edgereid metadata; returns the written path.
 
-    The simplified graph is checked against the unsimplified one (and both against PyTorch when
-    `verify`); a simplification that changes outputs is discarded with a warning.
+    A MobileOne model is exported re-parameterised (one conv per block, `model.reparameterize()`; `model` itself
+    keeps its branches). The simplified graph is checked against the unsimplified one (and both against PyTorch
+    when `verify`, the fused copy against the model as trained too); a simplification that changes outputs is
+    discarded with a warning.
     """
     torch = require("torch")
     onnx = require("onnx")
@@ -75,11 +81,15 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
     h, w = meta.height, meta.width
     if fuse_preprocessing:
         meta = meta.with_(input_layout="NHWC", input_dtype="uint8", color_order="BGR", normalize_in_graph=True)
-        wrapper = _fused_wrapper(model, meta).eval()
         dummy = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8)
     else:
-        wrapper = ExportWrapper(model).eval()
         dummy = torch.randn(2, 3, h, w)
+
+    def wrap(reparameterize: bool):
+        return (_fused_wrapper(model, meta, reparameterize) if fuse_preprocessing
+                else ExportWrapper(model, reparameterize)).eval()
+
+    wrapper = wrap(True)
 
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -101,7 +111,9 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
     set_metadata(proto, meta)
     onnx.checker.check_model(proto)
     if verify:
-        _verify_against_torch(proto, wrapper, probe, atol, names)
+        # a fused MobileOne is checked against its training graph on every export, not only in the tests
+        trained = wrap(False) if getattr(model, "reparameterizable", False) else None
+        _verify_against_torch(proto, wrapper, probe, atol, names, trained=trained)
     return save_onnx(proto, out_path)
 
 
@@ -112,9 +124,15 @@ def _probe_input(meta: ModelMetadata, batch: int) -> np.ndarray:
     return rng.standard_normal((batch, 3, meta.height, meta.width)).astype(np.float32)
 
 
-def _verify_against_torch(proto, wrapper, probe: np.ndarray, atol: float, names: tuple = OUTPUT_NAMES) -> None:
+# Fused vs training graph: the fused kernels are rounded to float32 (~6e-8 relative), which a deep BN network
+# amplifies up to ~1e-4 of an output's scale (measured on untrained MobileOnes); a wrong fusion is off by O(1).
+FUSION_RTOL = 1e-3
+
+
+def _verify_against_torch(proto, wrapper, probe: np.ndarray, atol: float, names: tuple = OUTPUT_NAMES,
+                          trained=None) -> None:
     """Run the exported graph in ONNX Runtime and compare every output (`names`, in the wrapper's order) with
-    PyTorch on a probe batch."""
+    PyTorch on a probe batch; with `trained` (the wrapper of the unfused model) also the fused graph with it."""
     torch = require("torch")
     ort = require("onnxruntime")
     from edgereid.errors import EdgereidError
@@ -123,9 +141,18 @@ def _verify_against_torch(proto, wrapper, probe: np.ndarray, atol: float, names:
     got = dict(zip(names, session.run(list(names), {INPUT_NAME: probe})))
     with torch.no_grad():
         want = dict(zip(names, (t.numpy() for t in wrapper(torch.from_numpy(probe)))))
+        ref = dict(zip(names, (t.numpy() for t in trained(torch.from_numpy(probe))))) if trained else {}
     for name in names:
         err = float(np.abs(got[name] - want[name]).max())
         if err > atol:
             raise EdgereidError(f"exported ONNX output {name!r} differs from PyTorch by {err:.2e} (> {atol}); "
                                 f"try another --opset or --no-simplify and report the model config.")
         log.info("export check: %s max abs error %.2e", name, err)
+        if name in ref:
+            scale = max(1.0, float(np.abs(ref[name]).max()))
+            fused_err = float(np.abs(want[name] - ref[name]).max())
+            if fused_err > FUSION_RTOL * scale:
+                raise EdgereidError(f"the re-parameterised model's output {name!r} differs from the trained "
+                                    f"(multi-branch) model by {fused_err:.2e} (> {FUSION_RTOL} x {scale:.3g}); "
+                                    f"report the model config (backbone, instance_norm).")
+            log.info("export check: %s fused vs trained max abs error %.2e", name, fused_err)

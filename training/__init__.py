@@ -1,1 +1,2 @@
-"""Training stage: the dual-head IBN-Net-A model, data sets, samplers, losses and trainer (needs torch)."""
+"""Training stage: the dual-head model (IBN-Net-A ResNet-18 or MobileOne backbone), data sets, samplers, losses and
+trainer (needs torch)."""

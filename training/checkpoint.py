@@ -33,10 +33,12 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 
 def model_metadata(model: DualHeadReID, **overrides) -> ModelMetadata:
-    """The model contract for this model (float NCHW RGB input unless overridden), attribute head included."""
+    """The model contract for this model (float NCHW RGB input unless overridden), attribute head and backbone
+    name included."""
     cfg = model.config
     base = ModelMetadata(embedding_dim=cfg.embedding_dim, height=cfg.input_height, width=cfg.input_width,
-                         weights_sha256=weights_sha256(model)).with_attributes(model.attribute_names)
+                         weights_sha256=weights_sha256(model), backbone=cfg.backbone
+                         ).with_attributes(model.attribute_names)
     return base.with_(**overrides) if overrides else base
 
 

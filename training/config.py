@@ -101,6 +101,9 @@ class TrainConfig(YamlConfig):
     # InstanceNorm half is per sample and unchanged). GPUs only: torch's SyncBatchNorm refuses CPU tensors.
     sync_bn: bool = False
     # model
+    # ibn_resnet18 (IBN-Net-A ResNet-18) | mobileone_s0 .. mobileone_s4 (lighter; re-parameterised at export)
+    backbone: str = "ibn_resnet18"
+    instance_norm: bool = True  # MobileOne: InstanceNorm on half the channels at the end of layer1..3
     embedding_dim: int = 128
     gender_channels: int = 256
     last_stride: int = 2

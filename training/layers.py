@@ -66,6 +66,8 @@ class ResNetIBNa(nn.Module):
     state dicts load with `load_backbone_weights`.
     """
 
+    feature_channels = (256, 512)  # (layer3, layer4) channels: what the heads read
+
     def __init__(self, layers: tuple = (2, 2, 2, 2), ibn_stages: tuple = (True, True, True, False),
                  last_stride: int = 2) -> None:
         super().__init__()

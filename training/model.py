@@ -1,8 +1,13 @@
-"""The dual-head person model: IBN-Net-A ResNet-18 backbone, a re-ID head on layer4, a gender head on layer3.
+"""The dual-head person model: a backbone (IBN-Net-A ResNet-18 by default, or a MobileOne size), a re-ID head on
+layer4, a gender head on layer3.
 
     images (N,3,256,128) -> stem -> layer1..3 (IBN) -> layer3 map -> gender head -> gender_logit (N,1)
                                                                               [-> attribute_logits (N,A)]
                                                      -> layer4 (BN) -> re-ID head -> embedding (N,D), L2-normalised
+
+`backbone` picks the network behind the same stage names and heads (`build_backbone`); the heads read its
+layer3 / layer4 channel counts. A MobileOne backbone trains with multi-branch blocks; `reparameterize()` gives the
+fused copy that export writes (training/mobileone.py).
 
 Optional attribute head (`attribute_names` non-empty): A logits, sigmoid = P(attribute). By default it shares the
 gender head's conv block on layer3 (one more linear layer: attributes and gender describe the same person and
@@ -17,10 +22,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgereid.errors import InvalidInputError
 from edgereid.training.layers import ConvBNReLU, ResNetIBNa
+from edgereid.training.mobileone import (IBN_STAGES, VARIANTS as MOBILEONE_VARIANTS, MobileOne, reparameterize_model,
+                                        unfused_blocks)
 
 
 ATTRIBUTE_TAPS = ("gender_block", "layer4")
+DEFAULT_BACKBONE = "ibn_resnet18"
+BACKBONES = (DEFAULT_BACKBONE, *MOBILEONE_VARIANTS)
+
+
+def build_backbone(name: str = DEFAULT_BACKBONE, last_stride: int = 2, instance_norm: bool = True) -> nn.Module:
+    """The backbone called `name` (one of BACKBONES): a module whose forward returns (layer3 map, layer4 map), with
+    stages `stem`, `layer1`..`layer4` and `feature_channels` = (layer3, layer4) channel counts.
+
+    `instance_norm` puts IBN-style InstanceNorm at the end of the first three stages of a MobileOne backbone; the
+    IBN-Net-A ResNet has it by construction.
+    """
+    if name == DEFAULT_BACKBONE:
+        if not instance_norm:
+            raise InvalidInputError("instance_norm=false applies to the MobileOne backbones; ibn_resnet18 has IBN "
+                                    "by construction. Drop the option or pick backbone=mobileone_s0..s4.")
+        return ResNetIBNa(last_stride=last_stride)
+    if name in MOBILEONE_VARIANTS:
+        return MobileOne(name, last_stride=last_stride, ibn_stages=IBN_STAGES if instance_norm else ())
+    raise unknown_backbone(name)
+
+
+def unknown_backbone(name: str) -> InvalidInputError:
+    """The error for a backbone name that is not one of BACKBONES."""
+    return InvalidInputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} "
+                             f"(e.g. --set backbone=mobileone_s0).")
 
 
 @dataclass
@@ -36,9 +69,14 @@ class ModelConfig:
     input_width: int = 128
     attribute_names: tuple = ()  # empty: no attribute head
     attribute_tap: str = "gender_block"  # "gender_block" (layer3, shared with gender) or "layer4"
+    # Checkpoints written before these fields load as the IBN ResNet they hold.
+    backbone: str = DEFAULT_BACKBONE  # a name of BACKBONES
+    instance_norm: bool = True  # MobileOne: IBN-style InstanceNorm at the end of layer1..3
 
     def __post_init__(self) -> None:
         self.attribute_names = tuple(str(n) for n in self.attribute_names)
+        if self.backbone not in BACKBONES:
+            raise unknown_backbone(self.backbone)
         if self.attribute_tap not in ATTRIBUTE_TAPS:
             raise ValueError(f"attribute_tap must be one of {ATTRIBUTE_TAPS}, got {self.attribute_tap!r}")
         if len(set(self.attribute_names)) != len(self.attribute_names):
@@ -109,18 +147,21 @@ class DualHeadReID(nn.Module):
 
     def __init__(self, num_classes: int = 0, embedding_dim: int = 128, gender_channels: int = 256,
                  last_stride: int = 2, input_size: tuple = (256, 128), attribute_names: tuple = (),
-                 attribute_tap: str = "gender_block") -> None:
+                 attribute_tap: str = "gender_block", backbone: str = DEFAULT_BACKBONE,
+                 instance_norm: bool = True) -> None:
         super().__init__()
         self.config = ModelConfig(embedding_dim=embedding_dim, num_classes=num_classes,
                                   gender_channels=gender_channels, last_stride=last_stride,
                                   input_height=int(input_size[0]), input_width=int(input_size[1]),
-                                  attribute_names=tuple(attribute_names), attribute_tap=attribute_tap)
+                                  attribute_names=tuple(attribute_names), attribute_tap=attribute_tap,
+                                  backbone=backbone, instance_norm=bool(instance_norm))
         num_attributes = len(self.config.attribute_names)
         on_gender_block = num_attributes if attribute_tap == "gender_block" else 0
-        self.backbone = ResNetIBNa(last_stride=last_stride)
-        self.reid_head = ReidHead(512, embedding_dim, num_classes)
-        self.gender_head = GenderHead(256, gender_channels, on_gender_block)
-        self.attribute_head = (Layer4AttributeHead(512, num_attributes)
+        self.backbone = build_backbone(backbone, last_stride, instance_norm)
+        c3, c4 = self.backbone.feature_channels
+        self.reid_head = ReidHead(c4, embedding_dim, num_classes)
+        self.gender_head = GenderHead(c3, gender_channels, on_gender_block)
+        self.attribute_head = (Layer4AttributeHead(c4, num_attributes)
                                if num_attributes and attribute_tap == "layer4" else None)
 
     @classmethod
@@ -133,7 +174,26 @@ class DualHeadReID(nn.Module):
         return cls(num_classes=cfg.num_classes, embedding_dim=cfg.embedding_dim,
                    gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
                    input_size=(cfg.input_height, cfg.input_width), attribute_names=cfg.attribute_names,
-                   attribute_tap=cfg.attribute_tap)
+                   attribute_tap=cfg.attribute_tap, backbone=cfg.backbone, instance_norm=cfg.instance_norm)
+
+    @classmethod
+    def from_train_config(cls, cfg, num_classes: int = 0, attribute_names: tuple = ()) -> "DualHeadReID":
+        """The model a TrainConfig (`edgereid train --set ...`) describes, with `num_classes` identities."""
+        return cls(num_classes=num_classes, embedding_dim=cfg.embedding_dim, gender_channels=cfg.gender_channels,
+                   last_stride=cfg.last_stride, input_size=(cfg.image_height, cfg.image_width),
+                   attribute_names=tuple(attribute_names), attribute_tap=cfg.attribute_tap, backbone=cfg.backbone,
+                   instance_norm=cfg.instance_norm)
+
+    @property
+    def reparameterizable(self) -> bool:
+        """True when some backbone block still has training-time branches to fuse (MobileOne before export)."""
+        return bool(unfused_blocks(self))
+
+    def reparameterize(self) -> "DualHeadReID":
+        """A copy for inference and export, in eval mode, with every MobileOne block's branches fused into one conv
+        (a plain copy for the IBN ResNet). This model is left as it is: keep training or checkpointing it, not the
+        copy (its weights no longer match the config's branches)."""
+        return reparameterize_model(self)
 
     @property
     def attribute_names(self) -> tuple:
@@ -188,11 +248,14 @@ class DualHeadReID(nn.Module):
 
 class ExportWrapper(nn.Module):
     """Fixed-signature forward for export: images -> (embedding, gender_logit[, attribute_logits]), names set by
-    the exporter."""
+    the exporter. It wraps the deployed graph: with `reparameterize` (the default) a MobileOne model's fused copy,
+    so every export path writes one conv per block; `reparameterize=False` keeps the model as trained (the
+    reference an export is checked against)."""
 
-    def __init__(self, model: DualHeadReID) -> None:
+    def __init__(self, model: DualHeadReID, reparameterize: bool = True) -> None:
         super().__init__()
-        self.model = model
+        fuse = reparameterize and getattr(model, "reparameterizable", False)
+        self.model = model.reparameterize() if fuse else model
 
     def forward(self, images: torch.Tensor) -> tuple:
         out = self.model(images)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from edgereid.errors import ModelFileError
+from edgereid.errors import InvalidInputError, ModelFileError
 
-from edgereid.training.layers import IBN
+from edgereid.training.layers import IBN, ResNetIBNa
 from edgereid.training.pretrained_registry import resolve_pretrained
 from edgereid.training.safe_load import load_tensors
 
@@ -64,6 +64,12 @@ def load_backbone_weights(backbone: torch.nn.Module, weights: str | os.PathLike,
     A torchvision BatchNorm where the backbone has IBN is split: the first half of its affine
     parameters initialises the InstanceNorm, the second half (with running stats) the BatchNorm.
     """
+    if not isinstance(backbone, ResNetIBNa):
+        # Every name and file this loads is a ResNet-18: into another backbone nothing would match, and a run
+        # that believes it started from ImageNet would silently train from scratch.
+        raise InvalidInputError(f"ImageNet weights ({weights}) are ResNet-18 weights and load into "
+                                f"backbone=ibn_resnet18 only, not {type(backbone).__name__}; drop --pretrained to "
+                                f"train this backbone from scratch.")
     source = _read_state_dict(resolve_pretrained(weights, show_progress=show_progress))
     target = backbone.state_dict()
     report = LoadReport()

@@ -88,10 +88,7 @@ class Trainer:
         self.attribute_names = (model.attribute_names if model is not None
                                 else resolve_attribute_names(cfg.attributes, self.gender_train))
         cfg.attributes = list(self.attribute_names)  # config.yaml holds the resolved list: resume builds this head
-        self.model = model or DualHeadReID(num_classes=num_classes, embedding_dim=cfg.embedding_dim,
-                                           gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
-                                           input_size=(cfg.image_height, cfg.image_width),
-                                           attribute_names=self.attribute_names, attribute_tap=cfg.attribute_tap)
+        self.model = model or DualHeadReID.from_train_config(cfg, num_classes, self.attribute_names)
         if model is None and cfg.pretrained and self.dist.is_main:  # DDP copies rank 0's weights to every rank
             from edgereid.training.pretrained import load_backbone_weights
 

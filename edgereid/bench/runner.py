@@ -56,6 +56,8 @@ class BenchResult:
     rss_before_mib: float | None = None
     samples_s: list = field(default_factory=list, repr=False)  # per-call seconds, for merge_results
     int8_arithmetic: str | None = None  # how an INT8 file computed (Runtime.int8_arithmetic)
+    backbone: str | None = None  # the model's backbone, from its metadata (None: not recorded)
+    gmacs: float | None = None  # multiply-accumulates per crop, from the metadata: what a crop costs
 
     @property
     def stage_sum_ms(self) -> float:
@@ -72,7 +74,7 @@ class BenchResult:
             "stages_ms": dict(self.stages_ms), "stage_sum_ms": self.stage_sum_ms,
             "stage_coverage": self.stage_sum_ms / self.latency.mean_ms if self.latency.mean_ms else None,
             "peak_rss_mib": self.peak_rss_mib, "rss_before_mib": self.rss_before_mib,
-            "int8_arithmetic": self.int8_arithmetic,
+            "int8_arithmetic": self.int8_arithmetic, "backbone": self.backbone, "gmacs": self.gmacs,
         }
 
     def row(self) -> dict:
@@ -168,6 +170,7 @@ def run_benchmark(runtime, batch: int, warmup: int = 20, iters: int = 200, durat
         images_per_s=batch * i / float(np.sum(latencies)), stages_ms=ordered,
         peak_rss_mib=peak_rss_bytes() / MIB, rss_before_mib=rss_before / MIB if rss_before is not None else None,
         samples_s=latencies, int8_arithmetic=getattr(runtime, "int8_arithmetic", None),
+        backbone=getattr(meta, "backbone", None) or None, gmacs=getattr(meta, "gmacs", None),
     )
 
 
@@ -189,7 +192,7 @@ def merge_results(results: Sequence[BenchResult]) -> BenchResult:
         wall_s=sum(r.wall_s for r in results), latency=LatencyStats.from_seconds(samples),
         images_per_s=first.batch * len(samples) / float(np.sum(samples)), stages_ms=stages,
         peak_rss_mib=max(peaks) if peaks else None, rss_before_mib=first.rss_before_mib, samples_s=samples,
-        int8_arithmetic=first.int8_arithmetic)
+        int8_arithmetic=first.int8_arithmetic, backbone=first.backbone, gmacs=first.gmacs)
 
 
 def sweep(model: str | os.PathLike, batches: Sequence[int], threads: Sequence[int | None] = (None,),

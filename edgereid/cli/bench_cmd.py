@@ -27,6 +27,13 @@ def parse_int_list(text: str, name: str, allow_auto: bool = False) -> list:
     return values
 
 
+def describe_cost(result) -> str:
+    """'mobileone_s0 backbone, 0.198 GMACs per crop' from what the model's metadata records."""
+    backbone = f"{result.backbone} backbone" if result.backbone else "backbone not recorded"
+    gmacs = f"{result.gmacs:.3f} GMACs per crop" if result.gmacs is not None else "GMACs not recorded"
+    return f"{backbone}, {gmacs}"
+
+
 @click.command("bench")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch", "batches", default="1,2,4,8,16,32", show_default=True,
@@ -74,6 +81,8 @@ def bench(model, batches, threads, warmup, iters, duration, images, backend, int
         click.echo(f"batch {result.batch:3d} threads {result.threads or 'auto'}: p50 {result.latency.p50_ms:8.2f} ms"
                    f"  {result.images_per_s:8.1f} img/s", err=True)
     click.echo(format_table(results))
+    if results and (results[0].backbone or results[0].gmacs is not None):
+        click.echo(f"model: {describe_cost(results[0])}")
     if results and results[0].int8_arithmetic:
         click.echo(f"int8: {results[0].int8_arithmetic}")
     if json_out:

@@ -19,13 +19,16 @@ import click
               help="With --random-init: a local torchvision/IBN-Net ResNet-18 state dict (same as --pretrained "
                    "PATH).")
 @click.option("--embedding-dim", type=int, default=128, show_default=True, help="With --random-init.")
+@click.option("--backbone", default=None,
+              help="With --random-init: ibn_resnet18 (default) or mobileone_s0 .. mobileone_s4 (a CHECKPOINT "
+                   "names its own).")
 @click.option("--fuse-preprocessing", is_flag=True,
               help="uint8 NHWC BGR input; cast, channel swap and normalisation happen inside the graph.")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--no-simplify", is_flag=True, help="Skip onnx-simplifier.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --random-init.")
-def export(checkpoint, output, random_init, pretrained, backbone_weights, embedding_dim, fuse_preprocessing,
-           opset, no_simplify, seed) -> None:
+def export(checkpoint, output, random_init, pretrained, backbone_weights, embedding_dim, backbone,
+           fuse_preprocessing, opset, no_simplify, seed) -> None:
     """Export CHECKPOINT.pt (from `edgereid train`) to ONNX, checked against PyTorch."""
     from edgereid._optional import require
 
@@ -40,10 +43,12 @@ def export(checkpoint, output, random_init, pretrained, backbone_weights, embedd
         raise click.UsageError("give --pretrained or --backbone-weights, not both.")
     if pretrained and not random_init:
         raise click.UsageError("--pretrained goes with --random-init; a CHECKPOINT carries its own weights.")
+    if backbone and not random_init:
+        raise click.UsageError("--backbone goes with --random-init; a CHECKPOINT names its own backbone.")
     backbone_weights = pretrained or backbone_weights
     if random_init:
         torch.manual_seed(seed)
-        model = DualHeadReID(embedding_dim=embedding_dim)
+        model = DualHeadReID(embedding_dim=embedding_dim, backbone=backbone or "ibn_resnet18")
         if backbone_weights:
             from edgereid.training.pretrained import load_backbone_weights
 
@@ -52,5 +57,7 @@ def export(checkpoint, output, random_init, pretrained, backbone_weights, embedd
         model, _ = load_checkpoint(checkpoint, with_classifier=False)
     path = export_onnx(model, output, fuse_preprocessing=fuse_preprocessing, simplify=not no_simplify, opset=opset)
     kind = "uint8 NHWC BGR (fused preprocessing)" if fuse_preprocessing else "float32 NCHW RGB"
+    fused = ", re-parameterised" if model.reparameterizable else ""
     click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, input {kind}, "
-               f"embedding dim {model.config.embedding_dim}); outputs match PyTorch.")
+               f"embedding dim {model.config.embedding_dim}, backbone {model.config.backbone}{fused}); "
+               f"outputs match PyTorch.")
