@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from benchmarks.references import randomize_norm_stats  # noqa: E402
 from conftest import LEARNING_RUN, SMALL_TRAIN, assert_int8_conv, make_crops  # noqa: E402
 
-from edgereid.errors import InvalidInputError  # noqa: E402
+from edgereid.errors import InvalidInputError, ModelFileError  # noqa: E402
 from edgereid.training.mobileone import (VARIANTS, HalfInstanceNorm, MobileOneBlock,  # noqa: E402
                                          reparameterize_model)
 from edgereid.training.model import BACKBONES, DualHeadReID, ModelConfig  # noqa: E402
@@ -464,8 +464,10 @@ def test_bad_backbone_choices_are_refused_with_the_fix(tmp_path):
     assert all(name in str(err.value) for name in BACKBONES)
     with pytest.raises(InvalidInputError, match="MobileOne"):
         DualHeadReID(instance_norm=False)
-    torch.save({}, tmp_path / "w.pth")
-    with pytest.raises(InvalidInputError, match="ibn_resnet18 only"):
+    with pytest.raises(InvalidInputError, match="ibn_resnet18 only"):  # a registered name is a ResNet-18
+        load_backbone_weights(DualHeadReID(backbone="mobileone_s0").backbone, "resnet18")
+    torch.save({}, tmp_path / "w.pth")  # a file: read, and refused as nothing in it fits (test_mobileone_pretrained)
+    with pytest.raises(ModelFileError, match="does not fit backbone=mobileone_s0"):
         load_backbone_weights(DualHeadReID(backbone="mobileone_s0").backbone, tmp_path / "w.pth")
 
 

@@ -112,7 +112,8 @@ class TrainConfig(YamlConfig):
     image_height: int = 256
     image_width: int = 128
     # ImageNet backbone weights: a local torchvision / IBN-Net state dict, or a name from
-    # training/pretrained_registry.py (resnet18, resnet18_ibn_a) downloaded once into $EDGEREID_HOME/weights
+    # training/pretrained_registry.py (resnet18, resnet18_ibn_a) downloaded once into $EDGEREID_HOME/weights;
+    # for a MobileOne, a local copy of Apple's mobileone_sN_unfused.pth.tar (training/pretrained.py)
     pretrained: str = ""
     # batches and multi-task schedule
     reid_p: int = 16  # identities per re-ID batch

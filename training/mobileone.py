@@ -219,6 +219,7 @@ class MobileOne(nn.Module):
     def __init__(self, variant: str = "mobileone_s0", last_stride: int = 2, ibn_stages: tuple = IBN_STAGES) -> None:
         super().__init__()
         spec = VARIANTS[variant]
+        self.variant = variant  # names the size in messages (e.g. which ImageNet file fits)
         widths, branches = spec.widths, spec.num_conv_branches
         ibn = tuple(ibn_stages) + (False,) * (4 - len(tuple(ibn_stages)))
         planes = [int(64 * widths[0]), int(128 * widths[1]), int(256 * widths[2]), int(512 * widths[3])]

@@ -1,8 +1,17 @@
-"""Loading torchvision-style or IBN-Net-style ResNet-18 weights into the backbone, from a local file or a
-registered name (`training/pretrained_registry.py`: downloaded once, verified by SHA-256)."""
+"""Loading ImageNet weights into the backbone, from a local file or a registered name
+(`training/pretrained_registry.py`: downloaded once, verified by SHA-256):
+
+- ibn_resnet18: a torchvision-style or IBN-Net-style ResNet-18 state dict;
+- mobileone_s0 .. s4: Apple's *unfused* (training-time, multi-branch) MobileOne checkpoint of the same size,
+  `mobileone_sN_unfused.pth.tar` from the apple/ml-mobileone release (a local PATH; no registered name).
+
+A file that does not fit the backbone (another network, another MobileOne size, Apple's fused file) is refused
+with the fix: a run that believes it started from ImageNet must never silently train from scratch.
+"""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,10 +20,17 @@ import torch
 from edgereid.errors import InvalidInputError, ModelFileError
 
 from edgereid.training.layers import IBN, ResNetIBNa
-from edgereid.training.pretrained_registry import resolve_pretrained
+from edgereid.training.mobileone import VARIANTS, MobileOne
+from edgereid.training.pretrained_registry import check_pretrained, resolve_pretrained
 from edgereid.training.safe_load import load_tensors
 
 _PREFIXES = ("module.", "backbone.", "base.", "model.")
+# Below this share of the backbone's tensors the file is another network or size, not a partial match.
+MIN_LOADED_FRACTION = 0.5
+# Apple's stage names -> ours (apple/ml-mobileone, mobileone.py: MobileOne.__init__ builds stage0 .. stage4 and the
+# `linear` classifier; inside a block rbr_skip, rbr_conv.{i}.conv/.bn, rbr_scale.conv/.bn, se.reduce/.expand, the
+# names training/mobileone.py keeps).
+_APPLE_STAGE = re.compile(r"^stage([0-4])\.")
 
 
 @dataclass
@@ -54,23 +70,64 @@ def _read_state_dict(path: Path) -> dict:
     return out
 
 
+def _kind(source: dict) -> str:
+    """What network a state dict's names say it is, for refusals."""
+    if any(".reparam_conv." in k for k in source):
+        return "fused MobileOne"
+    if any(_APPLE_STAGE.match(k) or k.startswith(("stem.rbr_", "layer1.0.rbr_")) for k in source):
+        return "MobileOne"
+    if "conv1.weight" in source or any(k.startswith("layer1.0.conv1.") for k in source):
+        return "ResNet"
+    return "unknown"
+
+
 def load_backbone_weights(backbone: torch.nn.Module, weights: str | os.PathLike,
                           show_progress: bool = True) -> LoadReport:
-    """Load a ResNet-18 state dict (torchvision or IBN-Net naming) into `backbone`; returns a LoadReport.
+    """Load ImageNet weights into `backbone` (ResNetIBNa or MobileOne); returns a LoadReport.
 
-    `weights` is a local file or a registered name (`pretrained_registry.names()`), which is downloaded into
-    the cache once and verified against its SHA-256; either way the file is read weights-only.
+    `weights` is a local file or a registered name (`pretrained_registry.names()`, ResNet-18 files only), which is
+    downloaded into the cache once and verified against its SHA-256; either way the file is read weights-only.
+    Raises ModelFileError when the file is not this backbone's (another network or size): fewer than half of the
+    backbone's tensors would load.
+    """
+    if isinstance(backbone, MobileOne):
+        check_pretrained(weights, backbone=backbone.variant)  # a name is a ResNet-18: refused before any download
+        return _load_mobileone(backbone, resolve_pretrained(weights, show_progress=show_progress))
+    if not isinstance(backbone, ResNetIBNa):
+        raise InvalidInputError(f"no ImageNet weights loader for a {type(backbone).__name__} backbone ({weights}); "
+                                f"drop --pretrained to train it from scratch.")
+    path = resolve_pretrained(weights, show_progress=show_progress)
+    source = _read_state_dict(path)
+    report = _load_resnet(backbone, source)
+    if _too_few(report, backbone):
+        size = _apple_variant(source) if _kind(source) == "MobileOne" else ""
+        fix = (f"it holds {size} weights: train with --set backbone={size}" if size
+               else "give a torchvision or IBN-Net ResNet-18 state dict")
+        raise ModelFileError(f"{path} does not fit backbone=ibn_resnet18 ({_fit(report, backbone)}); {fix}, or drop "
+                             f"--pretrained to train from scratch.")
+    return report
+
+
+def _wanted(backbone: torch.nn.Module) -> int:
+    """How many tensors a full load fills (BatchNorm batch counters aside: they are not weights)."""
+    return sum(not k.endswith("num_batches_tracked") for k in backbone.state_dict())
+
+
+def _too_few(report: LoadReport, backbone: torch.nn.Module) -> bool:
+    return _wanted(backbone) - len(report.missing) < MIN_LOADED_FRACTION * _wanted(backbone)
+
+
+def _fit(report: LoadReport, backbone: torch.nn.Module) -> str:
+    return (f"{_wanted(backbone) - len(report.missing)} of the backbone's {_wanted(backbone)} tensors would load, "
+            f"{len(report.unexpected)} of the file's do not fit")
+
+
+def _load_resnet(backbone: ResNetIBNa, source: dict) -> LoadReport:
+    """A ResNet-18 state dict (torchvision or IBN-Net naming) into the IBN ResNet.
 
     A torchvision BatchNorm where the backbone has IBN is split: the first half of its affine
     parameters initialises the InstanceNorm, the second half (with running stats) the BatchNorm.
     """
-    if not isinstance(backbone, ResNetIBNa):
-        # Every name and file this loads is a ResNet-18: into another backbone nothing would match, and a run
-        # that believes it started from ImageNet would silently train from scratch.
-        raise InvalidInputError(f"ImageNet weights ({weights}) are ResNet-18 weights and load into "
-                                f"backbone=ibn_resnet18 only, not {type(backbone).__name__}; drop --pretrained to "
-                                f"train this backbone from scratch.")
-    source = _read_state_dict(resolve_pretrained(weights, show_progress=show_progress))
     target = backbone.state_dict()
     report = LoadReport()
     new_state = {}
@@ -97,5 +154,60 @@ def load_backbone_weights(backbone: torch.nn.Module, weights: str | os.PathLike,
             continue
         report.unexpected.append(key)
     report.missing = [k for k in target if k not in new_state and not k.endswith("num_batches_tracked")]
+    if not _too_few(report, backbone):  # nothing changes in a backbone the caller is about to be told is wrong
+        backbone.load_state_dict(new_state, strict=False)
+    return report
+
+
+def _our_name(key: str) -> str:
+    """Apple's `stage0.` / `stageN.` prefix as our `stem.` / `layerN.`; other keys as they are."""
+    return _APPLE_STAGE.sub(lambda m: "stem." if m.group(1) == "0" else f"layer{m.group(1)}.", key)
+
+
+def _apple_variant(source: dict) -> str:
+    """The MobileOne size whose unfused tensors all appear in `source` (our names) with their shapes, or ''."""
+    shapes = {_our_name(k): tuple(v.shape) for k, v in source.items() if isinstance(v, torch.Tensor)}
+    for name in VARIANTS:
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            ref = MobileOne(name, ibn_stages=()).state_dict()
+        if all(shapes.get(k) == tuple(v.shape) for k, v in ref.items()):
+            return name
+    return ""
+
+
+def _load_mobileone(backbone: MobileOne, path: Path) -> LoadReport:
+    """Apple's unfused MobileOne checkpoint (or one in our own stage names) into a MobileOne of the same size.
+
+    Apple's `stageN.*` become our `stem` / `layerN`; block submodules keep Apple's names. Apple's ImageNet
+    classifier (`linear.*`) is reported unexpected; our HalfInstanceNorm modules, which Apple's network lacks, are
+    reported missing and keep their initialisation. The report lists the file's own key names.
+    """
+    source = _read_state_dict(path)
+    kind = _kind(source)
+    if kind == "fused MobileOne":
+        raise ModelFileError(f"{path} is a fused (inference) MobileOne checkpoint: its blocks are single convs "
+                             f"and cannot train as branches. Download Apple's {backbone.variant}_unfused.pth.tar "
+                             f"(apple/ml-mobileone release) and give that file to --pretrained.")
+    target = backbone.state_dict()
+    report, new_state = LoadReport(), {}
+    for file_key, value in source.items():
+        key = _our_name(file_key)
+        if key in target and isinstance(value, torch.Tensor) and target[key].shape == value.shape:
+            new_state[key] = value
+            report.loaded.append(file_key)
+        elif key in target:
+            report.unexpected.append(f"{file_key} (shape {tuple(getattr(value, 'shape', ()))} vs "
+                                     f"{tuple(target[key].shape)})")
+        else:
+            report.unexpected.append(file_key)
+    report.missing = [k for k in target if k not in new_state and not k.endswith("num_batches_tracked")]
+    if _too_few(report, backbone):
+        size = _apple_variant(source) if kind == "MobileOne" else ""
+        held = {"ResNet": "ResNet weights", "MobileOne": f"{size} weights" if size else
+                "MobileOne weights of another layout"}.get(kind, "no MobileOne weights")
+        fix = f"Train with --set backbone={size}, or give" if size else "Give"
+        raise ModelFileError(f"{path} does not fit backbone={backbone.variant}: it holds {held} "
+                             f"({_fit(report, backbone)}). {fix} Apple's {backbone.variant}_unfused.pth.tar "
+                             f"(apple/ml-mobileone release), or drop --pretrained to train from scratch.")
     backbone.load_state_dict(new_state, strict=False)
     return report

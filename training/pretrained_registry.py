@@ -4,14 +4,20 @@ A name is downloaded only when a user gives it, once, into `$EDGEREID_HOME/weigh
 `~/.cache/edgereid/weights`), and is checked against its SHA-256 there and at every later use
 (`edgereid.weights_cache`). A path to an existing file is used as it is and never triggers a download. No torch
 here: the CLI checks a name before building anything.
+
+Every name here is a ResNet-18 (backbone=ibn_resnet18). Apple's MobileOne checkpoints have no name: no SHA-256 of
+them is published or recorded here, so a user downloads `mobileone_sN_unfused.pth.tar` from the apple/ml-mobileone
+release and gives its PATH.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from edgereid.errors import ModelFileError
+from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.weights_cache import RemoteFile, fetch, weights_dir
+
+NAMED_BACKBONE = "ibn_resnet18"  # the backbone every registered file is for
 
 REGISTRY: dict = {
     # torchvision's ResNet18_Weights.IMAGENET1K_V1. torchvision publishes the first 8 hex digits of the file's
@@ -60,12 +66,19 @@ def _not_found(spec: object) -> ModelFileError:
         f".pth/.pt state dict or one of: {describe()}. edgereid never downloads anything but a name you give.")
 
 
-def check_pretrained(spec: str | os.PathLike) -> None:
-    """Raise ModelFileError unless `spec` is an existing file or a registered name (nothing is downloaded)."""
+def check_pretrained(spec: str | os.PathLike, backbone: str = NAMED_BACKBONE) -> None:
+    """Raise ModelFileError unless `spec` is an existing file or a registered name (nothing is downloaded), and
+    InvalidInputError for a name given for a backbone other than NAMED_BACKBONE (a file is checked when read)."""
     if Path(spec).expanduser().is_file():
         return
     if isinstance(spec, os.PathLike) or str(spec) not in REGISTRY:
         raise _not_found(spec)
+    if backbone != NAMED_BACKBONE:
+        # Checked before the download: nothing in a ResNet-18 file fits another backbone.
+        raise InvalidInputError(
+            f"--pretrained {spec}: a ResNet-18 file, for backbone={NAMED_BACKBONE} only, not {backbone}. For "
+            f"{backbone} download Apple's {backbone}_unfused.pth.tar (apple/ml-mobileone release) and give "
+            f"--pretrained PATH, or drop --pretrained to train from scratch.")
 
 
 def resolve_pretrained(spec: str | os.PathLike, show_progress: bool = True) -> Path:

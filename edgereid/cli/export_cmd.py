@@ -14,7 +14,8 @@ import click
 @click.option("--pretrained", metavar="NAME|PATH",
               help="With --random-init: ImageNet weights for the backbone, NAME resnet18 (torchvision) or "
                    "resnet18_ibn_a (IBN-Net), downloaded once into $EDGEREID_HOME/weights and checked by SHA-256, "
-                   "or PATH of a local ResNet-18 / IBN-Net state dict.")
+                   "or PATH of a local ResNet-18 / IBN-Net state dict; for --backbone mobileone_sN, PATH of Apple's "
+                   "mobileone_sN_unfused.pth.tar (apple/ml-mobileone).")
 @click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --random-init: a local torchvision/IBN-Net ResNet-18 state dict (same as --pretrained "
                    "PATH).")

@@ -40,7 +40,8 @@ from edgereid.cli.options import dataset_option
 @click.option("--pretrained", metavar="NAME|PATH",
               help="ImageNet weights for the backbone: NAME resnet18 (torchvision) or resnet18_ibn_a (IBN-Net), "
                    "downloaded once into $EDGEREID_HOME/weights (default ~/.cache/edgereid) and checked by "
-                   "SHA-256, or PATH of a local ResNet-18 / IBN-Net state dict (never downloads).")
+                   "SHA-256, or PATH of a local ResNet-18 / IBN-Net state dict (never downloads); for "
+                   "backbone=mobileone_sN, PATH of Apple's mobileone_sN_unfused.pth.tar (apple/ml-mobileone).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (same step, optimizers and RNG states).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config field, e.g. --set lr_reid=3e-4 --set lr_steps=[40,70]. Repeatable.")
@@ -93,7 +94,7 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minute
     if cfg.pretrained:  # a name or an existing file, checked before any data loads; the download comes later
         from edgereid.training.pretrained_registry import check_pretrained
 
-        check_pretrained(cfg.pretrained)
+        check_pretrained(cfg.pretrained, backbone=cfg.backbone)  # a ResNet-18 name for a MobileOne: refused
     if not cfg.reid_data or not cfg.gender_data:
         raise click.UsageError("give --reid-data and --gender-data (or set them in --config).")
     from edgereid.training.trainer import Trainer
