@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgereid.errors import DatasetError  # noqa: E402
+from edgereid.errors import DatasetError, InvalidInputError  # noqa: E402
 from edgereid.retrieval.clustering import dbscan  # noqa: E402
 from edgereid.retrieval.reranking import jaccard_distance, rerank  # noqa: E402
 
@@ -234,3 +234,50 @@ def test_adapt_command_survives_ctrl_c_and_resumes(trained_small, site, tmp_path
     assert [h["round"] for h in ckpt["adapt"]["history"]] == [0, 1, 2, "final"]
     res = CliRunner().invoke(cli, ["export", str(out / "adapted.pt"), "-o", str(tmp_path / "adapted.onnx")])
     assert res.exit_code == 0, res.output
+
+
+def test_adapt_can_fine_tune_only_named_stages_with_statistics_kept(trained_small, site, tmp_path):
+    """train_stages fine-tunes only those backbone stages (the others, and with freeze_bn every BatchNorm's
+    statistics, stay as AdaBN left them); epochs_per_round caps a round's steps by its clustered crops."""
+    from edgereid.training.adapt import adapt
+    from edgereid.training.checkpoint import load_checkpoint
+
+    checkpoint = trained_small["out"] / "last.pt"
+    adabn = tmp_path / "adabn"
+    adapt(checkpoint, site["crops"], adabn, minutes=0, cameras_from_names=True, round_steps=0, progress=False)
+    start = load_checkpoint(adabn / "adapted.pt", with_classifier=False)[0].state_dict()
+    out = tmp_path / "layer4"
+    result = adapt(checkpoint, site["crops"], out, minutes=0, cameras_from_names=True, max_rounds=1,
+                   round_steps=500, epochs_per_round=1.0, p=8, k=4, train_stages=["layer4"], freeze_bn=True,
+                   progress=False)
+    clustered = result["history"][1]["clustered"]
+    assert result["step"] == -(-clustered // 32) < 500  # ceil(one pass over the clustered crops / (P x K))
+    after = load_checkpoint(out / "adapted.pt", with_classifier=False)[0].state_dict()
+    moved = {k for k in start if start[k].is_floating_point() and not torch.equal(start[k], after[k])}
+    assert any(k.startswith("backbone.layer4.") for k in moved)
+    assert not [k for k in moved if k.startswith("backbone.") and not k.startswith("backbone.layer4.")]
+    assert not [k for k in moved if "running_" in k]  # every BatchNorm kept its AdaBN statistics
+    with pytest.raises(InvalidInputError, match="layer9"):
+        adapt(checkpoint, site["crops"], tmp_path / "bad", minutes=0, cameras_from_names=True, max_rounds=1,
+              train_stages=["layer9"], progress=False)
+
+
+def test_the_fine_tuning_batches_hold_the_clustered_crops_with_their_own_pseudo_identity(trained_small, site,
+                                                                                         tmp_path):
+    """With noise crops left out, position j of the training set is the j-th clustered crop (its image from the
+    embedding pass's cache, its cluster as label), never the j-th crop of the whole folder."""
+    from edgereid.imageio import read_image
+    from edgereid.training.adapt import Adapter, AdaptConfig
+
+    adapter = Adapter(trained_small["out"] / "last.pt", site["crops"], tmp_path / "out",
+                      AdaptConfig(cameras_from_names=True, progress=False, max_rounds=1, minutes=0))
+    adapter.embed()  # fills the decoded-crop cache, as a round does before it trains
+    labels = np.full(len(adapter.records), -1)
+    keep = np.arange(1, len(labels), 3)  # two crops in three are noise
+    labels[keep] = np.arange(len(keep)) % 7
+    reid = adapter._loader(labels).dataset
+    reid = getattr(reid, "reid", reid)
+    assert len(reid) == len(keep)
+    for j in (0, 1, len(keep) // 2, len(keep) - 1):
+        assert reid.paths[j] == adapter.records[keep[j]].path and reid.pids[j] == labels[keep[j]]
+        assert np.array_equal(reid.image(j), read_image(adapter.records[keep[j]].path))

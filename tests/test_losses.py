@@ -182,3 +182,18 @@ def test_gender_triplet_sees_the_batch_standardised_feature():
     # ... whereas the raw-feature triplet falls to exactly its margin as the features shrink to one point
     assert TripletLoss(0.3)(feats * 1e-6, labels).item() == pytest.approx(0.3, abs=1e-4)
     assert TripletLoss(0.3)(feats, labels).item() > 0.3
+
+
+def test_camera_aware_triplet_takes_negatives_from_the_anchors_own_camera():
+    """Anchor 0 (camera 0): its nearest negative overall is in camera 1 and is ignored with cameras given."""
+    from edgereid.training.losses import TripletLoss
+
+    feats = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.2, 0.0], [5.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 2])
+    cams = torch.tensor([0, 0, 1, 0])
+    loss = TripletLoss(margin=1.0)
+    # anchor 0: d_ap 0.1; nearest negative 0.2 (camera 1) vs 5.0 (own camera)
+    plain, aware = loss(feats, labels), loss(feats, labels, cams)
+    assert plain > 0.5 and aware < plain
+    # anchors 2 and 3 have no positive and are skipped; anchor 1: d_ap 0.1, own-camera negative 4.9
+    assert aware == pytest.approx(0.0)

@@ -11,7 +11,8 @@ Before the first round the normalisation statistics are re-estimated on the site
 3. DBSCAN (`edgereid.dbscan`) turns them into pseudo-identities; noise crops sit the round out;
 4. re-ID fine-tuning on P x K batches of pseudo-identities: InfoNCE against a memory of L2-normalised
    cluster centroids (momentum-updated; with known cameras each crop is contrasted only with the clusters its
-   own camera saw) plus the batch-hard triplet of training;
+   own camera saw) plus the batch-hard triplet of training (negatives from the anchor's own camera); by default
+   only layer4 and the re-ID head learn, every BatchNorm keeping the statistics AdaBN measured;
 5. gender, one person one gender, in the same step: each pseudo-identity's vote (the mean P(female) of its
    crops under the model as AdaBN left it, fixed for every round so the head cannot drift with its own
    mistakes) is the BCE target of all its crops, for the identities whose vote is at least `gender_margin`
@@ -22,8 +23,9 @@ Before the first round the normalisation statistics are re-estimated on the site
    information maximisation against that made the calls confident but less accurate; votes taught on
    augmented crops, or re-estimated every round, lost 20-30 points of gender accuracy.)
 
-Measured on real crops with a model trained 40 minutes on a CPU (benchmarks/README.md), AdaBN alone helped
-and the fine-tuning rounds lowered cross-camera rank-1: its clusters rarely joined cameras.
+Measured on real sites (benchmarks/README.md#adapting-to-a-site): with one crop per person and camera the
+clusters are mostly wrong; with several, they are right but rarely join cameras, and the rounds lower
+cross-camera rank-1 below AdaBN alone (less with the defaults above than with the whole network trained).
 
 After AdaBN and after every round `OUT/adapted.pt` is written atomically (a checkpoint like any other, without
 the training classifier) with the round's state; `OUT/adapt.jsonl` gets one line per round and
@@ -39,7 +41,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +54,13 @@ from edgereid.atomic import write_text_atomic
 from edgereid.datasets.records import ImageRecord
 from edgereid.errors import DatasetError, InvalidInputError
 from edgereid.metadata import ModelMetadata
-from edgereid.retrieval.distances import l2_normalize
 
 from edgereid.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, weights_sha256
 from edgereid.training.config import YamlConfig
 from edgereid.training.data import ReidDataset
 from edgereid.training.losses import TripletLoss
+from edgereid.training.pseudo_labels import (ClusterMemory, cluster_summary, gender_votes, num_clusters,
+                                            pseudo_identities)
 from edgereid.training.samplers import PKSampler
 from edgereid.training.transforms import AugmentConfig, EvalTransform, TrainTransform
 from edgereid.training.validate import model_outputs
@@ -81,6 +84,7 @@ class AdaptConfig(YamlConfig):
     adabn: bool = True  # re-estimate the BatchNorm statistics on the site's crops before the first round
     camera_centring: bool = True  # centre embeddings per camera before clustering (needs known cameras)
     camera_aware: bool = True  # contrast each crop with the clusters its own camera saw (needs known cameras)
+    camera_aware_triplet: bool = True  # the triplet's negatives from the anchor's own camera only (same need)
     # clustering (k-reciprocal Jaccard distance + DBSCAN)
     k1: int = 6
     k2: int = 3
@@ -91,8 +95,14 @@ class AdaptConfig(YamlConfig):
     k: int = 4
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
+    # what the rounds may change (measured on real sites, benchmarks/README.md#adapting-to-a-site): the last stage
+    # alone ([] = every stage), with every BatchNorm keeping the statistics AdaBN measured on all the site's crops
+    train_stages: list = field(default_factory=lambda: ["layer4"])
+    freeze_bn: bool = True
+    epochs_per_round: float = 0.0  # cap a round's steps at this many passes over its clustered crops; 0 = none
     temperature: float = 0.05
     memory_momentum: float = 0.2
+    memory_weight: float = 1.0  # the cluster-memory InfoNCE
     triplet_weight: float = 1.0
     triplet_margin: float = 0.3
     # gender: BCE weight of each pseudo-identity's vote as the target of its crops (0 = gender head untouched),
@@ -111,37 +121,6 @@ class AdaptConfig(YamlConfig):
     batch: int = 64  # embedding / AdaBN batch
     cache_images: bool = True
     progress: bool = True
-
-
-class ClusterMemory(nn.Module):
-    """InfoNCE of L2-normalised features against one centroid per pseudo-identity, the centroids following
-    the features that update them by momentum (cluster-contrast's ClusterMemory, without its hard mode).
-
-    `presence` (clusters x cameras, bool) makes the negatives camera-aware: a crop is contrasted only with the
-    clusters seen by its own camera. Early clusters rarely join cameras; without this, the same person's
-    cluster in another camera would be pushed away, which teaches exactly the camera bias to be removed.
-    """
-
-    def __init__(self, centroids: torch.Tensor, temperature: float, momentum: float,
-                 presence: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.register_buffer("features", F.normalize(centroids.float(), dim=1))
-        self.presence = presence
-        self.temperature, self.momentum = temperature, momentum
-
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
-        logits = F.normalize(feats, dim=1) @ self.features.t() / self.temperature
-        if self.presence is not None and cams is not None:
-            allowed = self.presence[:, cams].t().clone()
-            allowed[torch.arange(len(labels)), labels] = True
-            logits = logits.masked_fill(~allowed, float("-inf"))
-        return F.cross_entropy(logits, labels)
-
-    @torch.no_grad()
-    def update(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
-        """Move each sample's centroid towards it (after the backward pass, which needs the old centroids)."""
-        for f, y in zip(F.normalize(feats.detach(), dim=1), labels.tolist()):
-            self.features[y] = F.normalize(self.momentum * self.features[y] + (1.0 - self.momentum) * f, dim=0)
 
 
 def renormalise(model: nn.Module, dataset, batch_size: int = 64, device: str = "cpu",
@@ -169,51 +148,6 @@ def renormalise(model: nn.Module, dataset, batch_size: int = 64, device: str = "
             m.momentum = mom
         model.train(was_training)
     return len(bns)
-
-
-def camera_centred(emb: np.ndarray, camids: np.ndarray) -> np.ndarray:
-    """Embeddings with each camera's mean removed, L2-normalised again (unchanged with one camera)."""
-    cams = np.unique(camids)
-    if len(cams) < 2:
-        return emb
-    out = emb.astype(np.float32, copy=True)
-    for c in cams:
-        out[camids == c] -= out[camids == c].mean(axis=0)
-    return l2_normalize(out)
-
-
-def pseudo_identities(emb: np.ndarray, camids: np.ndarray, cfg: AdaptConfig) -> np.ndarray:
-    """DBSCAN labels (-1 = noise) of the crops, on the Jaccard distance of their (camera-centred) embeddings."""
-    from edgereid.retrieval.clustering import dbscan
-    from edgereid.retrieval.reranking import jaccard_distance
-
-    feats = camera_centred(emb, camids) if cfg.camera_centring else emb
-    return dbscan(jaccard_distance(feats, k1=min(cfg.k1, len(emb) - 1), k2=cfg.k2), cfg.eps, cfg.min_samples)
-
-
-def num_clusters(labels: np.ndarray) -> int:
-    """Pseudo-identities in DBSCAN labels (0..C-1; -1 = noise)."""
-    return int(labels.max()) + 1 if (labels >= 0).any() else 0
-
-
-def gender_votes(labels: np.ndarray, prob: np.ndarray, margin: float) -> tuple:
-    """(target, weight) per pseudo-identity 0..C-1: 1 where the mean P(female) of its crops is above 0.5;
-    weight 1 where that mean is at least `margin` from 0.5, else 0 (an undecided person teaches nothing)."""
-    mean = np.array([prob[labels == c].mean() for c in range(num_clusters(labels))], dtype=np.float32)
-    return (mean > 0.5).astype(np.float32), (np.abs(mean - 0.5) >= margin).astype(np.float32)
-
-
-def cluster_summary(labels: np.ndarray, camids: np.ndarray, prob: np.ndarray) -> dict:
-    """Counts a user can judge a clustering by (no ground truth needed)."""
-    ids = np.unique(labels[labels >= 0])
-    sizes = np.array([(labels == c).sum() for c in ids]) if len(ids) else np.zeros(0)
-    multi = sum(len(np.unique(camids[labels == c])) > 1 for c in ids)
-    calls = prob > 0.5
-    split = sum(0 < calls[labels == c].mean() < 1 for c in ids)  # clusters whose crops get both genders
-    return {"clusters": int(len(ids)), "clustered": int((labels >= 0).sum()), "noise": int((labels < 0).sum()),
-            "mean_size": float(sizes.mean()) if len(sizes) else 0.0,
-            "multi_camera_clusters": int(multi), "gender_split_clusters": int(split),
-            "gender_confident": float((np.abs(prob - 0.5) >= 0.25).mean()), "female_calls": float(calls.mean())}
 
 
 class _WithPlainView(torch.utils.data.Dataset):
@@ -312,7 +246,9 @@ class Adapter:
         keep = np.flatnonzero(labels >= 0)
         reid = ReidDataset([ImageRecord(self.records[i].path, int(labels[i]), self.records[i].camid, "train")
                             for i in keep], self.train_tf, seed=cfg.seed + self.state["round"], cache=False)
-        reid._cache = self.eval_data._cache  # the crops decoded once, for embedding and training alike
+        shared = self.eval_data._cache
+        if shared is not None:  # the crops decoded once for embedding, keyed by this subset's own positions
+            reid._cache = {j: shared[i] for j, i in enumerate(keep) if i in shared}
         pk = PKSampler(reid.pids, min(cfg.p, num_clusters(labels)), cfg.k, seed=cfg.seed + self.state["round"])
         data = _WithPlainView(reid, self.eval_data, keep) if cfg.gender_weight > 0 else reid
         return DataLoader(data, batch_sampler=pk, num_workers=0)
@@ -325,6 +261,34 @@ class Adapter:
                 loader.batch_sampler.set_epoch(epoch)
             yield from loader
             epoch += 1
+
+    def _stages(self) -> tuple:
+        """(fine-tuned, frozen) backbone children under `train_stages`; the frozen ones get no gradient."""
+        names = set(self.cfg.train_stages or [])
+        children = dict(self.model.backbone.named_children())
+        unknown = names - set(children)
+        if unknown:
+            raise InvalidInputError(f"train_stages names {sorted(unknown)}, which the backbone does not have; "
+                                    f"choose from {sorted(children)}.")
+        tuned = [m for n, m in children.items() if not names or n in names]
+        frozen = [m for n, m in children.items() if names and n not in names]
+        for m in self.model.backbone.modules():
+            m.requires_grad_(True)
+        for m in frozen:
+            m.requires_grad_(False)
+        return tuned, frozen
+
+    def _train_mode(self, frozen: list) -> None:
+        """Training mode for what is fine-tuned; frozen stages, the gender head (taught with its statistics
+        kept as AdaBN measured them) and, with freeze_bn, every BatchNorm stay in eval mode."""
+        self.model.train()
+        for m in frozen:
+            m.eval()
+        self.model.gender_head.eval()
+        if self.cfg.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     def _round(self) -> dict:
         from edgereid.progress import progress as progress_bar
@@ -345,20 +309,25 @@ class Adapter:
             presence = presence.to(cfg.device)
         memory = ClusterMemory(centroids, cfg.temperature, cfg.memory_momentum, presence).to(cfg.device)
         triplet = TripletLoss(cfg.triplet_margin)
+        camera_triplet = cfg.camera_aware_triplet and len(np.unique(self.camids)) > 1
         if self.prob0 is None:  # the calls of the model as adapted by AdaBN only: every round's votes use them,
             self.prob0 = outputs["gender_prob"]  # so the gender head cannot drift with its own mistakes
         target, weight = (torch.from_numpy(a).to(cfg.device)
                           for a in gender_votes(labels, self.prob0, cfg.gender_margin))
-        params = model.backbone_parameters() + model.reid_parameters()
+        tuned, frozen = self._stages()
+        params = [p for m in tuned for p in m.parameters()] + model.reid_parameters()
         if cfg.gender_weight > 0:
             params += model.gender_parameters()
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sums: dict = {}
         steps = 0
-        model.train()
-        model.gender_head.eval()  # taught below with its BatchNorm statistics kept as AdaBN measured them
-        bar = progress_bar(range(cfg.round_steps), desc=f"adapt round {self.state['round'] + 1}", unit="step",
+        round_steps = cfg.round_steps
+        if cfg.epochs_per_round > 0:
+            round_steps = min(round_steps, max(1, math.ceil(cfg.epochs_per_round * int((labels >= 0).sum())
+                                                            / (cfg.p * cfg.k))))
+        bar = progress_bar(range(round_steps), desc=f"adapt round {self.state['round'] + 1}", unit="step",
                            enabled=cfg.progress, leave=False, summary=False)
+        self._train_mode(frozen)
         for _ in bar:
             if cfg.minutes > 0 and self._elapsed() >= 60.0 * cfg.minutes:
                 break
@@ -367,8 +336,9 @@ class Adapter:
             images, pids, cams, *plain = next(batches)
             images, pids, cams = images.to(cfg.device), pids.to(cfg.device), cams.to(cfg.device)
             out = model.forward_reid(images)
-            parts = {"memory": memory(out["embedding"], pids, cams), "triplet": triplet(out["reid_feature"], pids)}
-            loss = parts["memory"] + cfg.triplet_weight * parts["triplet"]
+            parts = {"memory": memory(out["embedding"], pids, cams),
+                     "triplet": triplet(out["reid_feature"], pids, cams if camera_triplet else None)}
+            loss = cfg.memory_weight * parts["memory"] + cfg.triplet_weight * parts["triplet"]
             if cfg.gender_weight > 0 and weight[pids].sum() > 0:
                 # the gender head alone learns from this self-made signal, on the layer3 map the exported
                 # model computes (backbone in eval mode, no gradient): a model near chance on a new site must
@@ -377,7 +347,7 @@ class Adapter:
                 with torch.no_grad():
                     x3 = model.forward_features(plain[0].to(cfg.device))[0]
                 logit = model.gender_head(x3)["gender_logit"].reshape(-1)
-                model.backbone.train()
+                self._train_mode(frozen)
                 parts["gender_bce"] = F.binary_cross_entropy_with_logits(
                     logit, target[pids], weight=weight[pids], reduction="sum") / weight[pids].sum()
                 loss = loss + cfg.gender_weight * parts["gender_bce"]
@@ -391,6 +361,7 @@ class Adapter:
             self.state["step"] += 1
         bar.close()
         model.eval()
+        model.requires_grad_(True)
         self.state["round"] += 1
         return {"round": self.state["round"], "step": self.state["step"], **summary,
                 "gender_voting_clusters": int(weight.sum()),

@@ -49,13 +49,16 @@ class TripletLoss(nn.Module):
         self.margin = margin
         self.normalize = normalize
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
+        """With `cams`, an anchor's negatives come from its own camera only (pseudo-identities that rarely join
+        cameras: another camera's cluster may be the same person, and pushing it away teaches camera bias)."""
         if self.normalize:
             feats = F.normalize(feats, dim=1)
         dist = pairwise_euclidean(feats)
         same = labels.unsqueeze(0) == labels.unsqueeze(1)
         eye = torch.eye(len(labels), dtype=torch.bool, device=feats.device)
-        return hardest_triplet(dist, same & ~eye, ~same, self.margin, feats)
+        neg = ~same if cams is None else ~same & (cams.unsqueeze(0) == cams.unsqueeze(1))
+        return hardest_triplet(dist, same & ~eye, neg, self.margin, feats)
 
 
 def hardest_triplet(dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float | None,
