@@ -11,6 +11,11 @@ on the CUHK03 validation crops (the TensorRT form with TensorRT's arithmetic); t
 timed in ONNX Runtime at batch 8, rounds alternating between files. Images stay under --cuhk03; the JSON holds
 numbers only.
 
+A model with an attribute head: `--attributes-data` (a PETA subset never trained on, e.g. "PETA dataset/MIT") adds
+the attribute mA of every file against the checkpoint's to the parity report (budget: within 0.01), and
+`--calib-extra DIR` mixes crops of the sources the attribute head trained on (e.g. PETA's training subsets) into
+the calibration set.
+
 `--modelopt-python PY` adds NVIDIA TensorRT Model Optimizer's INT8 files of the same model, calibrated on the
 same crops (`python -m modelopt.onnx.quantization --quantize_mode int8 --calibration_eps cpu`, `max` and
 `entropy`), run by that interpreter (ModelOpt pulls CUDA builds of torch and cupy: give it a venv of its own).
@@ -27,7 +32,7 @@ from pathlib import Path
 
 from common import alternating_times, cpu_sessions, write_result
 
-from bench_real_data import SOURCES, market_view
+from bench_real_data import SOURCES, market_view, relative_to_roots
 
 def modelopt_files(python: str, fp32: Path, calib, work: Path) -> dict:
     """{name: path} of ModelOpt's INT8 files (max and entropy), with the fp32 file's edgereid metadata."""
@@ -54,6 +59,19 @@ def modelopt_files(python: str, fp32: Path, calib, work: Path) -> dict:
     return files
 
 
+def result_paths(args) -> dict:
+    """{absolute path: name} for relative_to_roots: the run by its name, the data by their source paths."""
+    named = [(args.run, args.run.name), (args.cuhk03, SOURCES["cuhk03"]["path"])]
+    named += [(d, f"PETA dataset/{d.parent.name}/{d.name}") for d in args.calib_extra]
+    if args.attributes_data:
+        named.append((args.attributes_data, f"PETA dataset/{args.attributes_data.name}"))
+    roots = {}
+    for path, name in named:
+        roots[str(path.expanduser().resolve())] = name
+        roots[str(path)] = name
+    return roots
+
+
 CHOICES = {"minmax": dict(method="minmax"), "percentile": dict(method="percentile", percentile=99.999),
            "plan": None}
 
@@ -68,6 +86,9 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--plan-images", type=int, default=256, help="calibration crops the plan is scored on")
+    ap.add_argument("--attributes-data", type=Path, help="attribute-labelled crops for the mA check (PETA subset)")
+    ap.add_argument("--calib-extra", type=Path, nargs="*", default=[],
+                    help="more folders whose crops (recursive) join the calibration set's pool")
     ap.add_argument("--modelopt-python", help="a Python with nvidia-modelopt[onnx] installed")
     ap.add_argument("-o", "--output", type=Path, default=Path(__file__).parent / "results" / "int8_real_cpu.json")
     args = ap.parse_args(argv)
@@ -88,7 +109,10 @@ def main(argv: list | None = None) -> int:
     model, _ = load_checkpoint(args.run / args.checkpoint, with_classifier=False)
     fp32 = export_onnx(model, work / "model.onnx")
     meta = get_metadata(load_onnx(fp32))
-    calib = build_calibration_set([r.path for r in splits.train], meta, work / "calib", num=args.num_calib,
+    from edgereid.imageio import list_images
+
+    pool = [r.path for r in splits.train] + [str(f) for d in args.calib_extra for f in list_images(d, recursive=True)]
+    calib = build_calibration_set(pool, meta, work / "calib", num=args.num_calib,
                                   progress=False)
     files, plans, timings = {}, {}, {}
     for target in ("tensorrt", "cpu"):
@@ -111,7 +135,7 @@ def main(argv: list | None = None) -> int:
         files.update(modelopt_files(args.modelopt_python, fp32, calib, work))
     view = market_view(splits, work / "cuhk03_val_market")
     parity = run_parity(args.run / args.checkpoint, list(files.values()), view, calib=calib.folder,
-                        threads=args.threads)
+                        threads=args.threads, attributes_data=args.attributes_data)
     print(parity.table(), flush=True)
 
     timed = {"fp32": fp32, **{k: v for k, v in files.items() if k.endswith("_cpu") or k.startswith("modelopt")}}
@@ -124,15 +148,18 @@ def main(argv: list | None = None) -> int:
              for k, v in times.items()}
     for k, v in speed.items():
         print(f"{k:22s} {v['images_per_s']:7.1f} img/s  x{v['speedup_vs_fp32']:.2f} vs fp32", flush=True)
-    write_result(args.output, {
+    write_result(args.output, relative_to_roots({
         "benchmark": "INT8 on a model trained on real crops: parity and CPU speed per quantization choice",
         "command": "python benchmarks/bench_int8_real.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "sources": {"cuhk03": SOURCES["cuhk03"]}, "run": str(args.run), "checkpoint": args.checkpoint,
-        "calibration": {"images": len(calib), "from": "CUHK03 training identities (validation ids excluded)"},
+        "sources": SOURCES if args.attributes_data or args.calib_extra else {"cuhk03": SOURCES["cuhk03"]},
+        "run": str(args.run), "checkpoint": args.checkpoint,
+        "calibration": {"images": len(calib), "from": "CUHK03 training identities (validation ids excluded)"
+                        + "".join(f" + PETA {d.parent.name}" for d in args.calib_extra)},
+        "attributes_data": args.attributes_data and args.attributes_data.name,
         "parity": parity.to_dict(), "plans": plans, "quantize_seconds": timings,
         "speed": {"batch": args.batch, "threads": args.threads, "rounds": args.rounds, "files": speed},
         "seconds": time.perf_counter() - t0,
-    })
+    }, result_paths(args)))
     print(json.dumps({k: v["speedup_vs_fp32"] for k, v in speed.items()}))
     return 0
 

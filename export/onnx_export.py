@@ -144,8 +144,11 @@ def _verify_against_torch(proto, wrapper, probe: np.ndarray, atol: float, names:
         ref = dict(zip(names, (t.numpy() for t in trained(torch.from_numpy(probe))))) if trained else {}
     for name in names:
         err = float(np.abs(got[name] - want[name]).max())
-        if err > atol:
-            raise EdgereidError(f"exported ONNX output {name!r} differs from PyTorch by {err:.2e} (> {atol}); "
+        # float32 rounding grows with the output's size: a logit of a few hundred (an untrained or very
+        # confident head) differs by more than 1e-4 between two correct runtimes
+        limit = atol * max(1.0, float(np.abs(want[name]).max()))
+        if err > limit:
+            raise EdgereidError(f"exported ONNX output {name!r} differs from PyTorch by {err:.2e} (> {limit:.2e}); "
                                 f"try another --opset or --no-simplify and report the model config.")
         log.info("export check: %s max abs error %.2e", name, err)
         if name in ref:
