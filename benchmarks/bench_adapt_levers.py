@@ -50,7 +50,7 @@ def pair_precision(labels: np.ndarray, pids: np.ndarray) -> dict:
         p = pids[labels == c]
         n = len(p)
         pairs += n * (n - 1) // 2
-        same += int(sum((p[:, None] == p[None, :]).ravel()) - n) // 2
+        same += (int((p[:, None] == p[None, :]).sum()) - n) // 2
         pure += len(np.unique(p)) == 1
     return {"pair_precision": same / max(pairs, 1), "pure_clusters": pure, "clusters": len(ids)}
 
@@ -93,15 +93,17 @@ def main(argv: list | None = None) -> int:
     mc = source.config
     meta = ModelMetadata(height=mc.input_height, width=mc.input_width, embedding_dim=mc.embedding_dim)
 
+    def eval_set(records: list) -> ReidDataset:
+        return ReidDataset(records, EvalTransform(meta), seed=0, cache=False)
+
     def embed(model, records: list) -> np.ndarray:
-        return model_outputs(model, ReidDataset(records, EvalTransform(meta), seed=0, cache=False), 64,
-                             "cpu")["embedding"]
+        return model_outputs(model, eval_set(records), 64, "cpu")["embedding"]
 
     def rank1(emb: np.ndarray, sets=splits) -> float:
         return reid_scores(emb, emb, sets)["rank1"]
 
-    def scores(model) -> dict:
-        out = {"site_rank1": rank1(embed(model, site_records))}
+    def scores(model, site_emb: np.ndarray | None = None) -> dict:
+        out = {"site_rank1": rank1(embed(model, site_records) if site_emb is None else site_emb)}
         if args.site != "cuhk03_val":
             out["cuhk03_val_rank1"] = rank1(embed(model, list(cuhk03.query)), cuhk03)
             prob = model_outputs(model, GenderDataset(gender, EvalTransform(meta)), 64, "cpu")["gender_prob"]
@@ -111,18 +113,18 @@ def main(argv: list | None = None) -> int:
     emb = embed(source, site_records)
     no_training = {"source": rank1(emb), "source_camera_centred": rank1(camera_centred(emb, cams))}
     site_bn = copy.deepcopy(source)
-    renormalise(site_bn, ReidDataset(site_records, EvalTransform(meta), seed=0, cache=False))
+    renormalise(site_bn, eval_set(site_records))
     no_training["adabn"] = rank1(embed(site_bn, site_records))
     per_camera = np.zeros_like(emb)
     for c in np.unique(cams):
         idx = np.flatnonzero(cams == c)
         part = [site_records[i] for i in idx]
         cam_bn = copy.deepcopy(source)
-        renormalise(cam_bn, ReidDataset(part, EvalTransform(meta), seed=0, cache=False))
+        renormalise(cam_bn, eval_set(part))
         per_camera[idx] = embed(cam_bn, part)
     no_training["adabn_per_camera"] = rank1(per_camera)
     print("no training:", no_training, flush=True)
-    results = {"no_training": no_training, "source": scores(source), "levers": {}}
+    results = {"no_training": no_training, "source": scores(source, emb), "levers": {}}
 
     truth = {os.path.realpath(r.path): r.pid for r in site_records}
     for name, options in args.lever:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from common import alternating_times, cpu_sessions, write_result
 
-from bench_real_data import SOURCES, market_view, relative_to_roots
+from bench_real_data import SOURCES, market_view, named_roots, relative_to_roots
 
 def modelopt_files(python: str, fp32: Path, calib, work: Path) -> dict:
     """{name: path} of ModelOpt's INT8 files (max and entropy), with the fp32 file's edgereid metadata."""
@@ -65,11 +65,7 @@ def result_paths(args) -> dict:
     named += [(d, f"PETA dataset/{d.parent.name}/{d.name}") for d in args.calib_extra]
     if args.attributes_data:
         named.append((args.attributes_data, f"PETA dataset/{args.attributes_data.name}"))
-    roots = {}
-    for path, name in named:
-        roots[str(path.expanduser().resolve())] = name
-        roots[str(path)] = name
-    return roots
+    return named_roots(named)
 
 
 CHOICES = {"minmax": dict(method="minmax"), "percentile": dict(method="percentile", percentile=99.999),

@@ -175,8 +175,12 @@ def add_run_and_data_args(ap: argparse.ArgumentParser) -> None:
 def result_roots(args, *folders: Path) -> dict:
     """{absolute root: name} for relative_to_roots: the data roots by their source paths, the run and any
     other working `folders` by their own names (each as given and resolved)."""
-    named = [(args.peta, "PETA dataset"), (args.cuhk03, SOURCES["cuhk03"]["path"]), (args.run, args.run.name),
-             *((f, f.name) for f in folders)]
+    return named_roots([(args.peta, "PETA dataset"), (args.cuhk03, SOURCES["cuhk03"]["path"]),
+                        (args.run, args.run.name), *((f, f.name) for f in folders)])
+
+
+def named_roots(named: list) -> dict:
+    """{absolute root: name} for relative_to_roots from (path, name) pairs, each path as given and resolved."""
     roots = {}
     for path, name in named:
         roots[str(path.expanduser().resolve())] = name

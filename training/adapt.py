@@ -272,9 +272,7 @@ class Adapter:
                                     f"choose from {sorted(children)}.")
         tuned = [m for n, m in children.items() if not names or n in names]
         frozen = [m for n, m in children.items() if names and n not in names]
-        for m in self.model.backbone.modules():
-            m.requires_grad_(True)
-        for m in frozen:
+        for m in frozen:  # every round ends with model.requires_grad_(True)
             m.requires_grad_(False)
         return tuned, frozen
 
