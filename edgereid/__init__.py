@@ -36,6 +36,7 @@ _LAZY = {
     "rerank": "edgereid.retrieval.reranking",
     "rerank_distances": "edgereid.retrieval.reranking",
     "jaccard_distance": "edgereid.retrieval.reranking",
+    "camera_aware_jaccard_distance": "edgereid.retrieval.camera_jaccard",
     "dbscan": "edgereid.retrieval.clustering",
     "evaluate": "edgereid.retrieval.metrics",
     "DynamicBatcher": "edgereid.runtime.batcher",

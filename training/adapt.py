@@ -6,8 +6,9 @@ Before the first round the normalisation statistics are re-estimated on the site
 
 1. embed every crop (eval mode, the shared preprocessing) and read its P(female);
 2. k-reciprocal Jaccard distances among the embeddings (`edgereid.jaccard_distance`, the re-ranking's own
-   sparse code), on embeddings centred per camera when the cameras are known, so that clusters form by
-   person rather than by camera colour;
+   sparse code); when the cameras are known, on embeddings centred per camera and camera-aware (CA-Jaccard,
+   Chen et al. 2024: k-reciprocal neighbours searched within a crop's camera and over the others apart), so
+   that clusters form by person rather than by camera colour and can join cameras;
 3. DBSCAN (`edgereid.dbscan`) turns them into pseudo-identities; noise crops sit the round out;
 4. re-ID fine-tuning on P x K batches of pseudo-identities: InfoNCE against a memory of L2-normalised
    cluster centroids (momentum-updated; with known cameras each crop is contrasted only with the clusters its
@@ -24,8 +25,8 @@ Before the first round the normalisation statistics are re-estimated on the site
    augmented crops, or re-estimated every round, lost 20-30 points of gender accuracy.)
 
 Measured on real sites (benchmarks/README.md#adapting-to-a-site): with one crop per person and camera the
-clusters are mostly wrong; with several, they are right but rarely join cameras, and the rounds lower
-cross-camera rank-1 below AdaBN alone (less with the defaults above than with the whole network trained).
+clusters are mostly wrong; with several, the plain Jaccard's clusters are right but rarely join cameras and the
+rounds lowered cross-camera rank-1 below AdaBN alone; CA-Jaccard's join cameras at the same precision.
 
 After AdaBN and after every round `OUT/adapted.pt` is written atomically (a checkpoint like any other, without
 the training classifier) with the round's state; `OUT/adapt.jsonl` gets one line per round and
@@ -88,6 +89,14 @@ class AdaptConfig(YamlConfig):
     # clustering (k-reciprocal Jaccard distance + DBSCAN)
     k1: int = 6
     k2: int = 3
+    # camera-aware Jaccard (with known cameras; false = the plain one with k1, k2): k-reciprocal neighbours
+    # searched within a crop's camera (k1_intra) and over the others (k1_inter), the query expansion over the
+    # k2_intra / k2_inter nearest of each, so that clusters can join cameras (edgereid.retrieval.camera_jaccard)
+    camera_jaccard: bool = True
+    k1_intra: int = 1
+    k1_inter: int = 4
+    k2_intra: int = 1
+    k2_inter: int = 1
     eps: float = 0.4
     min_samples: int = 2  # a person seen twice is a cluster (two-camera sites have two crops per person)
     # re-ID fine-tuning

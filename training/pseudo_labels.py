@@ -55,13 +55,21 @@ def camera_centred(emb: np.ndarray, camids: np.ndarray) -> np.ndarray:
 
 
 def pseudo_identities(emb: np.ndarray, camids: np.ndarray, cfg) -> np.ndarray:
-    """DBSCAN labels (-1 = noise) of the crops, on the Jaccard distance of their (camera-centred) embeddings;
-    `cfg` is the AdaptConfig (camera_centring, k1, k2, eps, min_samples)."""
+    """DBSCAN labels (-1 = noise) of the crops, on the (camera-aware) Jaccard distance of their (camera-centred)
+    embeddings; `cfg` is the AdaptConfig (camera_centring, camera_jaccard, k1, k2, k1_intra, k1_inter, k2_intra,
+    k2_inter, eps, min_samples)."""
     from edgereid.retrieval.clustering import dbscan
-    from edgereid.retrieval.reranking import jaccard_distance
 
     feats = camera_centred(emb, camids) if cfg.camera_centring else emb
-    return dbscan(jaccard_distance(feats, k1=min(cfg.k1, len(emb) - 1), k2=cfg.k2), cfg.eps, cfg.min_samples)
+    if cfg.camera_jaccard and len(np.unique(camids)) > 1:
+        from edgereid.retrieval.camera_jaccard import camera_aware_jaccard_distance
+
+        dist = camera_aware_jaccard_distance(feats, camids, cfg.k1_intra, cfg.k1_inter, cfg.k2_intra, cfg.k2_inter)
+    else:
+        from edgereid.retrieval.reranking import jaccard_distance
+
+        dist = jaccard_distance(feats, k1=min(cfg.k1, len(emb) - 1), k2=cfg.k2)
+    return dbscan(dist, cfg.eps, cfg.min_samples)
 
 
 def num_clusters(labels: np.ndarray) -> int:
