@@ -201,6 +201,7 @@ class Adapter:
                                       embedding_dim=mc.embedding_dim)
         self.records = load_site_crops(self.images, cfg.cameras_from_names, min_images=MIN_CROPS)
         self.camids = np.array([r.camid for r in self.records])
+        self.num_cameras = len(np.unique(self.camids))  # camera-aware options need two or more
         self.eval_data = ReidDataset(self.records, EvalTransform(self.metadata), seed=cfg.seed,
                                      cache=cfg.cache_images)
         pad = cfg.pad if cfg.pad >= 0 else max(1, round(10 * mc.input_height / 256))
@@ -309,14 +310,14 @@ class Adapter:
         n = num_clusters(labels)
         centroids = torch.stack([torch.from_numpy(outputs["embedding"][labels == c].mean(axis=0)) for c in range(n)])
         presence = None
-        if cfg.camera_aware and len(np.unique(self.camids)) > 1:
+        if cfg.camera_aware and self.num_cameras > 1:
             presence = torch.zeros(n, int(self.camids.max()) + 1, dtype=torch.bool)
             keep = labels >= 0
             presence[torch.from_numpy(labels[keep]), torch.from_numpy(self.camids[keep])] = True
             presence = presence.to(cfg.device)
         memory = ClusterMemory(centroids, cfg.temperature, cfg.memory_momentum, presence).to(cfg.device)
         triplet = TripletLoss(cfg.triplet_margin)
-        camera_triplet = cfg.camera_aware_triplet and len(np.unique(self.camids)) > 1
+        camera_triplet = cfg.camera_aware_triplet and self.num_cameras > 1
         if self.prob0 is None:  # the calls of the model as adapted by AdaBN only: every round's votes use them,
             self.prob0 = outputs["gender_prob"]  # so the gender head cannot drift with its own mistakes
         target, weight = (torch.from_numpy(a).to(cfg.device)
@@ -423,7 +424,7 @@ class Adapter:
         else:
             n_bn = renormalise(self.model, self.eval_data, cfg.batch, cfg.device, cfg.progress) if cfg.adabn else 0
             self.history = [{"round": 0, "adabn_layers": n_bn, "images": len(self.records),
-                             "cameras": int(len(np.unique(self.camids)))}]
+                             "cameras": self.num_cameras}]
             self._append_log(self.history[0])
             self._save()
         while cfg.round_steps > 0 and not self._budget_spent():

@@ -16,7 +16,8 @@ import numpy as np
 
 from edgereid.errors import InvalidInputError
 from edgereid.retrieval.distances import DEFAULT_BLOCK_BYTES, as_matrix, row_blocks, stable_topk
-from edgereid.retrieval.reranking import _FeatureSource, _jaccard_blend, _query_expansion
+from edgereid.retrieval.reranking import (_exp_weights, _FeatureSource, _jaccard_blend, _query_expansion,
+                                          _reciprocal_mask)
 
 _EXCLUDED = np.float32(np.inf)
 
@@ -40,29 +41,15 @@ def _ranks(src: _FeatureSource, camids: np.ndarray, k_intra: int, k_inter: int, 
 
 def _reciprocal(ranks: np.ndarray) -> np.ndarray:
     """ranks with every neighbour that does not also hold the row among its own first neighbours set to -1."""
-    rows = np.arange(len(ranks))[:, None, None]
-    back = ranks[np.maximum(ranks, 0)]  # (N, K, K): each neighbour's own list
-    keep = (ranks >= 0) & (back == rows).any(axis=2)
-    return np.where(keep, ranks, -1)
+    return np.where((ranks >= 0) & _reciprocal_mask(ranks), ranks, -1)  # a -1 slot's mask reads row -1: dropped
 
 
 def _weights(src: _FeatureSource, sets: np.ndarray) -> tuple:
     """Sparse V (CSR): exp(-d) weights over each row's neighbour set (-1 entries and repeats dropped)."""
-    n = len(sets)
-    ent = np.sort(np.where(sets >= 0, sets, n), axis=1)
-    valid = ent < n
-    valid[:, 1:] &= ent[:, 1:] != ent[:, :-1]
-    rows, _ = np.nonzero(valid)
-    cols = ent[valid]
-    d = src.pairs(rows, cols).astype(np.float64)
-    # the softmax of -d per row, shifted by the row minimum so that far-off rows do not underflow to zero
-    row_min = np.full(n, np.inf)
-    np.minimum.at(row_min, rows, d)
-    w = np.exp(-(d - row_min[rows]))
-    sums = np.bincount(rows, weights=w, minlength=n)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    indptr[1:] = np.cumsum(valid.sum(axis=1))
-    return indptr, cols.astype(np.int32), (w / sums[rows]).astype(np.float32)
+    counts, cols, vals = _exp_weights(src, np.where(sets >= 0, sets, src.n), 0)
+    indptr = np.zeros(len(sets) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum(counts)
+    return indptr, cols, vals
 
 
 def camera_aware_jaccard_distance(features: np.ndarray, camids: np.ndarray, k1_intra: int = 1, k1_inter: int = 4,

@@ -161,18 +161,24 @@ def _kreciprocal_weights(src, r1: np.ndarray, m1: np.ndarray, rh: np.ndarray, mh
         passed = m & (inter > (2.0 / 3) * cand_m.sum(axis=2))
         ent = np.concatenate([np.where(m, r, n), np.where(passed[..., None] & cand_m, cand, n).reshape(e - s, -1)],
                              axis=1)
-        ent.sort(axis=1)
-        valid = ent < n
-        valid[:, 1:] &= ent[:, 1:] != ent[:, :-1]
-        row_local, _ = np.nonzero(valid)
-        cols = ent[valid]
-        w = np.exp(-src.pairs(row_local + s, cols))
-        sums = np.bincount(row_local, weights=w, minlength=e - s).astype(np.float32)
-        all_idx.append(cols.astype(np.int32))
-        all_val.append((w / sums[row_local]).astype(np.float32))
-        indptr[s + 1:e + 1] = valid.sum(axis=1)
+        indptr[s + 1:e + 1], cols, vals = _exp_weights(src, ent, s)
+        all_idx.append(cols)
+        all_val.append(vals)
     np.cumsum(indptr, out=indptr)
     return indptr, np.concatenate(all_idx), np.concatenate(all_val)
+
+
+def _exp_weights(src, ent: np.ndarray, start: int) -> tuple:
+    """One block of V's rows (start, start + 1, ...) from their neighbour columns `ent` (src.n = no neighbour;
+    sorted in place): (entries per row, distinct columns, exp(-d) weights summing to 1 per row)."""
+    ent.sort(axis=1)
+    valid = ent < src.n
+    valid[:, 1:] &= ent[:, 1:] != ent[:, :-1]
+    row_local, _ = np.nonzero(valid)
+    cols = ent[valid]
+    w = np.exp(-src.pairs(row_local + start, cols))
+    sums = np.bincount(row_local, weights=w, minlength=len(ent)).astype(np.float32)
+    return valid.sum(axis=1), cols.astype(np.int32), (w / sums[row_local]).astype(np.float32)
 
 
 def _query_expansion(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, nbrs: np.ndarray,
