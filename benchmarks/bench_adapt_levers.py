@@ -9,11 +9,13 @@ For one site (a PETA two-camera subset such as PRID or GRID, or `cuhk03_val`: th
 behind a folder of links named by camera only):
 
 - the levers that need no training, on the source model: embeddings centred per camera (what the clustering
-  uses), AdaBN on all the site's crops, AdaBN per camera (each camera's crops normalised by their own statistics);
+  uses), AdaBN on all the site's crops, AdaBN per camera (each camera's crops normalised by their own statistics),
+  alone and centred;
 - each `--lever NAME:KEY=VALUE,...` (AdaptConfig fields): one round of `edgereid adapt` (no time budget; AdaBN,
   clustering, `round_steps` of fine-tuning), then the pair precision of its pseudo-identities (of all pairs of
   crops put in one cluster, the share that are one person: the withheld ids, never shown to adapt) and the
-  adapted model's cross-camera rank-1 on the site and on CUHK03 validation ids, and gender on the site.
+  adapted model's cross-camera rank-1 on the site (as it comes and centred per camera) and on CUHK03 validation
+  ids, and gender on the site.
 
 Scored in PyTorch (eval mode, edgereid's preprocessing), cross-camera with every crop a query. Images stay
 outside the repository; the JSON holds numbers only.
@@ -71,7 +73,7 @@ def main(argv: list | None = None) -> int:
     from edgereid.datasets import load_cuhk03, load_peta, load_two_camera
     from edgereid.metadata import ModelMetadata
     from edgereid.training.adapt import Adapter, AdaptConfig, renormalise
-    from edgereid.training.pseudo_labels import camera_centred
+    from edgereid.retrieval.camera_centring import centre_per_camera as camera_centred
     from edgereid.training.checkpoint import load_checkpoint
     from edgereid.training.data import GenderDataset, ReidDataset
     from edgereid.training.transforms import EvalTransform
@@ -103,7 +105,8 @@ def main(argv: list | None = None) -> int:
         return reid_scores(emb, emb, sets)["rank1"]
 
     def scores(model, site_emb: np.ndarray | None = None) -> dict:
-        out = {"site_rank1": rank1(embed(model, site_records) if site_emb is None else site_emb)}
+        site_emb = embed(model, site_records) if site_emb is None else site_emb
+        out = {"site_rank1": rank1(site_emb), "site_rank1_camera_centred": rank1(camera_centred(site_emb, cams))}
         if args.site != "cuhk03_val":
             out["cuhk03_val_rank1"] = rank1(embed(model, list(cuhk03.query)), cuhk03)
             prob = model_outputs(model, GenderDataset(gender, EvalTransform(meta)), 64, "cpu")["gender_prob"]
@@ -123,6 +126,7 @@ def main(argv: list | None = None) -> int:
         renormalise(cam_bn, eval_set(part))
         per_camera[idx] = embed(cam_bn, part)
     no_training["adabn_per_camera"] = rank1(per_camera)
+    no_training["adabn_per_camera_centred"] = rank1(camera_centred(per_camera, cams))
     print("no training:", no_training, flush=True)
     results = {"no_training": no_training, "source": scores(source, emb), "levers": {}}
 

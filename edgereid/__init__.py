@@ -38,6 +38,7 @@ _LAZY = {
     "jaccard_distance": "edgereid.retrieval.reranking",
     "camera_aware_jaccard_distance": "edgereid.retrieval.camera_jaccard",
     "dbscan": "edgereid.retrieval.clustering",
+    "CameraCentring": "edgereid.retrieval.camera_centring",
     "evaluate": "edgereid.retrieval.metrics",
     "DynamicBatcher": "edgereid.runtime.batcher",
     "ItemResult": "edgereid.runtime.batcher",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgereid.retrieval.distances import l2_normalize
+from edgereid.retrieval.camera_centring import centre_per_camera
 
 
 class ClusterMemory(nn.Module):
@@ -43,24 +43,13 @@ class ClusterMemory(nn.Module):
             self.features[y] = F.normalize(self.momentum * self.features[y] + (1.0 - self.momentum) * f, dim=0)
 
 
-def camera_centred(emb: np.ndarray, camids: np.ndarray) -> np.ndarray:
-    """Embeddings with each camera's mean removed, L2-normalised again (unchanged with one camera)."""
-    cams = np.unique(camids)
-    if len(cams) < 2:
-        return emb
-    out = emb.astype(np.float32, copy=True)
-    for c in cams:
-        out[camids == c] -= out[camids == c].mean(axis=0)
-    return l2_normalize(out)
-
-
 def pseudo_identities(emb: np.ndarray, camids: np.ndarray, cfg) -> np.ndarray:
     """DBSCAN labels (-1 = noise) of the crops, on the (camera-aware) Jaccard distance of their (camera-centred)
     embeddings; `cfg` is the AdaptConfig (camera_centring, camera_jaccard, k1, k2, k1_intra, k1_inter, k2_intra,
     k2_inter, eps, min_samples)."""
     from edgereid.retrieval.clustering import dbscan
 
-    feats = camera_centred(emb, camids) if cfg.camera_centring else emb
+    feats = centre_per_camera(emb, camids) if cfg.camera_centring else emb
     if cfg.camera_jaccard and len(np.unique(camids)) > 1:
         from edgereid.retrieval.camera_jaccard import camera_aware_jaccard_distance
 

@@ -18,6 +18,9 @@ from edgereid.retrieval.metrics import MODES
 @click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="market1501", show_default=True,
               help="Evaluation protocol (see edgereid.retrieval.metrics).")
+@click.option("--centre-cameras", is_flag=True,
+              help="Centre embeddings per camera first (each camera's mean over the query and gallery crops, no "
+                   "labels): what edgereid.CameraCentring would give on this set.")
 @click.option("--gender-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Gender labels (list or attribute table) to score the gender head on.")
 @click.option("--attributes-data", type=click.Path(exists=True, path_type=Path), default=None,
@@ -28,7 +31,7 @@ from edgereid.retrieval.metrics import MODES
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the numbers to this JSON file.")
 @runtime_options
-def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, attributes_data, attributes_subsets,
+def eval_command(model, data_root, dataset, rerank, metric, mode, centre_cameras, gender_list, attributes_data, attributes_subsets,
                  json_out, max_batch, backend, threads) -> None:
     """Evaluate MODEL on the query / gallery split of the data set at DATA_ROOT."""
     import numpy as np
@@ -41,7 +44,7 @@ def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, a
 
     splits = check_splits(load_reid_dataset(dataset, data_root), need_train=False)  # a training-only folder
     report = {"model": str(model), "dataset": dataset, "root": str(data_root), "rerank": rerank,
-              "metric": metric}
+              "metric": metric, "centre_cameras": centre_cameras}
     with Runtime(model, backend=backend, max_batch=max_batch, threads=threads) as rt:
         q = rt.infer_files([r.path for r in splits.query], progress="query")
         g = rt.infer_files([r.path for r in splits.gallery], progress="gallery")
@@ -58,7 +61,13 @@ def eval_command(model, data_root, dataset, rerank, metric, mode, gender_list, a
         if attributes_data is not None:
             attributes = attribute_report(rt, attributes_data, attributes_subsets)
     ids = [np.array([getattr(r, k) for r in recs]) for recs in (splits.query, splits.gallery) for k in ("pid", "camid")]
-    dist = retrieval_distances(q.embeddings, g.embeddings, metric, rerank, progress=True)
+    qe, ge = q.embeddings, g.embeddings
+    if centre_cameras:
+        from edgereid.retrieval.camera_centring import centre_per_camera
+
+        both = centre_per_camera(np.concatenate([qe, ge]), np.concatenate([ids[1], ids[3]]))
+        qe, ge = both[:len(qe)], both[len(qe):]
+    dist = retrieval_distances(qe, ge, metric, rerank, progress=True)
     res = evaluate(dist, ids[0], ids[2], ids[1], ids[3], mode=mode)
     click.echo(str(res))
     report["reid"] = res.to_dict()

@@ -25,21 +25,38 @@ def camera_from_name(name: str) -> str | None:
     return None
 
 
-def load_site_crops(root, cameras_from_names: bool = False, min_images: int = 1) -> list:
-    """ImageRecords (pid -1: unknown) of every crop under `root`; camids 0..C-1 from the names when asked
-    (in sorted order of the names' cameras), else all 0."""
+def site_images(root, min_images: int = 1) -> list:
+    """Every crop under `root` (recursive); fewer than `min_images` is a DatasetError saying what to collect."""
     root = Path(root).expanduser()
     paths = list_images(root, recursive=True)
     if len(paths) < min_images:
         raise DatasetError(f"{root} holds {len(paths)} crops (.jpg/.jpeg/.png/.bmp, searched recursively); "
-                           f"adaptation needs at least {min_images}: collect more crops of the site's people "
+                           f"at least {min_images} are needed: collect more crops of the site's people "
                            f"(several of each person, e.g. from a tracker).")
-    cams = [camera_from_name(p.name) if cameras_from_names else "0" for p in paths]
+    return paths
+
+
+def camera_names(root, min_images: int = 1) -> tuple:
+    """(paths, camera names) of every crop under `root` (recursive), each name's camera as `camera_from_name`
+    reads it; a folder with fewer than `min_images` crops, or a name without a camera, is a DatasetError."""
+    paths = site_images(root, min_images)
+    cams = [camera_from_name(p.name) for p in paths]
     missing = [p.name for p, c in zip(paths, cams) if c is None]
     if missing:
         raise DatasetError(f"{root}: {len(missing)} of {len(paths)} crop names carry no camera (e.g. "
                            f"{', '.join(missing[:3])}); name them like 0001_c2s1_000123.jpg, cam2_..., "
-                           f"<id>_<camera>_... , or leave out --cameras-from-names.")
+                           f"<id>_<camera>_... (or adapt without --cameras-from-names).")
+    return paths, cams
+
+
+def load_site_crops(root, cameras_from_names: bool = False, min_images: int = 1) -> list:
+    """ImageRecords (pid -1: unknown) of every crop under `root`; camids 0..C-1 from the names when asked
+    (in sorted order of the names' cameras), else all 0."""
+    if cameras_from_names:
+        paths, cams = camera_names(root, min_images)
+    else:
+        paths = site_images(root, min_images)
+        cams = ["0"] * len(paths)
     index = {c: i for i, c in enumerate(sorted(set(cams), key=lambda c: (len(c), c)))}
     # absolute, not resolved: a folder of symlinks keeps its own names (clusters.csv lists them)
     return [ImageRecord(str(p.absolute()), -1, index[c], "site") for p, c in zip(paths, cams)]
