@@ -38,14 +38,23 @@ def finished(run: Path) -> bool:
     return bool(lines) and (adabn_alone or json.loads(lines[-1]).get("round") == "final")
 
 
-def camera_named_view(records: list, folder: Path) -> Path:
+def camera_named_view(records: list, folder: Path, tracks: bool = False) -> Path:
     """A folder of symlinks to `records` named only by camera and position (c1_00000.jpg): adaptation sees the
-    cameras, never the identities."""
+    cameras, never the identities. With `tracks`, each person's crops on one camera are one track, as a tracker
+    would give them (00017_c1_00000.jpg): track numbers are shuffled and counted per camera, so they say nothing
+    about who is seen on another camera."""
     import os
+    import random
 
     folder.mkdir(parents=True, exist_ok=True)
+    groups = sorted({(r.camid, r.pid) for r in records})
+    random.Random(0).shuffle(groups)
+    track, per_camera = {}, {}
+    for cam, pid in groups:
+        track[cam, pid] = per_camera[cam] = per_camera.get(cam, 0) + 1
     for i, r in enumerate(records):
-        link = folder / f"c{r.camid + 1}_{i:05d}{Path(r.path).suffix}"
+        name = f"c{r.camid + 1}_{i:05d}" if not tracks else f"{track[r.camid, r.pid]:05d}_c{r.camid + 1}_{i:05d}"
+        link = folder / f"{name}{Path(r.path).suffix}"
         if not link.exists():
             os.symlink(r.path, link)
     return folder

@@ -6,7 +6,8 @@
         -o benchmarks/results/adapt_levers_prid_cpu.json
 
 For one site (a PETA two-camera subset such as PRID or GRID, or `cuhk03_val`: the run's unseen CUHK03 people
-behind a folder of links named by camera only):
+behind a folder of links named by camera only; `cuhk03_val_tracks`: the same links named as a tracker's crops,
+each person's crops on one camera a track, for `--lever NAME:tracks_from_names=true`):
 
 - the levers that need no training, on the source model: embeddings centred per camera (what the clustering
   uses), AdaBN on all the site's crops, AdaBN per camera (each camera's crops normalised by their own statistics),
@@ -60,7 +61,8 @@ def pair_precision(labels: np.ndarray, pids: np.ndarray) -> dict:
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_and_data_args(ap)
-    ap.add_argument("--site", required=True, help="PETA two-camera subset (PRID, GRID) or cuhk03_val")
+    ap.add_argument("--site", required=True, help="PETA two-camera subset (PRID, GRID), cuhk03_val, or "
+                    "cuhk03_val_tracks (named as a tracker's crops: each person's crops on a camera one track)")
     ap.add_argument("--lever", action="append", default=[], type=parse_lever,
                     help="NAME:KEY=VALUE,... one adapt round with these AdaptConfig fields (repeatable)")
     ap.add_argument("--out", type=Path, default=None, help="adapt runs go to OUT/<site>_<lever> [RUN/adapt_levers]")
@@ -83,9 +85,10 @@ def main(argv: list | None = None) -> int:
     t0 = time.perf_counter()
     out_root = args.out or args.run / "adapt_levers"
     cuhk03 = load_cuhk03(args.cuhk03)
-    if args.site == "cuhk03_val":
+    if args.site in ("cuhk03_val", "cuhk03_val_tracks"):
         splits, gender = cuhk03, []
-        crops = camera_named_view(cuhk03.query, out_root / "cuhk03_val_crops")
+        tracks = args.site == "cuhk03_val_tracks"
+        crops = camera_named_view(cuhk03.query, out_root / f"{args.site}_crops", tracks=tracks)
     else:
         crops = args.peta / args.site / "archive"
         splits, gender = load_two_camera(crops), list(load_peta(args.peta, subsets=[args.site]))
@@ -107,7 +110,7 @@ def main(argv: list | None = None) -> int:
     def scores(model, site_emb: np.ndarray | None = None) -> dict:
         site_emb = embed(model, site_records) if site_emb is None else site_emb
         out = {"site_rank1": rank1(site_emb), "site_rank1_camera_centred": rank1(camera_centred(site_emb, cams))}
-        if args.site != "cuhk03_val":
+        if not args.site.startswith("cuhk03_val"):
             out["cuhk03_val_rank1"] = rank1(embed(model, list(cuhk03.query)), cuhk03)
             prob = model_outputs(model, GenderDataset(gender, EvalTransform(meta)), 64, "cpu")["gender_prob"]
             out["site_gender_accuracy"] = gender_scores(prob, gender)["accuracy"]

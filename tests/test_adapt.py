@@ -236,6 +236,76 @@ def test_adapt_command_survives_ctrl_c_and_resumes(trained_small, site, tmp_path
     assert res.exit_code == 0, res.output
 
 
+def test_tracks_from_names():
+    from edgereid.datasets.site import track_from_name, track_ids
+
+    assert track_from_name("00017_c2_000123.jpg") == "00017"
+    assert track_from_name("0001_c3s1_000123_00.jpg") == "0001"  # Market's person id is its track
+    assert track_from_name("person.jpg") is None
+    ids = track_ids(["7_c1_1.jpg", "7_c1_2.jpg", "7_c2_1.jpg", "8_c1_1.jpg"], [0, 0, 1, 0])
+    assert ids.tolist() == [0, 0, 1, 2]  # track 7 of camera 1 is not track 7 of camera 2
+    with pytest.raises(DatasetError, match="carry no track"):
+        track_ids(["7_c1_1.jpg", "person.jpg"], [0, 0])
+
+
+def test_pseudo_identities_cluster_tracks_whole():
+    """Tracks are clustered as wholes, each a point at its crops' mean: a track's crops share one label even when
+    they lie apart, a track of two or more crops that joins no cluster is its own pseudo-identity, and only a
+    lone single-crop track is noise."""
+    from edgereid.retrieval.distances import l2_normalize
+    from edgereid.training.adapt import AdaptConfig
+    from edgereid.training.pseudo_labels import _cluster, pseudo_identities
+
+    rng = np.random.default_rng(0)
+    people = rng.standard_normal((14, 32))
+    # people 0-9 on both cameras (a track each), 10-13 on one camera with 3 crops or 1; track 0 also holds two
+    # crops of person 5 (a tracker's identity switch): its crops still share one label
+    spec = [(p, c, 3) for p in range(10) for c in (0, 1)] + [(10, 0, 3), (11, 1, 3), (12, 0, 1), (13, 1, 1)]
+    crops, cams, tracks = [], [], []
+    for t, (p, c, n) in enumerate(spec):
+        crops.append(people[[p] * n + ([5, 5] if t == 0 else [])] + 0.3 * rng.standard_normal((n + 2 * (t == 0), 32)))
+        cams += [c] * len(crops[-1])
+        tracks += [t] * len(crops[-1])
+    emb, cams, tracks = l2_normalize(np.concatenate(crops).astype(np.float32)), np.array(cams), np.array(tracks)
+    cfg = AdaptConfig(camera_centring=False)
+    labels = pseudo_identities(emb, cams, cfg, tracks)
+
+    means = l2_normalize(np.stack([emb[tracks == t].mean(axis=0) for t in range(len(spec))]))
+    per_track = _cluster(means, np.array([c for _, c, _ in spec]), cfg)
+    sizes = np.bincount(tracks)
+    for t in range(len(spec)):
+        assert len(set(labels[tracks == t].tolist())) == 1
+        if per_track[t] >= 0:  # clustered tracks keep their cluster
+            assert set(labels[np.isin(tracks, np.flatnonzero(per_track == per_track[t]))].tolist()) == {
+                labels[tracks == t][0]}
+        elif sizes[t] >= 2:  # a lone track of several crops is its own pseudo-identity
+            assert labels[tracks == t][0] >= 0 and (labels == labels[tracks == t][0]).sum() == sizes[t]
+        else:
+            assert labels[tracks == t][0] == -1
+    lone = per_track < 0  # the example exercises every case
+    assert (per_track >= 0).any() and (lone & (sizes >= 2)).any() and (lone & (sizes == 1)).any()
+
+
+def test_adapt_with_tracks_labels_every_track_whole(trained_small, site, tmp_path):
+    """On the generated site (names <person>_c<camera>s1_...: a person's crops on one camera are one track),
+    every crop is in a pseudo-identity, one per track or more tracks, and clusters join cameras."""
+    from edgereid.training.adapt import Adapter, AdaptConfig
+    from edgereid.training.pseudo_labels import cluster_summary
+
+    adapter = Adapter(trained_small["out"] / "last.pt", site["crops"], tmp_path / "out",
+                      AdaptConfig(cameras_from_names=True, tracks_from_names=True, progress=False, max_rounds=1,
+                                  minutes=0))
+    assert len(np.unique(adapter.tracks)) == 120  # 40 people x 3 cameras
+    outputs = adapter.embed()
+    labels = adapter._cluster(outputs)
+    assert (labels >= 0).all()
+    for t in np.unique(adapter.tracks):
+        assert len(set(labels[adapter.tracks == t].tolist())) == 1
+    summary = cluster_summary(labels, adapter.camids, outputs["gender_prob"])
+    print(summary)
+    assert summary["multi_camera_clusters"] > 0
+
+
 def test_adapt_can_fine_tune_only_named_stages_with_statistics_kept(trained_small, site, tmp_path):
     """train_stages fine-tunes only those backbone stages (the others, and with freeze_bn every BatchNorm's
     statistics, stay as AdaBN left them); epochs_per_round caps a round's steps by its clustered crops."""

@@ -82,6 +82,9 @@ class AdaptConfig(YamlConfig):
     max_rounds: int = 0  # 0 = as many as the budget allows
     round_steps: int = 200  # re-ID steps between two clusterings; 0 = AdaBN alone, no fine-tuning
     cameras_from_names: bool = False  # read each crop's camera from its file name (site.py's rules)
+    # read each crop's track from its name (<track>_<camera>_<frame>): a tracker's track is one person, so tracks
+    # are clustered whole and a track that joins no cluster is still a pseudo-identity of its own
+    tracks_from_names: bool = False
     adabn: bool = True  # re-estimate the BatchNorm statistics on the site's crops before the first round
     camera_centring: bool = True  # centre embeddings per camera before clustering (needs known cameras)
     camera_aware: bool = True  # contrast each crop with the clusters its own camera saw (needs known cameras)
@@ -179,7 +182,7 @@ class Adapter:
 
     def __init__(self, checkpoint: str | Path, images: str | Path, out: str | Path,
                  cfg: AdaptConfig | None = None) -> None:
-        from edgereid.datasets.site import load_site_crops
+        from edgereid.datasets.site import load_site_crops, track_ids
 
         self.cfg = cfg = cfg or AdaptConfig()
         if cfg.minutes <= 0 and cfg.max_rounds <= 0 and cfg.round_steps > 0:
@@ -202,6 +205,7 @@ class Adapter:
         self.records = load_site_crops(self.images, cfg.cameras_from_names, min_images=MIN_CROPS)
         self.camids = np.array([r.camid for r in self.records])
         self.num_cameras = len(np.unique(self.camids))  # camera-aware options need two or more
+        self.tracks = track_ids([r.path for r in self.records], self.camids) if cfg.tracks_from_names else None
         self.eval_data = ReidDataset(self.records, EvalTransform(self.metadata), seed=cfg.seed,
                                      cache=cfg.cache_images)
         pad = cfg.pad if cfg.pad >= 0 else max(1, round(10 * mc.input_height / 256))
@@ -240,7 +244,7 @@ class Adapter:
                              progress=self.cfg.progress, desc="embed site crops")
 
     def _cluster(self, outputs: dict) -> np.ndarray:
-        labels = pseudo_identities(outputs["embedding"], self.camids, self.cfg)
+        labels = pseudo_identities(outputs["embedding"], self.camids, self.cfg, self.tracks)
         n = num_clusters(labels)
         if n < MIN_CLUSTERS:
             raise DatasetError(
@@ -456,9 +460,11 @@ class Adapter:
 
 
 def adapt(checkpoint: str | Path, images: str | Path, out: str | Path, minutes: float = 15.0,
-          cameras_from_names: bool = False, resume: bool = False, **options) -> dict:
+          cameras_from_names: bool = False, tracks_from_names: bool = False, resume: bool = False,
+          **options) -> dict:
     """Adapt a trained checkpoint to a site from its unlabeled crops (a folder, searched recursively); writes
     `out`/adapted.pt, which `edgereid export`, `quantize` and `parity` take like any checkpoint. `options` are
     AdaptConfig fields. Returns the final state and the per-round history (clusters, losses)."""
-    cfg = AdaptConfig().update({"minutes": minutes, "cameras_from_names": cameras_from_names, **options})
+    cfg = AdaptConfig().update({"minutes": minutes, "cameras_from_names": cameras_from_names,
+                                "tracks_from_names": tracks_from_names, **options})
     return Adapter(checkpoint, images, out, cfg).run(resume=resume)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgereid.retrieval.camera_centring import centre_per_camera
+from edgereid.retrieval.distances import l2_normalize
 
 
 class ClusterMemory(nn.Module):
@@ -43,13 +44,32 @@ class ClusterMemory(nn.Module):
             self.features[y] = F.normalize(self.momentum * self.features[y] + (1.0 - self.momentum) * f, dim=0)
 
 
-def pseudo_identities(emb: np.ndarray, camids: np.ndarray, cfg) -> np.ndarray:
+def pseudo_identities(emb: np.ndarray, camids: np.ndarray, cfg, tracks: np.ndarray | None = None) -> np.ndarray:
     """DBSCAN labels (-1 = noise) of the crops, on the (camera-aware) Jaccard distance of their (camera-centred)
     embeddings; `cfg` is the AdaptConfig (camera_centring, camera_jaccard, k1, k2, k1_intra, k1_inter, k2_intra,
-    k2_inter, eps, min_samples)."""
+    k2_inter, eps, min_samples).
+
+    With `tracks` (one id per crop, one person per track) the tracks are what is clustered: each a point at the
+    mean of its crops' embeddings, on its camera. A track in a cluster gives it all its crops; a track of two or
+    more crops that joins no cluster is a pseudo-identity of its own (its crops are one person whatever the
+    distances say); a lone single-crop track is noise."""
+    feats = centre_per_camera(emb, camids) if cfg.camera_centring else emb
+    if tracks is None:
+        return _cluster(feats, camids, cfg)
+    ids, inverse, sizes = np.unique(tracks, return_inverse=True, return_counts=True)
+    means = np.zeros((len(ids), feats.shape[1]), dtype=np.float64)
+    np.add.at(means, inverse, feats)
+    track_cams = np.zeros(len(ids), dtype=np.asarray(camids).dtype)
+    track_cams[inverse] = camids
+    per_track = _cluster(l2_normalize((means / sizes[:, None]).astype(np.float32)), track_cams, cfg)
+    alone = np.flatnonzero((per_track < 0) & (sizes >= 2))
+    per_track[alone] = num_clusters(per_track) + np.arange(len(alone))
+    return per_track[inverse]
+
+
+def _cluster(feats: np.ndarray, camids: np.ndarray, cfg) -> np.ndarray:
     from edgereid.retrieval.clustering import dbscan
 
-    feats = centre_per_camera(emb, camids) if cfg.camera_centring else emb
     if cfg.camera_jaccard and len(np.unique(camids)) > 1:
         from edgereid.retrieval.camera_jaccard import camera_aware_jaccard_distance
 
@@ -57,7 +77,7 @@ def pseudo_identities(emb: np.ndarray, camids: np.ndarray, cfg) -> np.ndarray:
     else:
         from edgereid.retrieval.reranking import jaccard_distance
 
-        dist = jaccard_distance(feats, k1=min(cfg.k1, len(emb) - 1), k2=cfg.k2)
+        dist = jaccard_distance(feats, k1=min(cfg.k1, len(feats) - 1), k2=cfg.k2)
     return dbscan(dist, cfg.eps, cfg.min_samples)
 
 

@@ -17,11 +17,15 @@ import click
 @click.option("--cameras-from-names", is_flag=True,
               help="Read each crop's camera from its name (0001_c2s1_..., cam2_..., <id>_<camera>_...): "
                    "clustering then removes each camera's mean appearance.")
+@click.option("--tracks-from-names", is_flag=True,
+              help="Read each crop's track from its name (<track>_<camera>_<frame>.jpg, as a tracker writes them): "
+                   "a track's crops are one person, clustered whole.")
 @click.option("--device", help="cpu | cuda | cuda:N [default: cpu].")
 @click.option("--resume", is_flag=True, help="Continue from OUT/adapted.pt within the same budget.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override an adaptation option (edgereid.training.adapt.AdaptConfig), e.g. --set eps=0.5.")
-def adapt(checkpoint, images, out, minutes, cameras_from_names, device, resume, overrides) -> None:
+def adapt(checkpoint, images, out, minutes, cameras_from_names, tracks_from_names, device, resume,
+          overrides) -> None:
     """Adapt CHECKPOINT to a site from the unlabeled crops under --images.
 
     Normalisation statistics are re-estimated on the crops, then rounds of clustering (k-reciprocal Jaccard
@@ -36,13 +40,15 @@ def adapt(checkpoint, images, out, minutes, cameras_from_names, device, resume, 
 
     run_config = out / "adapt.yaml"
     cfg = AdaptConfig.load(run_config) if resume and run_config.is_file() else AdaptConfig()
-    explicit = {"minutes": minutes, "device": device, "cameras_from_names": cameras_from_names or None}
+    explicit = {"minutes": minutes, "device": device, "cameras_from_names": cameras_from_names or None,
+                "tracks_from_names": tracks_from_names or None}
     cfg.update({k: v for k, v in explicit.items() if v is not None})
     cfg.apply_overrides(overrides)
     adapter = Adapter(checkpoint, images, out, cfg)
     cams = len(set(adapter.camids.tolist()))
+    tracks = f", {len(set(adapter.tracks.tolist()))} tracks" if adapter.tracks is not None else ""
     click.echo(f"adapting {checkpoint} to {len(adapter.records)} crops under {images} "
-               f"({cams} camera{'s' if cams != 1 else ''}); budget {cfg.minutes:g} min; writing to {out}")
+               f"({cams} camera{'s' if cams != 1 else ''}{tracks}); budget {cfg.minutes:g} min; writing to {out}")
     try:
         result = adapter.run(resume=resume)
     except KeyboardInterrupt:

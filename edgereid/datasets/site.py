@@ -1,9 +1,11 @@
-"""A site's unlabeled person crops: every image under a folder (recursive), with cameras read from the names
-where they carry them. What `edgereid adapt` learns from; nothing here knows who anyone is."""
+"""A site's unlabeled person crops: every image under a folder (recursive), with cameras and tracks read from
+the names where they carry them. What `edgereid adapt` learns from; nothing here knows who anyone is."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import numpy as np
 
 from edgereid.datasets.records import ImageRecord
 from edgereid.errors import DatasetError
@@ -23,6 +25,27 @@ def camera_from_name(name: str) -> str | None:
         if m:
             return m.group(1).lower().lstrip("0") or "0"
     return None
+
+
+def track_from_name(name: str) -> str | None:
+    """The track a crop's file name names: its first "_" field (a tracker's "<track>_<camera>_<frame>", Market's
+    "<id>_c2s1_..."), or None for a name without one. A track is one person on one camera: adapt keys it with
+    the camera, so track numbers may repeat across cameras."""
+    head, sep, _ = Path(name).stem.partition("_")
+    return head.lower() if sep and head else None
+
+
+def track_ids(paths: list, camids: list) -> np.ndarray:
+    """One integer per crop, equal for the crops of one (camera, track) pair; a name without a track is a
+    DatasetError."""
+    keys = [(c, track_from_name(Path(p).name)) for p, c in zip(paths, camids)]
+    missing = [Path(p).name for p, (_, t) in zip(paths, keys) if t is None]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(paths)} crop names carry no track (e.g. "
+                           f"{', '.join(missing[:3])}); name them <track>_<camera>_<frame>.jpg, or adapt without "
+                           f"--tracks-from-names.")
+    index: dict = {}
+    return np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
 
 
 def site_images(root, min_images: int = 1) -> list:
