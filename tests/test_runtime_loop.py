@@ -118,5 +118,5 @@ def test_commands_share_one_backend_option():
         for param in cli.get_command(ctx, name).params:
             if param.name == "backend":
                 seen[name] = tuple(param.type.choices)
-    assert set(seen) == {"infer", "eval", "search", "bench"}
+    assert set(seen) == {"infer", "eval", "search", "bench", "fit-cameras"}
     assert set(seen.values()) == {tuple(dict.fromkeys(SUFFIXES.values()))}
