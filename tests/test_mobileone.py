@@ -16,7 +16,7 @@ from conftest import LEARNING_RUN, SMALL_TRAIN, assert_int8_conv, make_crops  # 
 
 from edgereid.errors import InvalidInputError, ModelFileError  # noqa: E402
 from edgereid.training.mobileone import (VARIANTS, HalfInstanceNorm, MobileOneBlock,  # noqa: E402
-                                         reparameterize_model)
+                                         reparameterize_model, shift_identity_branches)
 from edgereid.training.model import BACKBONES, DualHeadReID, ModelConfig  # noqa: E402
 
 HW = (64, 32)
@@ -101,6 +101,21 @@ def test_branches_are_the_ones_of_the_reference_design():
     x = torch.rand(2, 8, 6, 4)  # a previous block's ReLU output
     with torch.no_grad():  # an untrained block with an identity branch is the identity (zero-gamma start)
         assert torch.allclose(dw.eval()(x), x, atol=1e-4)
+
+
+def test_shifted_identity_branches_start_as_uncut_affine_maps():
+    """identity_shift: a block with an identity branch maps a ReLU output x to BN(x) + shift in training and to
+    x + shift untrained in eval, so its ReLU cuts nothing; blocks without one are untouched."""
+    model = torch.nn.Sequential(MobileOneBlock(8, 8, 3, stride=1, groups=8, num_conv_branches=4),
+                          MobileOneBlock(8, 16, 1, num_conv_branches=4))
+    assert shift_identity_branches(model, 3.0) == 1
+    x = torch.rand(2, 8, 6, 4)
+    with torch.no_grad():
+        dw = model[0]
+        assert torch.allclose(dw.eval()(x), x + 3.0, atol=1e-4)
+        mean, var = x.mean(dim=(0, 2, 3), keepdim=True), x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        assert torch.allclose(dw.train()(x), (x - mean) / (var + 1e-5).sqrt() + 3.0, atol=1e-4)
+    assert shift_identity_branches(DualHeadReID(), 3.0) == 0  # the IBN ResNet has none
 
 
 @pytest.mark.parametrize("groups,channels,kernel", [(1, 6, 1), (6, 6, 3), (2, 6, 3), (1, 4, 3)])
@@ -335,6 +350,25 @@ def trained_mobileone(small_synthetic, tmp_path_factory):
     tr.fit()
     model = load_checkpoint(out / "last.pt", with_classifier=False)[0].eval()
     return {"before": before, "after": tr.best_metrics, "out": out, "model": model}
+
+
+@pytest.mark.slow
+def test_shifted_identity_branches_learn_far_better(trained_mobileone, small_synthetic, tmp_path):
+    """The same learning run with identity_shift=3: held-out rank-1 at least 0.2 and 0.1 above the unshifted run
+    (observed 0.34 against 0.08; the IBN ResNet 0.53). On the IBN ResNet the option is refused."""
+    from edgereid.training.config import TrainConfig
+    from edgereid.training.trainer import Trainer
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), **{**SMALL_TRAIN, **LEARNING_RUN}).apply_overrides(
+        ["backbone=mobileone_s0", "instance_norm=false", "identity_shift=3"])
+    tr = Trainer(cfg, small_synthetic["splits"], small_synthetic["gender_train"], small_synthetic["gender_test"])
+    tr.fit()
+    shifted, plain = tr.best_metrics["reid"]["rank1"], trained_mobileone["after"]["reid"]["rank1"]
+    print(f"rank-1 shifted {shifted:.3f}, unshifted {plain:.3f}")
+    assert shifted >= 0.2 and shifted >= plain + 0.1
+    with pytest.raises(InvalidInputError, match="identity_shift applies to the MobileOne backbones"):
+        Trainer(TrainConfig(out=str(tmp_path / "resnet"), **SMALL_TRAIN).apply_overrides(["identity_shift=3"]),
+                small_synthetic["splits"], small_synthetic["gender_train"], small_synthetic["gender_test"])
 
 
 @pytest.mark.slow

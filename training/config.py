@@ -104,6 +104,9 @@ class TrainConfig(YamlConfig):
     # ibn_resnet18 (IBN-Net-A ResNet-18) | mobileone_s0 .. mobileone_s4 (lighter; re-parameterised at export)
     backbone: str = "ibn_resnet18"
     instance_norm: bool = True  # MobileOne: InstanceNorm on half the channels at the end of layer1..3
+    # MobileOne from scratch: start each identity branch's BatchNorm shifted by this (0 = off; 3 learns far better
+    # on generated people, but INT8 agrees less): training/mobileone.shift_identity_branches
+    identity_shift: float = 0.0
     embedding_dim: int = 128
     gender_channels: int = 256
     last_stride: int = 2

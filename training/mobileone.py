@@ -262,6 +262,24 @@ class MobileOne(nn.Module):
         return x3, self.layer4(x3)
 
 
+@torch.no_grad()
+def shift_identity_branches(model: nn.Module, shift: float) -> int:
+    """Shift the BatchNorm of every identity branch by `shift` (its bias; the training option `identity_shift`),
+    for a MobileOne trained from scratch; returns how many blocks have one.
+
+    An identity branch is a BatchNorm, which in training re-centres its input, so under the zero-gamma start the
+    block's ReLU cuts the lower half of every channel and a chain of twenty such "identity" blocks loses what the
+    few real layers see. Shifted by about 3 (a normalised post-ReLU input is never below about -1.4), the ReLU
+    passes it and each block starts as an affine map of its input. Measured on the generated 64x32 learning run
+    (10 epochs, InstanceNorm off): held-out rank-1 0.08 unshifted, 0.14 / 0.27 / 0.34 / 0.31 shifted by
+    1 / 2 / 3 / 5 (the IBN ResNet: 0.53). The cost: the shifted activations use the INT8 range worse (all-INT8
+    cpu-form embedding cosine 0.87 against 0.96 on that run's model)."""
+    blocks = [b for b in unfused_blocks(model) if b.rbr_skip is not None]
+    for block in blocks:
+        block.rbr_skip.bias.fill_(shift)
+    return len(blocks)
+
+
 def unfused_blocks(model: nn.Module) -> list:
     """The MobileOne blocks of `model` that still have their training-time branches."""
     return [m for m in model.modules() if isinstance(m, MobileOneBlock) and not m.is_fused]

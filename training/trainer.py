@@ -35,6 +35,7 @@ from edgereid.training.config import TrainConfig
 from edgereid.training.data import GenderDataset, ReidDataset, gender_subset, seed_worker, split_gender
 from edgereid.training.distributed import convert_sync_bn, setup as setup_distributed
 from edgereid.training.losses import AttributeLoss, GenderLoss, ReidLoss
+from edgereid.training.mobileone import shift_identity_branches
 from edgereid.training.model import DualHeadReID
 from edgereid.training.samplers import (BalancedBatchSampler, MultiTaskLoader, MultiTaskSchedule, PKSampler,
                                        ShuffleBatchSampler, ratio_counts)
@@ -89,6 +90,8 @@ class Trainer:
                                 else resolve_attribute_names(cfg.attributes, self.gender_train))
         cfg.attributes = list(self.attribute_names)  # config.yaml holds the resolved list: resume builds this head
         self.model = model or DualHeadReID.from_train_config(cfg, num_classes, self.attribute_names)
+        if model is None and cfg.identity_shift and not shift_identity_branches(self.model, cfg.identity_shift):
+            raise InvalidInputError(f"identity_shift applies to the MobileOne backbones, not {cfg.backbone}.")
         if model is None and cfg.pretrained and self.dist.is_main:  # DDP copies rank 0's weights to every rank
             from edgereid.training.pretrained import load_backbone_weights
 
