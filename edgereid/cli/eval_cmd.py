@@ -31,8 +31,8 @@ from edgereid.retrieval.metrics import MODES
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the numbers to this JSON file.")
 @runtime_options
-def eval_command(model, data_root, dataset, rerank, metric, mode, centre_cameras, gender_list, attributes_data, attributes_subsets,
-                 json_out, max_batch, backend, threads) -> None:
+def eval_command(model, data_root, dataset, rerank, metric, mode, centre_cameras, gender_list, attributes_data,
+                 attributes_subsets, json_out, max_batch, backend, threads) -> None:
     """Evaluate MODEL on the query / gallery split of the data set at DATA_ROOT."""
     import numpy as np
 

@@ -17,13 +17,26 @@ CAMERA_PATTERNS = (re.compile(r"(?:^|[_\-.])c(?:am)?(\d+)(?:s\d+)?(?=[_\-.]|$)",
                    re.compile(r"^[^_]+_([a-z]|\d+)(?=_|$)", re.IGNORECASE))
 
 
+def camera_name(camera) -> str:
+    """A camera's canonical name: lower case, a number without leading zeros (3, "3" and "03" are one camera)."""
+    if isinstance(camera, (int, np.integer)):
+        return str(int(camera))
+    text = str(camera).strip().lower()
+    return (text.lstrip("0") or "0") if text.isdigit() else text
+
+
+def camera_order(names) -> list:
+    """Camera names in their natural order ("2" before "10"; letters by the alphabet)."""
+    return sorted(set(names), key=lambda c: (len(c), c))
+
+
 def camera_from_name(name: str) -> str | None:
     """The camera a crop's file name names ("c3" / "cam3" -> "3", "0001_a" -> "a"), or None."""
     stem = Path(name).stem
     for pattern in CAMERA_PATTERNS:
         m = pattern.search(stem)
         if m:
-            return m.group(1).lower().lstrip("0") or "0"
+            return camera_name(m.group(1))
     return None
 
 
@@ -80,6 +93,6 @@ def load_site_crops(root, cameras_from_names: bool = False, min_images: int = 1)
     else:
         paths = site_images(root, min_images)
         cams = ["0"] * len(paths)
-    index = {c: i for i, c in enumerate(sorted(set(cams), key=lambda c: (len(c), c)))}
+    index = {c: i for i, c in enumerate(camera_order(cams))}
     # absolute, not resolved: a folder of symlinks keeps its own names (clusters.csv lists them)
     return [ImageRecord(str(p.absolute()), -1, index[c], "site") for p, c in zip(paths, cams)]

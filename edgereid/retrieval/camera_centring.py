@@ -20,6 +20,7 @@ from typing import Iterable
 import numpy as np
 
 from edgereid.atomic import read_json_file, write_json_atomic
+from edgereid.datasets.site import camera_name, camera_order
 from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.retrieval.distances import l2_normalize
 
@@ -42,7 +43,7 @@ def centre_per_camera(embeddings: np.ndarray, cameras: np.ndarray) -> np.ndarray
 
 def check_camera_counts(cameras: Iterable, min_crops: int = MIN_CROPS) -> tuple:
     """(camera names, crops per camera); a camera with fewer than `min_crops` crops is an InvalidInputError."""
-    names, counts = np.unique(np.array([_name(c) for c in cameras]), return_counts=True)
+    names, counts = np.unique(np.array([camera_name(c) for c in cameras]), return_counts=True)
     few = [f"{c} ({n})" for c, n in zip(names, counts) if n < min_crops]
     if few:
         raise InvalidInputError(f"cameras {', '.join(few)} have fewer than {min_crops} crops, too few for a "
@@ -82,7 +83,7 @@ class CameraCentring:
     @property
     def cameras(self) -> list:
         """The fitted cameras' names."""
-        return sorted(self.means, key=lambda c: (len(c), c))
+        return camera_order(self.means)
 
     def __repr__(self) -> str:
         return f"CameraCentring({len(self.means)} cameras, dim {self.dim}, {sum(self.counts.values())} crops)"
@@ -93,7 +94,7 @@ class CameraCentring:
         """Means of `embeddings` (N, D) per camera (N names or ints); `model` names the embedding space
         (`model_identity(rt.metadata)`). A camera with fewer than `min_crops` crops is refused."""
         emb = np.asarray(embeddings, dtype=np.float32)
-        cams = np.array([_name(c) for c in _as_list(cameras, len(emb))])
+        cams = np.array([camera_name(c) for c in _as_list(cameras, len(emb))])
         if emb.ndim != 2 or len(emb) == 0:
             raise InvalidInputError(f"embeddings must be (N, D) with N > 0; got shape {emb.shape}")
         names, counts = check_camera_counts(cams, min_crops)
@@ -106,7 +107,7 @@ class CameraCentring:
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise InvalidInputError(f"embeddings must be (N, {self.dim}) for this camera centring; got shape "
                                     f"{emb.shape} (a file fitted on another model?)")
-        cams = [_name(c) for c in _as_list(cameras, len(emb))]
+        cams = [camera_name(c) for c in _as_list(cameras, len(emb))]
         unknown = sorted(set(cams) - set(self.means))
         if unknown and self.strict:
             raise InvalidInputError(f"camera(s) {', '.join(unknown)} are not in this camera centring (it knows "
@@ -156,14 +157,6 @@ class CameraCentring:
         if model is not None:
             centring.check_model(getattr(model, "metadata", model), where=str(path))
         return centring
-
-
-def _name(camera) -> str:
-    """A camera's name: integers as decimals without leading zeros (3 and "03" are one camera)."""
-    if isinstance(camera, (int, np.integer)):
-        return str(int(camera))
-    text = str(camera).strip().lower()
-    return (text.lstrip("0") or "0") if text.isdigit() else text
 
 
 def _as_list(cameras, n: int) -> list:
