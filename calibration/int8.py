@@ -19,6 +19,7 @@ import numpy as np
 from edgereid._optional import require
 from edgereid.errors import InvalidInputError, ModelFileError
 
+from edgereid.calibration.identity_split import split_identity_convs
 from edgereid.calibration.qdq import QUANTIZED_OPS, fold_sliced_batchnorm, nodes_to_exclude, sliced_batchnorms
 from edgereid.datasets.calibration_set import CalibrationSet
 
@@ -146,6 +147,9 @@ class Int8Quantizer:
         if fold_ibn_bn and sliced_batchnorms(proto):
             warnings.warn(f"{onnx_path}: the BatchNorm halves of the IBN layers could not be folded into their "
                           "convs, so the INT8 file keeps fp32 round trips there; re-export it with `edgereid export`.")
+        # Re-parameterised blocks (MobileOne) carry their identity inside the conv; split out, it no longer takes
+        # the per-channel weight scale from what the block learned (calibration.identity_split).
+        self.identity_split = split_identity_convs(proto)
         self.batch = calibration_batch_size(len(self.calib), batch_size)
         self._tmp = tempfile.TemporaryDirectory(prefix="edgereid-int8-")
         src, self.pre_path = Path(self._tmp.name) / "fp32.onnx", Path(self._tmp.name) / "pre.onnx"
@@ -212,6 +216,7 @@ class Int8Quantizer:
                  "calibration_count": len(self.calib),
                  "calibration_preprocessing_hash": self.calib.manifest.preprocessing_hash,
                  "calibration_set": str(self.calib.folder), "ibn_bn_folded": self.folded,
+                 "identity_split": len(self.identity_split),
                  "int8_weight_bits": 7 if self.reduce_range else 8}
         if method == "percentile":
             extra["calibration_percentile"] = float(percentile)

@@ -298,6 +298,20 @@ def test_fp16_and_int8_files_run_and_carry_the_backbone(exported, kind):
             assert_int8_conv(model, conv, np.int8 if kind == "tensorrt" else np.uint8)
 
 
+def test_int8_file_splits_every_identity_block(exported):
+    """calibration.identity_split: each block with an identity branch is Conv + Mul + Add in the INT8 file, its
+    Conv still INT8 (the fp32 file keeps one conv per block: test_onnx_holds_only_the_fused_graph)."""
+    import onnx
+
+    from edgereid.export.metadata import get_metadata, load_onnx
+
+    path = exported["files"]["tensorrt"]
+    skips = sum(1 for m in exported["model"].modules() if getattr(m, "rbr_skip", None) is not None)
+    assert get_metadata(load_onnx(path)).extra["identity_split"] == skips == 35  # MobileOne-S0's identity blocks
+    names = [n.name for n in onnx.load(str(path)).graph.node]
+    assert sum(n.endswith("_identity_mul") for n in names) == sum(n.endswith("_identity_add") for n in names) == 35
+
+
 def test_bench_prints_backbone_and_gmacs(exported):
     from click.testing import CliRunner
 

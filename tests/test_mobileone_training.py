@@ -118,8 +118,9 @@ def file_scores(path, splits, gender_records) -> dict:
 def test_trained_mobileone_in_fp16_and_int8(trained_files, small_synthetic):
     """FP16 keeps the trained MobileOne (cosine >= 0.999, as test_fp16 asks of the IBN ResNet). INT8 keeps its gender
     calls (within 0.03 on 250 images), but its embeddings agree less than the IBN ResNet's (> 0.99 in test_int8):
-    observed cosine mean 0.90 (tensorrt form) and 0.96 (cpu form) all-INT8 with min-max ranges, and the sensitivity
-    plan reached 0.972 / 0.985 with 16 convs (25% of the MACs, its cap) in float, short of its 0.995 target. The
+    observed cosine mean 0.85 (tensorrt form) and 0.96 (cpu form) all-INT8 with min-max ranges, with the identity
+    split (0.90 / 0.96 before it: on this small model the identity dominates less than on real crops, where the
+    split took the all-INT8 cosine from 0.03 to 0.65 / 0.82, and each split adds a quantized residual Add). The
     floors below guard that state; whether post-training INT8 holds on a MobileOne trained on real people is
     measured by the real-data benchmarks (`edgereid parity`)."""
     splits, gender = small_synthetic["splits"], small_synthetic["gender_test"]
@@ -132,7 +133,7 @@ def test_trained_mobileone_in_fp16_and_int8(trained_files, small_synthetic):
               f"{cos.mean():.5f} min {cos.min():.5f}")
     fp16_cos = (got["fp16"]["emb"] * ref["emb"]).sum(1)
     assert fp16_cos.min() >= 0.999 and np.abs(got["fp16"]["prob"] - ref["prob"]).max() < 5e-3
-    for kind, floor in (("tensorrt", 0.85), ("cpu", 0.93)):
+    for kind, floor in (("tensorrt", 0.8), ("cpu", 0.93)):
         cos = (got[kind]["emb"] * ref["emb"]).sum(1)
         assert cos.mean() > floor, (kind, cos.mean())
         assert abs(got[kind]["gender"] - ref["gender"]) <= 0.03, (kind, got[kind]["gender"], ref["gender"])
