@@ -48,17 +48,27 @@ def identity_taps(node, weight: np.ndarray) -> np.ndarray | None:
     pads = _attr(node, "pads", [0, 0, 0, 0])
     if list(pads) != [kh // 2, kw // 2, kh // 2, kw // 2] or _attr(node, "auto_pad", b"NOTSET") != b"NOTSET":
         return None
+    return weight[tap_index(weight)]
+
+
+def tap_index(weight: np.ndarray) -> tuple:
+    """Index of each output channel's centre tap on its own input channel, the slot an identity kernel fills
+    (channel c reads slot c % (inputs per group) of its group)."""
+    cout, per_group, kh, kw = weight.shape
     channels = np.arange(cout)
-    return weight[channels, channels % per_group, kh // 2, kw // 2]
+    return channels, channels % per_group, np.full(cout, kh // 2), np.full(cout, kw // 2)
+
+
+def without_taps(weight: np.ndarray) -> np.ndarray:
+    """A copy of `weight` with every centre tap (tap_index) zeroed: what the block learned besides its identity."""
+    learned = weight.copy()
+    learned[tap_index(weight)] = 0.0
+    return learned
 
 
 def identity_dominance(weight: np.ndarray, taps: np.ndarray) -> np.ndarray:
     """Per row: |centre tap| / largest |other weight| of the row (inf where the tap is all there is)."""
-    cout, per_group, kh, kw = weight.shape
-    others = weight.reshape(cout, -1).copy()
-    channels = np.arange(cout)
-    others[channels, (channels % per_group) * kh * kw + (kh // 2) * kw + kw // 2] = 0.0
-    rest = np.abs(others).max(axis=1)
+    rest = np.abs(without_taps(weight)).reshape(len(weight), -1).max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(rest > 0, np.abs(taps) / rest, np.inf)
 
@@ -80,14 +90,10 @@ def split_identity_convs(model, min_ratio: float = MIN_RATIO) -> list:
         taps = identity_taps(node, weight)
         if taps is None or np.median(identity_dominance(weight, taps)) < min_ratio:
             continue
-        cout, per_group, kh, kw = weight.shape
-        learned = weight.copy()
-        channels = np.arange(cout)
-        learned[channels, channels % per_group, kh // 2, kw // 2] = 0.0
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array(learned.astype(weight.dtype), node.input[1]))
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(without_taps(weight), node.input[1]))
         name = node.name or node.output[0]
         scale = f"{name}_identity_scale"
-        graph.initializer.append(numpy_helper.from_array(taps.reshape(1, cout, 1, 1).astype(weight.dtype), scale))
+        graph.initializer.append(numpy_helper.from_array(taps.reshape(1, -1, 1, 1), scale))
         out = node.output[0]
         node.output[0] = f"{out}_learned"
         nodes.append(helper.make_node("Mul", [node.input[0], scale], [f"{out}_identity"], name=f"{name}_identity_mul"))
