@@ -146,13 +146,56 @@ def test_step_profile_splits_each_step_into_its_parts(small_synthetic, tmp_path)
     assert "steps per minute: 15.0" in table and "forward" in table
 
 
+@pytest.mark.parametrize("kernel, stride, padding, width", [
+    ((3, 3), (2, 2), (1, 1), 2),   # layer4's first convolution at 64x32 input: 4x2 -> 2x1
+    ((3, 3), (1, 2), (1, 1), 1),
+    ((5, 5), (2, 2), (2, 2), 2),
+    ((3, 3), (2, 2), (0, 0), 4),   # no padding: 4 -> 1
+])
+def test_bf16_keeps_the_one_column_convs_onednn_miscomputes_in_float32(kernel, stride, padding, width):
+    """oneDNN's bfloat16 convolution miscomputes outputs one column wide from a column stride and a wider kernel
+    (training/bf16.py: NaN among them on AMX). Guarded, such a conv computes in float32 under autocast, equal to
+    the float32 conv, with the same gradients; at a wider output it stays in bfloat16; the guard changes no
+    parameter and survives a deepcopy (a DDP replica, a snapshot)."""
+    import copy
+
+    from edgereid.training.bf16 import keep_one_column_convs_in_float32, output_width
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(64, 64, kernel, stride, padding, bias=False),
+                              torch.nn.Conv2d(64, 32, 1, bias=False))  # a 1x1 conv: never at risk
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    assert keep_one_column_convs_in_float32(net) == 1 and keep_one_column_convs_in_float32(net) == 0
+    assert net.state_dict().keys() == state.keys() and all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+    x = torch.randn(8, 64, 16, width, requires_grad=True)
+    with torch.no_grad():
+        ref = torch.nn.functional.conv2d(x, net[0].weight, stride=stride, padding=padding)
+    assert ref.shape[-1] == output_width(net[0], width) == 1
+    for model in (net, copy.deepcopy(net)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model[0](x)
+            out = model(x)
+        assert y.dtype == torch.float32 and torch.allclose(y, ref, atol=1e-5)
+        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()  # the next conv still autocasts
+        grad, = torch.autograd.grad(y.square().sum(), x)
+        want, = torch.autograd.grad(torch.nn.functional.conv2d(x, model[0].weight, stride=stride,
+                                                               padding=padding).square().sum(), x)
+        assert torch.allclose(grad, want, rtol=1e-4, atol=1e-4)
+    wide = torch.randn(2, 64, 16, 16)  # output 8 columns: the bfloat16 kernel is right there, autocast stays
+    assert output_width(net[0], 16) == net[0](wide).shape[-1] > 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net[0](wide).dtype == torch.bfloat16
+    assert net[0](x).dtype == torch.float32  # without autocast: the plain conv
+
+
 def test_cpu_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weights(small_synthetic, tmp_path,
                                                                                monkeypatch):
     """cpu_bf16=on: the convolutions see bfloat16, the losses, gradients, weights and checkpoint stay float32;
     "auto" follows the CPU's bfloat16 support; off leaves every op in float32."""
     from conftest import SMALL_TRAIN
     from edgereid.training.config import TrainConfig
-    from edgereid.training.trainer import Trainer, cpu_bf16_enabled
+    from edgereid.training.bf16 import cpu_bf16_enabled
+    from edgereid.training.trainer import Trainer
 
     assert not cpu_bf16_enabled("off", "cpu") and cpu_bf16_enabled("on", "cpu")
     assert cpu_bf16_enabled("True", "cpu") and not cpu_bf16_enabled("False", "cpu")  # --set cpu_bf16=on via YAML
@@ -169,6 +212,8 @@ def test_cpu_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weight
     for setting, dtype in (("on", torch.bfloat16), ("off", torch.float32)):
         trainer = Trainer(TrainConfig(out=str(tmp_path / setting), cpu_bf16=setting, **SMALL_TRAIN), data["splits"],
                           data["gender_train"], data["gender_test"])
+        guarded = [m for m in trainer.model.modules() if "forward" in vars(m)]  # training/bf16.py's guard
+        assert bool(guarded) == (setting == "on")
         seen = []
         trainer.model.backbone.layer1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
         task, batch = next(iter(trainer.stage1.epoch(0)))

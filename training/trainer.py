@@ -29,6 +29,7 @@ from edgereid.datasets.attribute_labels import positive_ratio, resolve_attribute
 from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
+from edgereid.training.bf16 import cpu_bf16_enabled, keep_one_column_convs_in_float32
 from edgereid.training.checkpoint import (read_checkpoint, save_checkpoint, set_training_rng_state,
                                           training_rng_state)
 from edgereid.training.config import TrainConfig
@@ -51,21 +52,6 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
-
-
-def cpu_bf16_enabled(setting: str, device: str) -> bool:
-    """Whether training steps on `device` run their forward pass under bfloat16 autocast."""
-    # YAML reads a bare on / off as a boolean, which the config then holds as "True" / "False"
-    setting = {"true": "on", "false": "off"}.get(str(setting).lower(), str(setting).lower())
-    if setting not in ("off", "on", "auto"):
-        raise InvalidInputError(f"cpu_bf16 must be 'off', 'on' or 'auto', got {setting!r}")
-    if not device.startswith("cpu") or setting == "off":
-        return False
-    if setting == "on":
-        return True
-    cpu = getattr(torch, "cpu", None)  # private probes: absent on some builds, then no bf16
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 class Trainer:
@@ -99,6 +85,8 @@ class Trainer:
         if cfg.sync_bn:  # BatchNorm statistics over the global batch (GPUs; IBN's InstanceNorm half unchanged)
             self.model = convert_sync_bn(self.model, self.dist)
         self.model.to(self.device)
+        if self.bf16:  # oneDNN's bfloat16 kernels miscompute one-column outputs (training/bf16.py)
+            keep_one_column_convs_in_float32(self.model)
         self.mixstyle = []  # forward hooks; never part of a checkpoint or an export
         if cfg.mixstyle_p > 0:
             from edgereid.training.mixstyle import attach_mixstyle

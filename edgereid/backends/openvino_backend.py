@@ -13,7 +13,8 @@ values (OpenVINO miscomputes signed ones behind a Concat), and, on an x86 CPU wh
 products into saturating 16-bit pairs (no VNNI: Zen 1-3, Intel before Ice Lake / Alder Lake, or oneDNN capped
 by ONEDNN_MAX_CPU_ISA), each convolution that could saturate runs as a float convolution on its dequantized
 weights (`int8_kernels="exact"`, the default) or is left to saturate with a warning (`"fast"`); see
-openvino_int8.py for the rules and `rt.int8_arithmetic` for what a loaded model does.
+openvino_int8.py for the rules and `rt.int8_arithmetic` for what a loaded model does. On a CPU with AMX, the
+few convolutions its AMX INT8 kernel miscomputes (one output column; openvino_int8.py, fact 3) always run in f32.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ import numpy as np
 
 from edgereid._optional import require
 from edgereid.backends.base import Backend, check_io
-from edgereid.backends.cpu_features import check_int8_kernels, describe_cpu_features, int8_saturates
+from edgereid.backends.cpu_features import (check_int8_kernels, cpu_features, describe_cpu_features,
+                                            int8_saturates)
 from edgereid.backends.int8_arithmetic import choose_int8_arithmetic
 from edgereid.backends.openvino_int8 import compute_in_f32, quantized_convs, unsign_int8_activations
 from edgereid.errors import BackendUnavailableError, InvalidInputError, ModelFileError
@@ -51,6 +53,13 @@ QUANTIZED_LAYERS = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution
 def onednn_isa_without_vnni() -> bool:
     """True when ONEDNN_MAX_CPU_ISA caps OpenVINO's CPU kernels below VNNI (what a CPU without it runs)."""
     return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in ONEDNN_ISAS_WITHOUT_VNNI
+
+
+def amx_int8_kernels() -> bool:
+    """True when OpenVINO's CPU plugin runs INT8 on AMX here: the CPU has AMX-INT8 and ONEDNN_MAX_CPU_ISA, if set,
+    does not cap oneDNN below it (its AMX ISA names contain "AMX")."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return bool(cpu_features()["amx_int8"]) and (not cap or cap == "ALL" or "AMX" in cap)
 
 
 def check_device(device: str | None, available: list) -> str:
@@ -146,7 +155,14 @@ class OpenVINOBackend(Backend):
         self.saturating_mac_share = sum(c.macs for c in risky) / max(1, sum(c.macs for c in convs))
         self.arithmetic = choose_int8_arithmetic(None, int8_kernels, self.int8_saturates,
                                                  weight_bits=int(self._metadata.extra.get("int8_weight_bits", 8)))
+        #: how many of the saturating convolutions run in f32 (all of them with int8_kernels="exact")
         self.f32_convs = compute_in_f32(model, risky) if self.arithmetic.avoid_saturation else 0
+        # not a speed trade-off like saturation: AMX's answer for these is wrong, so "fast" runs them in f32 too
+        done = set(self.saturating_convs) if self.f32_convs else set()
+        amx = [c for c in convs if c.amx_miscomputes and c.name not in done] if self._runs_on_amx() else []
+        #: names of the convolutions run in f32 because this CPU's AMX INT8 kernel miscomputes them
+        self.amx_f32_convs = [c.name for c in amx]
+        compute_in_f32(model, amx)
         self.int8_kernels = int8_kernels
         make_batch_dynamic(model, self._metadata.input_name, str(self.path))
         config = {hints.inference_precision: ov.Type.f32}
@@ -197,6 +213,11 @@ class OpenVINOBackend(Backend):
             return False  # GPU and NPU plugins have their own int8 arithmetic; AUTO may pick the CPU
         return int8_saturates() or onednn_isa_without_vnni()
 
+    def _runs_on_amx(self) -> bool:
+        """True when this model's INT8 convolutions run on OpenVINO's AMX kernels (CPU device, AMX-INT8 CPU)."""
+        return (self._metadata.precision == "int8" and self.device.split(":")[0].split(".")[0] in ("CPU", "AUTO")
+                and amx_int8_kernels())
+
     def _int8_arithmetic(self) -> str | None:
         """How the compiled model computes the file's INT8 layers, in words (None for a float file)."""
         if self._metadata.precision != "int8":
@@ -204,10 +225,13 @@ class OpenVINOBackend(Backend):
         layers = {k: v for k, v in self.layer_precisions().items() if k[0] in QUANTIZED_LAYERS}
         int8 = sum(v for (_, p), v in layers.items() if p in ("u8", "i8"))
         words = f"OpenVINO INT8 kernels on {self.device}: {int8} of {sum(layers.values())} conv/matmul layers in u8/i8"
+        if self.amx_f32_convs:
+            words += (f"; {len(self.amx_f32_convs)} conv in f32 (exact where the AMX INT8 kernel miscomputes "
+                      f"one-column outputs)")
         if not self.saturating_convs:
             return words + (" (no saturation: every u8 x i8 pair fits 16 bits)" if self.int8_saturates else "")
         n, share = len(self.saturating_convs), f"{self.saturating_mac_share:.0%} of the INT8 multiply-adds"
-        if self.f32_convs:
+        if self.arithmetic.avoid_saturation:
             message = (f"{self.path}: this CPU has no VNNI ({describe_cpu_features()}); {n} INT8 convolutions "
                        f"({share}) could saturate its 16-bit u8 x i8 sums and run in f32 instead (exact). A file "
                        f"quantized with `edgereid quantize --reduce-range` (7-bit weights) keeps them on INT8 kernels, "

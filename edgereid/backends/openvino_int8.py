@@ -19,6 +19,15 @@ decide whether those compute what the file says:
    `compute_in_f32` hands them their dequantized weights, so OpenVINO runs them as float convolutions on the
    int8 grid's values: exact, and slower on those layers only. `benchmarks/bench_openvino_int8.py` measures it
    against the alternatives (saturating, 7-bit weights at load time as NNCF's overflow fix does, all in f32).
+3. On a CPU with AMX, OpenVINO 2026.4's u8 x i8 AMX kernel miscomputes convolutions whose output is one column
+   wide when they stride across columns with a kernel wider than one (layer4's first convolution and the gender
+   block at 64x32 input): outputs 70-200% off, and not the same from one run to the next. Measured on an Intel
+   Xeon with AMX, 2,400 single Q/DQ convolutions against a float reference (3 to 256 input channels, batch 1
+   and 8, kernels 1x1 to 5x5, strides 1 and 2 per axis, inputs 2 to 16 rows by 1 to 8 columns): 114 were off,
+   every one of them of that shape; which of that shape err depends on channels, rows and batch, so
+   `amx_miscomputes` takes them all (174 of the 288 it takes were right that time). The same files with oneDNN
+   capped at VNNI are exact. `compute_in_f32` is the cure: those convolutions are one column wide, f32 costs
+   little.
 """
 from __future__ import annotations
 
@@ -198,6 +207,18 @@ class QuantizedConv:
         return 2 * self.activation_max * self.weight_max > INT16_MAX
 
     @property
+    def amx_miscomputes(self) -> bool:
+        """True when OpenVINO's AMX INT8 kernel can get this convolution wrong (fact 3 above): one output column,
+        a column stride and a kernel wider than one (a grouped or depthwise convolution runs on other kernels)."""
+        attrs = self.node.get_attributes()
+        shape = self.node.get_output_partial_shape(0)
+        if self.node.get_type_name() != "Convolution" or shape.rank.is_dynamic or shape.rank.get_length() != 4:
+            return False
+        width = shape[3]
+        return (width.is_static and width.get_length() == 1 and int(attrs["strides"][-1]) > 1
+                and self.weights.shape[-1] > 1)
+
+    @property
     def macs(self) -> int:
         """Multiply-adds per image (output height x width x weights); 0 where the output size is not static."""
         shape = self.node.get_output_partial_shape(0)
@@ -254,6 +275,11 @@ def quantized_convs(model) -> list:
 def saturating_convs(model) -> list:
     """The quantized convolutions whose u8 x i8 pair sums can exceed 16 bits on a CPU without VNNI."""
     return [c for c in quantized_convs(model) if c.can_saturate]
+
+
+def amx_miscomputed_convs(model) -> list:
+    """The quantized convolutions that OpenVINO's AMX INT8 kernels miscompute (fact 3)."""
+    return [c for c in quantized_convs(model) if c.amx_miscomputes]
 
 
 def weight_zero_point(conv: QuantizedConv):

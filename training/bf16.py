@@ -1,0 +1,71 @@
+"""bfloat16 autocast of the training forward pass on a CPU, and the convolutions it must leave in float32.
+
+On CPUs with bfloat16 arithmetic (AVX512-BF16, AMX) autocast gives ~1.5x the training steps per minute (see
+docs/training.md). oneDNN's bfloat16 convolution, which PyTorch runs there, miscomputes one shape: an output one
+column wide from a convolution that strides across columns with a kernel wider than one (at 64x32 input:
+layer4's first convolution and the gender block's). Measured with PyTorch 2.13 on an Intel Xeon with AMX,
+2,400 single convolutions against float32 (3 to 256 input channels, batch 1 and 8, kernels 1x1 to 5x5,
+strides 1 and 2 per axis, inputs 2 to 16 rows by 1 to 8 columns): 154 were off (forward or gradients, NaN
+among them), every one of that shape; with oneDNN capped at AVX512-BF16 (no AMX), 54, the same shape. So those
+convolutions compute in float32 whenever autocast is on (`keep_one_column_convs_in_float32`); at the recipes'
+128x64 and 256x128 no convolution of edgereid's backbones has that shape.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from edgereid.errors import InvalidInputError
+
+
+def cpu_bf16_enabled(setting: str, device: str) -> bool:
+    """Whether training steps on `device` run their forward pass under bfloat16 autocast."""
+    # YAML reads a bare on / off as a boolean, which the config then holds as "True" / "False"
+    setting = {"true": "on", "false": "off"}.get(str(setting).lower(), str(setting).lower())
+    if setting not in ("off", "on", "auto"):
+        raise InvalidInputError(f"cpu_bf16 must be 'off', 'on' or 'auto', got {setting!r}")
+    if not device.startswith("cpu") or setting == "off":
+        return False
+    if setting == "on":
+        return True
+    cpu = getattr(torch, "cpu", None)  # private probes: absent on some builds, then no bf16
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def output_width(conv: nn.Conv2d, width: int) -> int:
+    """The number of output columns `conv` computes from `width` input columns."""
+    if isinstance(conv.padding, str):  # "same" (stride 1 only) or "valid"
+        pad = 0 if conv.padding == "valid" else None
+        if pad is None:
+            return width
+    else:
+        pad = conv.padding[1]
+    span = conv.dilation[1] * (conv.kernel_size[1] - 1) + 1
+    return (width + 2 * pad - span) // conv.stride[1] + 1
+
+
+def at_risk(conv: nn.Module) -> bool:
+    """True for a convolution that can have the miscomputed shape: a column stride and a kernel wider than one."""
+    return isinstance(conv, nn.Conv2d) and conv.stride[1] > 1 and conv.kernel_size[1] > 1
+
+
+def _forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and output_width(conv, x.shape[-1]) == 1:
+        with torch.autocast("cpu", enabled=False):
+            return type(conv).forward(conv, x.float())
+    return type(conv).forward(conv, x)
+
+
+def keep_one_column_convs_in_float32(model: nn.Module) -> int:
+    """Make every convolution of `model` that can have the shape oneDNN's bfloat16 kernels miscompute run in
+    float32 whenever CPU autocast is on and its output is one column wide (an instance-level forward: the
+    parameters, state dict and exported graph are unchanged). Returns how many convolutions it guards."""
+    guarded = 0
+    for module in model.modules():
+        if at_risk(module) and "forward" not in vars(module):
+            module.forward = functools.partial(_forward, module)
+            guarded += 1
+    return guarded
