@@ -251,6 +251,15 @@ def real_layout_copy(synthetic_root, dest):
     return dest / "cuhk03", dest / "PETA dataset"
 
 
+def conv_precisions(backend) -> dict:
+    """{runtime precision: count} of an OpenVINOBackend's compiled convolutions."""
+    out: dict = {}
+    for (layer, precision), n in backend.layer_precisions().items():
+        if layer in ("Convolution", "GroupConvolution"):
+            out[precision] = out.get(precision, 0) + n
+    return out
+
+
 # qemu's AMD EPYC (Zen 1) model: the slowest CI machine kind, AVX2 without VNNI, emulated on any x86-64 host
 QEMU_CPU = "EPYC"
 

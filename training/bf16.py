@@ -37,12 +37,9 @@ def cpu_bf16_enabled(setting: str, device: str) -> bool:
 
 def output_width(conv: nn.Conv2d, width: int) -> int:
     """The number of output columns `conv` computes from `width` input columns."""
-    if isinstance(conv.padding, str):  # "same" (stride 1 only) or "valid"
-        pad = 0 if conv.padding == "valid" else None
-        if pad is None:
-            return width
-    else:
-        pad = conv.padding[1]
+    if conv.padding == "same":  # stride 1 only
+        return width
+    pad = 0 if conv.padding == "valid" else conv.padding[1]
     span = conv.dilation[1] * (conv.kernel_size[1] - 1) + 1
     return (width + 2 * pad - span) // conv.stride[1] + 1
 

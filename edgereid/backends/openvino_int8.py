@@ -277,11 +277,6 @@ def saturating_convs(model) -> list:
     return [c for c in quantized_convs(model) if c.can_saturate]
 
 
-def amx_miscomputed_convs(model) -> list:
-    """The quantized convolutions that OpenVINO's AMX INT8 kernels miscompute (fact 3)."""
-    return [c for c in quantized_convs(model) if c.amx_miscomputes]
-
-
 def weight_zero_point(conv: QuantizedConv):
     """The zero point the weights are dequantized with (0 where the graph subtracts none), or None."""
     source = conv.scale_node.input_value(0).get_node()
