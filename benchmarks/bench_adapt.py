@@ -7,7 +7,8 @@
 For each site (a PETA subset that is a two-camera re-ID set): `edgereid adapt` runs on all of that set's crops,
 unlabeled, cameras from the names (PRID `0001_a`, GRID `0001_1_...`), within --minutes; then the fp32 ONNX of
 the source model and of the adapted one are scored through edgereid.Runtime the same way: re-ID cross-camera
-on the site (every image a query against the other camera's images), gender on the site's PETA labels, and
+on the site (every image a query against the other camera's images; also with each model's embeddings centred
+per camera on the site's crops, the label-free `edgereid fit-cameras`), gender on the site's PETA labels, and
 CUHK03 validation identities (does adapting to a site cost the source domain?). An HSV colour histogram is
 scored on the same crops. Images stay outside the repository.
 """
@@ -119,6 +120,7 @@ def main(argv: list | None = None) -> int:
         entry["adapt"] = {"config": ckpt["adapt"]["config"], "history": ckpt["adapt"]["history"]}
         results[site] = entry
         print(site, json.dumps({k: entry[k]["reid"] for k in ("hsv_histogram", "before", "adabn_only", "after")}),
+              "centred per camera:", json.dumps({k: entry[k]["reid_centred"] for k in ("before", "adabn_only", "after")}),
               json.dumps({k: entry[k]["gender"] for k in ("before", "adabn_only", "after")}), flush=True)
     cfg = read_checkpoint(args.run / args.checkpoint).get("config") or {}
     roots = result_roots(args, out_root)

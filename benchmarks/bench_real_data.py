@@ -65,15 +65,20 @@ def gender_scores(prob: np.ndarray, records: list) -> dict:
 
 
 def score_file(path, reid_sets: dict, gender_sets: dict, threads: int = 2, label: str = "") -> dict:
-    """{"reid": {set: scores}, "gender": {set: report}, "arithmetic"} of one model file through edgereid.Runtime:
-    re-ID cross-camera with every image a query, gender on labelled crops."""
+    """{"reid": {set: scores}, "reid_centred": {set: scores}, "gender": {set: report}, "arithmetic"} of one model
+    file through edgereid.Runtime: re-ID cross-camera with every image a query, also with the embeddings centred
+    per camera on the set's own crops (what `edgereid fit-cameras` gives a site, no labels); gender on labelled
+    crops."""
     from edgereid import Runtime
+    from edgereid.retrieval.camera_centring import centre_per_camera
 
-    entry = {"reid": {}, "gender": {}}
+    entry = {"reid": {}, "reid_centred": {}, "gender": {}}
     with Runtime.for_checking(path, threads=threads) as rt:
         for name, splits in reid_sets.items():
             out = rt.infer_files([r.path for r in splits.query], progress=f"{label} {name}")
             entry["reid"][name] = reid_scores(out.embeddings, out.embeddings, splits)
+            centred = centre_per_camera(out.embeddings, splits.camids("query"))
+            entry["reid_centred"][name] = reid_scores(centred, centred, splits)
         for name, recs in gender_sets.items():
             out = rt.infer_files([r.path for r in recs], progress=f"{label} gender {name}")
             entry["gender"][name] = gender_scores(out.gender_prob, recs)

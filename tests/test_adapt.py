@@ -351,3 +351,36 @@ def test_the_fine_tuning_batches_hold_the_clustered_crops_with_their_own_pseudo_
     for j in (0, 1, len(keep) // 2, len(keep) - 1):
         assert reid.paths[j] == adapter.records[keep[j]].path and reid.pids[j] == labels[keep[j]]
         assert np.array_equal(reid.image(j), read_image(adapter.records[keep[j]].path))
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_adapt_fine_tunes_under_bf16_autocast_with_float32_embeddings_and_weights(trained_small, site, tmp_path,
+                                                                                 setting):
+    """cpu_bf16 as in training: the fine-tuning forward (re-ID and the gender head) in bfloat16 with the
+    one-column convolutions guarded; the clustering embeddings, the weights and adapted.pt stay float32."""
+    from edgereid.training.adapt import Adapter, AdaptConfig
+
+    adapter = Adapter(trained_small["out"] / "last.pt", site["crops"], tmp_path / setting,
+                      AdaptConfig(cameras_from_names=True, progress=False, max_rounds=1, minutes=0, round_steps=3,
+                                  p=8, k=4, cpu_bf16=setting))
+    assert adapter.bf16 is (setting == "on")
+    guarded = [m for m in adapter.model.modules() if "forward" in vars(m)]  # training/bf16.py's guard
+    assert bool(guarded) is (setting == "on")
+    seen: dict = {}
+
+    def record(name):
+        # keyed by whether gradients flow: only the fine-tuning steps compute them (AdaBN's pass is train-mode too)
+        return lambda module, inputs, output: seen.setdefault((name, torch.is_grad_enabled()), set()).add(output.dtype)
+
+    # a stride-1 convolution of the fine-tuned stage (never guarded: its output is as wide as its input)
+    adapter.model.backbone.layer4[-1].conv2.register_forward_hook(record("layer4"))
+    adapter.model.gender_head.register_forward_hook(
+        lambda module, inputs, output: seen.setdefault("gender", set()).add(output["gender_logit"].dtype))
+    result = adapter.run()
+    assert result["step"] == 3 and np.isfinite(list(result["history"][1]["losses"].values())).all()
+    low = torch.bfloat16 if setting == "on" else torch.float32
+    assert seen[("layer4", True)] == {low}  # fine-tuning steps
+    assert seen[("layer4", False)] == {torch.float32}  # AdaBN and the embeddings for clustering
+    assert low in seen["gender"]  # the gender head's fine-tuning forward
+    state = torch.load(tmp_path / setting / "adapted.pt", weights_only=True)["state_dict"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())

@@ -301,7 +301,7 @@ def test_cpuid_is_read_directly_on_x86_64_linux():
             assert direct[key], key
 
 
-# -- a CPU without VNNI, emulated: the same INT8 files under qemu's Zen 1 (AVX2, no AVX-512, no VNNI) ----------
+# -- a CPU without VNNI: the same INT8 files on this one or under qemu's Zen 1 (AVX2, no AVX-512, no VNNI) -----
 PROBE = '''
 import json, sys
 import numpy as np
@@ -321,8 +321,9 @@ print(json.dumps({"saturates": int8_saturates(), "features": cpu_features()}))
 
 
 def test_int8_is_exact_on_a_cpu_without_vnni(int8_setup, int8_cpu_file, int8_tensorrt_file, tmp_path):
-    """Under qemu's Zen 1 (no VNNI), the cpu form on the default exact kernels agrees with fp32 as on a VNNI CPU,
-    the emulated TensorRT form equals this machine's, and the fast u8s8 kernels measurably saturate there."""
+    """On a CPU without VNNI (this one, or qemu's Zen 1), the cpu form on the default exact kernels agrees with fp32
+    as on a VNNI CPU, the emulated TensorRT form equals this machine's, and the fast u8s8 kernels measurably
+    saturate there."""
     from edgereid.backends import open_backend
 
     x = int8_setup["calib"].array()[:32]

@@ -78,6 +78,12 @@ def test_peta_reid_keeps_subsets_apart(tmp_path):
     assert detect_layout(tmp_path / "PETA dataset") == "peta"
     with pytest.raises(DatasetError, match="not under"):
         load_peta_reid(tmp_path / "PETA dataset", subsets=["CAVIAR4REID"])
+    # a two-camera subset (PRID) given where PETA's re-ID subsets were expected: the error names the reader to use
+    prid = tmp_path / "PETA dataset" / "PRID" / "archive"
+    prid.mkdir(parents=True)
+    (prid / "Label.txt").write_text("1 personalMale\n")
+    with pytest.raises(DatasetError, match=r"holds PRID\..*--dataset two_camera on the subset's folder, e\.g\. .*PRID"):
+        load_peta_reid(prid.parent)
 
 
 def test_layouts_are_detected_or_named(two_layouts, tmp_path):

@@ -1,5 +1,5 @@
 """OpenVINO backend: the same outputs as ONNX Runtime at f32 (never OpenVINO's bf16 default), INT8 files on INT8
-kernels within the parity budget on CPUs with and without VNNI (qemu's Zen 1 for the latter), the IR round trip
+kernels within the parity budget on CPUs with and without VNNI (qemu's Zen 1 where this CPU has VNNI), the IR round trip
 with the metadata inside, and errors a user can act on.
 
 openvino is part of `pip install -e ".[cpu]"` (setup.py), so nothing here skips in CI.
@@ -170,7 +170,7 @@ def test_backend_runs_saturating_convs_in_f32_on_a_cpu_without_vnni(int8_tensorr
         assert capped.backend.int8_saturates and capped.backend.f32_convs == 1
 
 
-# -- a CPU without VNNI, emulated: qemu's Zen 1 (AVX2, no AVX-512, no VNNI) runs OpenVINO's AVX2 kernels ---------
+# -- a CPU without VNNI (this one, or qemu's Zen 1: AVX2, no AVX-512, no VNNI) runs OpenVINO's AVX2 kernels ---
 # 128 crops: the 0.97 gender-agreement budget then allows 3 flipped calls, not 1 (at 64 crops one flip is 0.984)
 QEMU_CROPS = 128
 OPENVINO_PROBE = '''
@@ -196,8 +196,9 @@ print(json.dumps({"features": cpu_features(), "backends": info}))
 
 def test_int8_within_the_parity_budget_on_a_cpu_without_vnni(int8_setup, int8_tensorrt_file, int8_cpu_file,
                                                             tmp_path):
-    """Under qemu's Zen 1, OpenVINO's INT8 output of both file forms is within the parity budget of fp32, with
-    the convolutions that could saturate in f32; left on the saturating kernels they measurably drift."""
+    """On a CPU without VNNI (this one, or qemu's Zen 1), OpenVINO's INT8 output of both file forms is within the
+    parity budget of fp32, with the convolutions that could saturate in f32; left on the saturating kernels they
+    measurably drift."""
     from edgereid.backends import open_backend
     from edgereid.imageio import read_images
     from edgereid.runtime.preprocess import Preprocessor

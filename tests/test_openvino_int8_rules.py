@@ -177,3 +177,36 @@ def test_convs_the_amx_int8_kernel_miscomputes_run_in_f32(tmp_path, monkeypatch,
     assert not amx_int8_kernels()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert amx_int8_kernels() == bool(cpu_features()["amx_int8"])
+
+
+@pytest.mark.parametrize("device, on_cpu", [
+    ("CPU", True), ("GPU", False), ("GPU.1", False), ("NPU", False), ("AUTO", True), ("AUTO:GPU", False),
+    ("AUTO:GPU,CPU", True), ("MULTI:GPU.0,CPU", True), ("HETERO:GPU,NPU", False), ("HETERO:GPU,CPU", True),
+    ("BATCH:GPU", False)])
+def test_int8_cpu_rules_apply_wherever_the_cpu_plugin_may_run_the_file(device, on_cpu, monkeypatch):
+    """Saturation and the AMX rule are the CPU plugin's: they apply on CPU and on a virtual device that lists the
+    CPU or lists nothing (one parse for both), never to a float file."""
+    from edgereid.backends import openvino_backend
+    from edgereid.metadata import ModelMetadata
+
+    monkeypatch.setattr(openvino_backend, "int8_saturates", lambda: True)
+    monkeypatch.setattr(openvino_backend, "amx_int8_kernels", lambda: True)
+    backend = OpenVINOBackend.__new__(OpenVINOBackend)  # the device rule alone, no file compiled
+    backend.device, backend._metadata = device, ModelMetadata(precision="int8")
+    assert backend._saturates() is on_cpu and backend._runs_on_amx() is on_cpu
+    backend._metadata = ModelMetadata(precision="fp32")
+    assert not backend._saturates() and not backend._runs_on_amx()
+
+
+def test_bf16_training_and_openvino_int8_share_the_onednn_one_column_rule():
+    """One rule (cpu_features.onednn_miscomputes) for both: a one-column output, a column stride, a wider kernel."""
+    from torch import nn
+
+    from edgereid.backends.cpu_features import onednn_miscomputes
+    from edgereid.training.bf16 import at_risk
+
+    assert onednn_miscomputes(1, 2, 3) and onednn_miscomputes(None, 2, 3)
+    assert not onednn_miscomputes(2, 2, 3) and not onednn_miscomputes(1, 1, 3) and not onednn_miscomputes(1, 2, 1)
+    conv = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+    assert at_risk(conv) and at_risk(conv, 2) and not at_risk(conv, 3)  # 2 columns -> 1, 3 columns -> 2
+    assert not at_risk(nn.Conv2d(4, 4, (3, 1), stride=2, padding=(1, 0)), 2)

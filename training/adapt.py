@@ -56,6 +56,7 @@ from edgereid.datasets.records import ImageRecord
 from edgereid.errors import DatasetError, InvalidInputError
 from edgereid.metadata import ModelMetadata
 
+from edgereid.training.bf16 import cpu_bf16_enabled, keep_one_column_convs_in_float32
 from edgereid.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, weights_sha256
 from edgereid.training.config import YamlConfig
 from edgereid.training.data import ReidDataset
@@ -129,6 +130,9 @@ class AdaptConfig(YamlConfig):
     # execution
     seed: int = 0
     device: str = "cpu"
+    # bfloat16 autocast of the fine-tuning forward pass, as in training ("off", "on", "auto" = where the CPU has
+    # bfloat16 arithmetic); embeddings for clustering, weights and the checkpoint stay float32
+    cpu_bf16: str = "auto"
     threads: int = 0
     batch: int = 64  # embedding / AdaBN batch
     cache_images: bool = True
@@ -199,6 +203,9 @@ class Adapter:
                        "model_config": ckpt["model_config"]}
         self.train_config = ckpt.get("config")
         self.model.to(cfg.device)
+        self.bf16 = cpu_bf16_enabled(cfg.cpu_bf16, cfg.device)
+        if self.bf16:  # oneDNN's bfloat16 kernels miscompute one-column outputs (training/bf16.py)
+            keep_one_column_convs_in_float32(self.model)
         mc = self.model.config
         self.metadata = ModelMetadata(height=mc.input_height, width=mc.input_width,
                                       embedding_dim=mc.embedding_dim)
@@ -347,7 +354,9 @@ class Adapter:
                 group["lr"] = cfg.lr * self._lr_factor()
             images, pids, cams, *plain = next(batches)
             images, pids, cams = images.to(cfg.device), pids.to(cfg.device), cams.to(cfg.device)
-            out = model.forward_reid(images)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                out = model.forward_reid(images)
+            out = {k: v.float() for k, v in out.items()}  # losses and the memory in float32
             parts = {"memory": memory(out["embedding"], pids, cams),
                      "triplet": triplet(out["reid_feature"], pids, cams if camera_triplet else None)}
             loss = cfg.memory_weight * parts["memory"] + cfg.triplet_weight * parts["triplet"]
@@ -356,9 +365,10 @@ class Adapter:
                 # model computes (backbone in eval mode, no gradient): a model near chance on a new site must
                 # not pull the backbone the embeddings share
                 model.backbone.eval()
-                with torch.no_grad():
-                    x3 = model.forward_features(plain[0].to(cfg.device))[0]
-                logit = model.gender_head(x3)["gender_logit"].reshape(-1)
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    x3 = model.layer3_map(plain[0].to(cfg.device))
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    logit = model.gender_head(x3)["gender_logit"].reshape(-1).float()
                 self._train_mode(frozen)
                 parts["gender_bce"] = F.binary_cross_entropy_with_logits(
                     logit, target[pids], weight=weight[pids], reduction="sum") / weight[pids].sum()

@@ -17,6 +17,7 @@ import functools
 import torch
 from torch import nn
 
+from edgereid.backends.cpu_features import onednn_miscomputes
 from edgereid.errors import InvalidInputError
 
 
@@ -44,13 +45,14 @@ def output_width(conv: nn.Conv2d, width: int) -> int:
     return (width + 2 * pad - span) // conv.stride[1] + 1
 
 
-def at_risk(conv: nn.Module) -> bool:
-    """True for a convolution that can have the miscomputed shape: a column stride and a kernel wider than one."""
-    return isinstance(conv, nn.Conv2d) and conv.stride[1] > 1 and conv.kernel_size[1] > 1
+def at_risk(conv: nn.Module, width: int | None = None) -> bool:
+    """True for a convolution that has the miscomputed shape at `width` input columns (None: at some width)."""
+    return isinstance(conv, nn.Conv2d) and onednn_miscomputes(
+        None if width is None else output_width(conv, width), conv.stride[1], conv.kernel_size[1])
 
 
 def _forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and output_width(conv, x.shape[-1]) == 1:
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and at_risk(conv, x.shape[-1]):
         with torch.autocast("cpu", enabled=False):
             return type(conv).forward(conv, x.float())
     return type(conv).forward(conv, x)

@@ -222,14 +222,18 @@ class DualHeadReID(nn.Module):
         """Re-ID outputs only (a re-ID training batch does not need the gender branch)."""
         return self.reid_head(self.forward_features(x)[1])
 
+    def layer3_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer3 map the gender head reads, without computing layer4."""
+        b = self.backbone
+        return b.layer3(b.layer2(b.layer1(b.stem(x))))
+
     def forward_gender(self, x: torch.Tensor) -> dict:
         """Gender (and attribute) outputs; stops at layer3 so gender batches skip layer4, unless the attribute
         head reads layer4."""
-        b = self.backbone
-        x3 = b.layer3(b.layer2(b.layer1(b.stem(x))))
+        x3 = self.layer3_map(x)
         out = self.gender_head(x3)
         if self.attribute_head is not None:
-            out.update(self.attribute_head(b.layer4(x3)))
+            out.update(self.attribute_head(self.backbone.layer4(x3)))
         return out
 
     def backbone_parameters(self) -> list:

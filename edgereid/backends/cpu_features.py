@@ -141,6 +141,15 @@ def int8_saturates(features: dict | None = None) -> bool:
     return bool(f["x86"] and not has_vnni(f))
 
 
+def onednn_miscomputes(output_width: int | None, column_stride: int, kernel_width: int) -> bool:
+    """True for the one convolution shape oneDNN's AMX INT8 and bfloat16 kernels (and its AVX512-BF16 ones)
+    miscompute: an output one column wide from a convolution that strides across columns with a kernel wider
+    than one. `output_width` None asks whether the convolution can have that shape at some input width. Both
+    OpenVINO's INT8 placement (backends/openvino_int8.py) and bfloat16 training (training/bf16.py) keep such
+    convolutions in float32."""
+    return column_stride > 1 and kernel_width > 1 and output_width in (None, 1)
+
+
 def check_int8_kernels(int8_kernels: str) -> None:
     """Raise InvalidInputError for an `int8_kernels` value other than "exact" or "fast"."""
     if int8_kernels not in INT8_KERNELS:

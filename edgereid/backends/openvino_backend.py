@@ -207,16 +207,25 @@ class OpenVINOBackend(Backend):
                 counts[(info["layerType"].astype(str), info["runtimePrecision"].astype(str))] += 1
         return counts
 
+    def _int8_on_cpu(self) -> bool:
+        """True when this model is an INT8 file whose layers may run on OpenVINO's CPU plugin: the CPU device, or a
+        virtual one (AUTO, MULTI, HETERO, BATCH) that lists the CPU or lists nothing. GPU and NPU plugins have
+        their own INT8 arithmetic."""
+        if self._metadata.precision != "int8":
+            return False
+        family, _, listed = self.device.partition(":")
+        family = family.split(".")[0]
+        if family in VIRTUAL_DEVICES:
+            return not listed or any(d.strip().split(".")[0] == "CPU" for d in listed.split(","))
+        return family == "CPU"
+
     def _saturates(self) -> bool:
         """True when this model's INT8 convolutions would run on saturating u8 x i8 CPU kernels."""
-        if self._metadata.precision != "int8" or self.device.split(":")[0].split(".")[0] in ("GPU", "NPU"):
-            return False  # GPU and NPU plugins have their own int8 arithmetic; AUTO may pick the CPU
-        return int8_saturates() or onednn_isa_without_vnni()
+        return self._int8_on_cpu() and (int8_saturates() or onednn_isa_without_vnni())
 
     def _runs_on_amx(self) -> bool:
-        """True when this model's INT8 convolutions run on OpenVINO's AMX kernels (CPU device, AMX-INT8 CPU)."""
-        return (self._metadata.precision == "int8" and self.device.split(":")[0].split(".")[0] in ("CPU", "AUTO")
-                and amx_int8_kernels())
+        """True when this model's INT8 convolutions run on OpenVINO's AMX kernels (CPU plugin, AMX-INT8 CPU)."""
+        return self._int8_on_cpu() and amx_int8_kernels()
 
     def _int8_arithmetic(self) -> str | None:
         """How the compiled model computes the file's INT8 layers, in words (None for a float file)."""

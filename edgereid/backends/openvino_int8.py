@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgereid._optional import require
+from edgereid.backends.cpu_features import onednn_miscomputes
 
 # a pair of u8 x i8 products is summed into a signed 16-bit lane by VPMADDUBSW
 INT16_MAX = 32767
@@ -215,8 +216,8 @@ class QuantizedConv:
         if self.node.get_type_name() != "Convolution" or shape.rank.is_dynamic or shape.rank.get_length() != 4:
             return False
         width = shape[3]
-        return (width.is_static and width.get_length() == 1 and int(attrs["strides"][-1]) > 1
-                and self.weights.shape[-1] > 1)
+        return width.is_static and onednn_miscomputes(width.get_length(), int(attrs["strides"][-1]),
+                                                      self.weights.shape[-1])
 
     @property
     def macs(self) -> int:

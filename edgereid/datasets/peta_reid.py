@@ -18,6 +18,8 @@ from edgereid.datasets.records import ImageRecord, ReidSplits, relabel_train
 from edgereid.errors import DatasetError
 
 REID_SUBSETS = ("3DPeS", "CAVIAR4REID", "i-LID", "SARC3D", "TownCentre")
+# PETA subsets that are two-camera re-ID sets of their own (edgereid.datasets.two_camera reads them)
+TWO_CAMERA_SUBSETS = ("prid", "grid", "viper")
 ID_STRIDE = 100_000  # subset k's person n becomes k * ID_STRIDE + n
 
 
@@ -28,8 +30,11 @@ def load_peta_reid(root, subsets: Sequence[str] | None = None, min_images: int =
     wanted = [s for s in (subsets or REID_SUBSETS) if subsets or s.lower() in lower]
     missing = [s for s in wanted if s.lower() not in lower]
     if missing or not wanted:
+        two_camera = [name for name in found if name.lower() in TWO_CAMERA_SUBSETS]
+        hint = (f" Two-camera subsets ({', '.join(two_camera)}) are re-ID sets of their own: --dataset two_camera "
+                f"on the subset's folder, e.g. {subset_folder(found[two_camera[0]])}." if two_camera else "")
         raise DatasetError(f"peta: re-ID subsets {missing or list(REID_SUBSETS)} are not under {root}; it holds "
-                           f"{', '.join(found)}. Pass the 'PETA dataset' folder or name subsets it has.")
+                           f"{', '.join(found)}. Pass the 'PETA dataset' folder or name subsets it has.{hint}")
     records = []
     for k, name in enumerate(lower[s.lower()] for s in wanted):
         by_id: dict = defaultdict(list)
