@@ -12,6 +12,13 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("edgereid.pipelines.quickstart")
 
+# The toy runs write every layer in INT8 with percentile ranges: on a model trained for seconds the sensitivity
+# plan tries every layer (about 100 s a run); the full quickstart below runs the default plan, test_int8_plan.py
+# checks the plan itself.
+from edgereid.calibration.int8_policy import DEFAULT_POLICY  # noqa: E402
+
+FIXED_INT8 = DEFAULT_POLICY.with_(plan=False, method="percentile")
+
 
 def test_quickstart_pipeline_writes_report_models_and_grid(tmp_path):
     from edgereid.pipelines.quickstart import run_quickstart
@@ -23,7 +30,8 @@ def test_quickstart_pipeline_writes_report_models_and_grid(tmp_path):
                             image_size=(64, 32), num_distractors=2, num_junk=1),
         train_overrides=dict(image_height=64, image_width=32, pad=2, epochs=1, stage2_epochs=1, reid_p=4,
                              reid_k=2, gender_batch=8),
-        quantize=True, num_calibration=16, minutes=0)  # 0: the epoch counts decide, not the 5-minute budget
+        quantize=True, num_calibration=16, minutes=0,  # 0: the epoch counts decide, not the 5-minute budget
+        int8_policy=FIXED_INT8)
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
     for r in (report, saved):
         assert 0.0 <= r["reid"]["rank1"] <= 1.0 and 0.0 <= r["reid"]["mAP"] <= 1.0
@@ -83,7 +91,7 @@ def test_real_data_quickstart_runs_on_a_generated_folder_in_a_real_layout(tmp_pa
     lines = []
     report = run_quickstart(
         tmp_path / "qs", threads=2, progress=False, echo=lines.append, reid_data=cuhk, reid_dataset="cuhk03",
-        gender_data=peta, minutes=0.1, reid_options={"val_ids": 6}, num_calibration=16,
+        gender_data=peta, minutes=0.1, reid_options={"val_ids": 6}, num_calibration=16, int8_policy=FIXED_INT8,
         train_overrides=dict(image_height=64, image_width=32, pad=2, reid_p=4, reid_k=2, gender_batch=8))
     assert report["data"]["source"]["reid_dataset"] == "cuhk03" and report["data"]["num_test_ids"] == 6
     assert report["train_config"]["minutes"] == 0.1

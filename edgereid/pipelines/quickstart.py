@@ -168,9 +168,13 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int 
                    progress: bool = True, data_overrides: dict | None = None, train_overrides: dict | None = None,
                    quantize: bool = True, num_calibration: int = 128, echo: Callable = print,
                    reid_data=None, gender_data=None, reid_dataset: str = "market1501", gender_test_data=None,
-                   minutes: float | None = None, reid_options: dict | None = None) -> dict:
+                   minutes: float | None = None, reid_options: dict | None = None, int8_policy=None) -> dict:
     """Data, training, ONNX export, FP16 and INT8 (calibrated on `num_calibration` training images), every file
     evaluated with the Runtime, a search grid and report.md/report.json; returns the report.
+
+    INT8 follows `int8_policy` (a `calibration.int8_policy.Int8Policy`; default: the policy of `edgereid quantize
+    --int8`, the sensitivity plan). `DEFAULT_POLICY.with_(plan=False, method="percentile")` writes every layer in
+    INT8 without the plan's search, which on a barely trained model tries every layer (minutes).
 
     Without `reid_data` the data is the generated synthetic set and the training the quickstart's short recipe;
     with `reid_data` and `gender_data` it is the user's data, trained by the cpu recipe. Training takes `minutes`
@@ -230,7 +234,8 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", threads: int 
     models = {"fp32": onnx_path}
     # FP16 / INT8 Q/DQ files, calibrated on training images, never the evaluation ones.
     if quantize:
-        models.update(quantize_models(onnx_path, [r.path for r in splits.train], num=num_calibration))
+        models.update(quantize_models(onnx_path, [r.path for r in splits.train], num=num_calibration,
+                                      policy=int8_policy))
     timings["export_s"] = time.perf_counter() - t
 
     # 4. evaluate every model file through the Runtime; search + grid with the FP32 one
