@@ -84,6 +84,8 @@ def test_peta_reid_keeps_subsets_apart(tmp_path):
     (prid / "Label.txt").write_text("1 personalMale\n")
     with pytest.raises(DatasetError, match=r"holds PRID\..*--dataset two_camera on the subset's folder, e\.g\. .*PRID"):
         load_peta_reid(prid.parent)
+    assert detect_layout(prid) == "two_camera"  # the subset's own image folder: auto detection reads it so
+    assert detect_layout(prid.parent) == "peta"  # its parent holds archive/: the error above says where to point
 
 
 def test_layouts_are_detected_or_named(two_layouts, tmp_path):

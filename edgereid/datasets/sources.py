@@ -34,7 +34,8 @@ def parse_spec(spec: str, default_layout: str = AUTO) -> tuple:
 
 def detect_layout(path) -> str:
     """The registry name of the layout at `path`, from what the folder holds; DatasetError when unclear."""
-    from edgereid.datasets.peta import peta_subsets
+    from edgereid.datasets.peta import peta_subsets, subset_folder
+    from edgereid.datasets.peta_reid import TWO_CAMERA_SUBSETS
 
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -50,10 +51,14 @@ def detect_layout(path) -> str:
     if any((f / "list_train.txt").is_file() for f in (root, *(d for d in root.iterdir() if d.is_dir()))):
         return "msmt17"
     try:
-        peta_subsets(root)
-        return "peta"
+        subsets = peta_subsets(root)
     except DatasetError:
-        pass
+        subsets = {}
+    if subsets:
+        # a two-camera subset's own image folder (PETA's PRID/archive, GRID/archive) is a re-ID set of its own
+        if len(subsets) == 1 and next(iter(subsets)).lower() in TWO_CAMERA_SUBSETS and subset_folder(root) == root:
+            return "two_camera"
+        return "peta"
     from edgereid.datasets.cuhk03 import _flat_folder
 
     if _flat_folder(root) is not None:
