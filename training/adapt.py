@@ -56,7 +56,7 @@ from edgereid.datasets.records import ImageRecord
 from edgereid.errors import DatasetError, InvalidInputError
 from edgereid.metadata import ModelMetadata
 
-from edgereid.training.bf16 import cpu_bf16_enabled, keep_one_column_convs_in_float32
+from edgereid.training.bf16 import cpu_bf16_autocast, cpu_bf16_enabled, keep_one_column_convs_in_float32
 from edgereid.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, weights_sha256
 from edgereid.training.config import YamlConfig
 from edgereid.training.data import ReidDataset
@@ -354,7 +354,7 @@ class Adapter:
                 group["lr"] = cfg.lr * self._lr_factor()
             images, pids, cams, *plain = next(batches)
             images, pids, cams = images.to(cfg.device), pids.to(cfg.device), cams.to(cfg.device)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            with cpu_bf16_autocast(self.bf16):
                 out = model.forward_reid(images)
             out = {k: v.float() for k, v in out.items()}  # losses and the memory in float32
             parts = {"memory": memory(out["embedding"], pids, cams),
@@ -365,9 +365,9 @@ class Adapter:
                 # model computes (backbone in eval mode, no gradient): a model near chance on a new site must
                 # not pull the backbone the embeddings share
                 model.backbone.eval()
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                    x3 = model.layer3_map(plain[0].to(cfg.device))
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                with cpu_bf16_autocast(self.bf16):
+                    with torch.no_grad():
+                        x3 = model.layer3_map(plain[0].to(cfg.device))
                     logit = model.gender_head(x3)["gender_logit"].reshape(-1).float()
                 self._train_mode(frozen)
                 parts["gender_bce"] = F.binary_cross_entropy_with_logits(

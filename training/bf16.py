@@ -36,6 +36,11 @@ def cpu_bf16_enabled(setting: str, device: str) -> bool:
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def cpu_bf16_autocast(enabled: bool):
+    """The bfloat16 autocast context of a training forward pass on a CPU (a no-op when not `enabled`)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
 def output_width(conv: nn.Conv2d, width: int) -> int:
     """The number of output columns `conv` computes from `width` input columns."""
     if conv.padding == "same":  # stride 1 only

@@ -29,7 +29,7 @@ from edgereid.datasets.attribute_labels import positive_ratio, resolve_attribute
 from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
-from edgereid.training.bf16 import cpu_bf16_enabled, keep_one_column_convs_in_float32
+from edgereid.training.bf16 import cpu_bf16_autocast, cpu_bf16_enabled, keep_one_column_convs_in_float32
 from edgereid.training.checkpoint import (read_checkpoint, save_checkpoint, set_training_rng_state,
                                           training_rng_state)
 from edgereid.training.config import TrainConfig
@@ -231,7 +231,7 @@ class Trainer:
         images = batch[0].to(self.device, non_blocking=True)
         labels = batch[1].to(self.device, non_blocking=True)
         with part("forward"):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            with cpu_bf16_autocast(self.bf16):
                 out = (self.dist.forward(self.model, images, task, key=stage) if self.dist.enabled
                        else self.model.forward_reid(images) if task == "reid" else self.model.forward_gender(images))
             out = {k: v.float() for k, v in out.items()}  # losses in float32 (a no-op without autocast)
