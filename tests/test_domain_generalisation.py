@@ -205,6 +205,8 @@ def test_cpu_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weight
     assert not cpu_bf16_enabled("auto", "cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert cpu_bf16_enabled("auto", "cpu")
+    # a MobileOne's depthwise convolutions are no faster in bfloat16: "auto" leaves it in float32, "on" forces it
+    assert not cpu_bf16_enabled("auto", "cpu", "mobileone_s0") and cpu_bf16_enabled("on", "cpu", "mobileone_s0")
     with pytest.raises(Exception, match="cpu_bf16"):
         cpu_bf16_enabled("fast", "cpu")
 

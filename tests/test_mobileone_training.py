@@ -1,5 +1,6 @@
-"""A MobileOne model trained on generated data: it learns (more with its identity branches shifted), and its
-fp32, FP16 and INT8 files keep what it learned within the floors below."""
+"""A MobileOne model trained on generated data: it learns (far more with its identity branches shifted and one conv
+branch per block, in the same time), and its fp32, FP16 and INT8 files keep what it learned within the floors
+below."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,19 +34,22 @@ def trained_mobileone(small_synthetic, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_shifted_identity_branches_learn_far_better(trained_mobileone, small_synthetic, tmp_path):
-    """The same learning run with identity_shift=3: held-out rank-1 at least 0.2 and 0.1 above the unshifted run
-    (observed 0.34 against 0.08; the IBN ResNet 0.53). On the IBN ResNet the option is refused."""
+def test_shifted_identity_branches_with_one_conv_branch_learn_like_the_resnet(trained_mobileone, small_synthetic,
+                                                                              tmp_path):
+    """The same learning run with identity_shift=3 and conv_branches=1, for 22 epochs: about the wall time of the
+    four-branch run's 10 (one branch steps 2.2x faster). Held-out rank-1 at least 0.4 and 0.2 above the unshifted
+    four-branch run (observed 0.535 against 0.08; the IBN ResNet 0.53 in its 10 epochs; shifted with four branches
+    0.34 in the same time). On the IBN ResNet the shift is refused."""
     from edgereid.training.config import TrainConfig
     from edgereid.training.trainer import Trainer
 
     cfg = TrainConfig(out=str(tmp_path / "run"), **{**SMALL_TRAIN, **LEARNING_RUN}).apply_overrides(
-        ["backbone=mobileone_s0", "instance_norm=false", "identity_shift=3"])
+        ["backbone=mobileone_s0", "instance_norm=false", "identity_shift=3", "conv_branches=1", "epochs=22"])
     tr = Trainer(cfg, small_synthetic["splits"], small_synthetic["gender_train"], small_synthetic["gender_test"])
     tr.fit()
     shifted, plain = tr.best_metrics["reid"]["rank1"], trained_mobileone["after"]["reid"]["rank1"]
-    print(f"rank-1 shifted {shifted:.3f}, unshifted {plain:.3f}")
-    assert shifted >= 0.2 and shifted >= plain + 0.1
+    print(f"rank-1 shifted, one branch {shifted:.3f}; unshifted, four {plain:.3f}")
+    assert shifted >= 0.4 and shifted >= plain + 0.2
     with pytest.raises(InvalidInputError, match="identity_shift applies to the MobileOne backbones"):
         Trainer(TrainConfig(out=str(tmp_path / "resnet"), **SMALL_TRAIN).apply_overrides(["identity_shift=3"]),
                 small_synthetic["splits"], small_synthetic["gender_train"], small_synthetic["gender_test"])

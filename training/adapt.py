@@ -203,7 +203,7 @@ class Adapter:
                        "model_config": ckpt["model_config"]}
         self.train_config = ckpt.get("config")
         self.model.to(cfg.device)
-        self.bf16 = cpu_bf16_enabled(cfg.cpu_bf16, cfg.device)
+        self.bf16 = cpu_bf16_enabled(cfg.cpu_bf16, cfg.device, self.model.config.backbone)
         if self.bf16:  # oneDNN's bfloat16 kernels miscompute one-column outputs (training/bf16.py)
             keep_one_column_convs_in_float32(self.model)
         mc = self.model.config

@@ -33,20 +33,26 @@ DEFAULT_BACKBONE = "ibn_resnet18"
 BACKBONES = (DEFAULT_BACKBONE, *MOBILEONE_VARIANTS)
 
 
-def build_backbone(name: str = DEFAULT_BACKBONE, last_stride: int = 2, instance_norm: bool = True) -> nn.Module:
+def build_backbone(name: str = DEFAULT_BACKBONE, last_stride: int = 2, instance_norm: bool = True,
+                   conv_branches: int = 0) -> nn.Module:
     """The backbone called `name` (one of BACKBONES): a module whose forward returns (layer3 map, layer4 map), with
     stages `stem`, `layer1`..`layer4` and `feature_channels` = (layer3, layer4) channel counts.
 
     `instance_norm` puts IBN-style InstanceNorm at the end of the first three stages of a MobileOne backbone; the
-    IBN-Net-A ResNet has it by construction.
+    IBN-Net-A ResNet has it by construction. `conv_branches` sets a MobileOne's training-time conv branches per
+    block (0: the size's own; training/mobileone.MobileOne).
     """
     if name == DEFAULT_BACKBONE:
-        if not instance_norm:
-            raise InvalidInputError("instance_norm=false applies to the MobileOne backbones; ibn_resnet18 has IBN "
-                                    "by construction. Drop the option or pick backbone=mobileone_s0..s4.")
+        for wrong, option in ((not instance_norm, "instance_norm=false"), (conv_branches, "conv_branches")):
+            if wrong:
+                raise InvalidInputError(f"{option} applies to the MobileOne backbones, not ibn_resnet18. Drop the "
+                                        f"option or pick backbone=mobileone_s0..s4.")
         return ResNetIBNa(last_stride=last_stride)
     if name in MOBILEONE_VARIANTS:
-        return MobileOne(name, last_stride=last_stride, ibn_stages=IBN_STAGES if instance_norm else ())
+        if conv_branches < 0:
+            raise InvalidInputError(f"conv_branches must be 0 (the size's own) or more, got {conv_branches}.")
+        return MobileOne(name, last_stride=last_stride, ibn_stages=IBN_STAGES if instance_norm else (),
+                         conv_branches=conv_branches)
     raise unknown_backbone(name)
 
 
@@ -72,6 +78,7 @@ class ModelConfig:
     # Checkpoints written before these fields load as the IBN ResNet they hold.
     backbone: str = DEFAULT_BACKBONE  # a name of BACKBONES
     instance_norm: bool = True  # MobileOne: IBN-style InstanceNorm at the end of layer1..3
+    conv_branches: int = 0  # MobileOne: training-time conv branches per block (0: the size's own)
 
     def __post_init__(self) -> None:
         self.attribute_names = tuple(str(n) for n in self.attribute_names)
@@ -148,16 +155,17 @@ class DualHeadReID(nn.Module):
     def __init__(self, num_classes: int = 0, embedding_dim: int = 128, gender_channels: int = 256,
                  last_stride: int = 2, input_size: tuple = (256, 128), attribute_names: tuple = (),
                  attribute_tap: str = "gender_block", backbone: str = DEFAULT_BACKBONE,
-                 instance_norm: bool = True) -> None:
+                 instance_norm: bool = True, conv_branches: int = 0) -> None:
         super().__init__()
         self.config = ModelConfig(embedding_dim=embedding_dim, num_classes=num_classes,
                                   gender_channels=gender_channels, last_stride=last_stride,
                                   input_height=int(input_size[0]), input_width=int(input_size[1]),
                                   attribute_names=tuple(attribute_names), attribute_tap=attribute_tap,
-                                  backbone=backbone, instance_norm=bool(instance_norm))
+                                  backbone=backbone, instance_norm=bool(instance_norm),
+                                  conv_branches=int(conv_branches))
         num_attributes = len(self.config.attribute_names)
         on_gender_block = num_attributes if attribute_tap == "gender_block" else 0
-        self.backbone = build_backbone(backbone, last_stride, instance_norm)
+        self.backbone = build_backbone(backbone, last_stride, instance_norm, int(conv_branches))
         c3, c4 = self.backbone.feature_channels
         self.reid_head = ReidHead(c4, embedding_dim, num_classes)
         self.gender_head = GenderHead(c3, gender_channels, on_gender_block)
@@ -174,7 +182,8 @@ class DualHeadReID(nn.Module):
         return cls(num_classes=cfg.num_classes, embedding_dim=cfg.embedding_dim,
                    gender_channels=cfg.gender_channels, last_stride=cfg.last_stride,
                    input_size=(cfg.input_height, cfg.input_width), attribute_names=cfg.attribute_names,
-                   attribute_tap=cfg.attribute_tap, backbone=cfg.backbone, instance_norm=cfg.instance_norm)
+                   attribute_tap=cfg.attribute_tap, backbone=cfg.backbone, instance_norm=cfg.instance_norm,
+                   conv_branches=cfg.conv_branches)
 
     @classmethod
     def from_train_config(cls, cfg, num_classes: int = 0, attribute_names: tuple = ()) -> "DualHeadReID":
@@ -182,7 +191,7 @@ class DualHeadReID(nn.Module):
         return cls(num_classes=num_classes, embedding_dim=cfg.embedding_dim, gender_channels=cfg.gender_channels,
                    last_stride=cfg.last_stride, input_size=(cfg.image_height, cfg.image_width),
                    attribute_names=tuple(attribute_names), attribute_tap=cfg.attribute_tap, backbone=cfg.backbone,
-                   instance_norm=cfg.instance_norm)
+                   instance_norm=cfg.instance_norm, conv_branches=cfg.conv_branches)
 
     @property
     def reparameterizable(self) -> bool:

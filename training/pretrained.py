@@ -91,6 +91,11 @@ def load_backbone_weights(backbone: torch.nn.Module, weights: str | os.PathLike,
     backbone's tensors would load.
     """
     if isinstance(backbone, MobileOne):
+        own = VARIANTS[backbone.variant].num_conv_branches
+        if backbone.num_conv_branches != own:  # Apple's files train the size's own branches
+            raise InvalidInputError(f"conv_branches={backbone.num_conv_branches} cannot start from Apple's "
+                                    f"{backbone.variant} weights, which train {own} conv branches per block: drop "
+                                    f"--set conv_branches or --pretrained {weights}.")
         check_pretrained(weights, backbone=backbone.variant)  # a name is a ResNet-18: refused before any download
         return _load_mobileone(backbone, resolve_pretrained(weights, show_progress=show_progress))
     if not isinstance(backbone, ResNetIBNa):

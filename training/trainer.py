@@ -63,7 +63,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.dist = setup_distributed(resolve_device(cfg.device))  # world 1 (no process group) without torchrun
         self.device = self.dist.device
-        self.bf16 = cpu_bf16_enabled(cfg.cpu_bf16, self.device)
+        self.bf16 = cpu_bf16_enabled(cfg.cpu_bf16, self.device, cfg.backbone)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self._seed_everything(cfg.seed)
