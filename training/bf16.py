@@ -19,12 +19,13 @@ from torch import nn
 
 from edgereid.backends.cpu_features import onednn_miscomputes
 from edgereid.errors import InvalidInputError
+from edgereid.training.mobileone import VARIANTS as MOBILEONE_VARIANTS
 
 
 # Backbones "auto" leaves in float32: a MobileOne's training step is mostly depthwise convolutions, which oneDNN
 # runs no faster in bfloat16 (S0 at 128x64, batch 64, forward + backward + Adam on a Xeon with AMX: 1.29 s in
 # bfloat16 against 1.13 s in float32; the IBN ResNet 0.41 s against 0.64 s). "on" still forces it.
-BF16_SLOWER = ("mobileone_",)
+BF16_SLOWER = tuple(MOBILEONE_VARIANTS)
 
 
 def cpu_bf16_enabled(setting: str, device: str, backbone: str = "ibn_resnet18") -> bool:
@@ -38,7 +39,7 @@ def cpu_bf16_enabled(setting: str, device: str, backbone: str = "ibn_resnet18") 
         return False
     if setting == "on":
         return True
-    if backbone.startswith(BF16_SLOWER):
+    if backbone in BF16_SLOWER:
         return False
     cpu = getattr(torch, "cpu", None)  # private probes: absent on some builds, then no bf16
     return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()

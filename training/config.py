@@ -108,7 +108,7 @@ class TrainConfig(YamlConfig):
     # on generated people, but INT8 agrees less): training/mobileone.shift_identity_branches
     identity_shift: float = 0.0
     # MobileOne: kxk conv branches per block while training (0: the size's own, 4 in S0). Export fuses them into
-    # one conv whatever the number; on a 2-core CPU S0 with 1 steps 2.3x faster (training/mobileone.py)
+    # one conv whatever the number; on a 2-core CPU S0 with 1 takes 2.2x the steps per minute (training/mobileone.py)
     conv_branches: int = 0
     embedding_dim: int = 128
     gender_channels: int = 256

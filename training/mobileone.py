@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgereid.errors import InvalidInputError
+
 BLOCKS_PER_STAGE = (2, 8, 10, 1)  # (depthwise, pointwise) pairs in layer1..layer4, as in every MobileOne size
 # InstanceNorm in the first three stages, as IBN-Net-A (appearance -- colour, contrast, camera style -- lives in the
 # shallow features), none in the last one (identity needs the discriminative statistics BN keeps). Within a stage
@@ -224,7 +226,7 @@ class MobileOne(nn.Module):
         super().__init__()
         spec = VARIANTS[variant]
         if conv_branches < 0:
-            raise ValueError(f"conv_branches must be >= 0 (0: the size's own), got {conv_branches}")
+            raise InvalidInputError(f"conv_branches must be 0 (the size's own) or more, got {conv_branches}.")
         self.variant = variant  # names the size in messages (e.g. which ImageNet file fits)
         widths, branches = spec.widths, conv_branches or spec.num_conv_branches
         self.num_conv_branches = branches

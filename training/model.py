@@ -49,8 +49,6 @@ def build_backbone(name: str = DEFAULT_BACKBONE, last_stride: int = 2, instance_
                                         f"option or pick backbone=mobileone_s0..s4.")
         return ResNetIBNa(last_stride=last_stride)
     if name in MOBILEONE_VARIANTS:
-        if conv_branches < 0:
-            raise InvalidInputError(f"conv_branches must be 0 (the size's own) or more, got {conv_branches}.")
         return MobileOne(name, last_stride=last_stride, ibn_stages=IBN_STAGES if instance_norm else (),
                          conv_branches=conv_branches)
     raise unknown_backbone(name)
@@ -165,7 +163,7 @@ class DualHeadReID(nn.Module):
                                   conv_branches=int(conv_branches))
         num_attributes = len(self.config.attribute_names)
         on_gender_block = num_attributes if attribute_tap == "gender_block" else 0
-        self.backbone = build_backbone(backbone, last_stride, instance_norm, int(conv_branches))
+        self.backbone = build_backbone(backbone, last_stride, instance_norm, self.config.conv_branches)
         c3, c4 = self.backbone.feature_channels
         self.reid_head = ReidHead(c4, embedding_dim, num_classes)
         self.gender_head = GenderHead(c3, gender_channels, on_gender_block)
