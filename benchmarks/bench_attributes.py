@@ -4,6 +4,10 @@ without (`attributes=[]`), scored on held-out PETA crops.
     flock /tmp/edgereid-bench.lock python benchmarks/bench_attributes.py --cuhk03 ~/data/cuhk03/labeled/train \
         --peta "~/data/peta/PETA dataset" --minutes 6 -o benchmarks/results/attributes_cpu.json
 
+`--score-runs RUN [RUN ...]` trains nothing: it scores runs `edgereid train` already wrote (each run's
+config.yaml and last.pt; its held-out crops are its own 20% split of its gender subsets), e.g. an A/B of
+`--set attribute_weighting=...` trained side by side.
+
 Training: CUHK03 labeled/train (re-ID) and the PETA subsets 3DPeS, CAVIAR4REID, SARC3D, TownCentre, i-LID
 (gender + attributes), 20% of their images held out (`gender_val_fraction`, split by image: the same person's
 other frames may be in training, so this is the in-domain figure). Never trained on or tuned: MIT (held-out
@@ -26,7 +30,7 @@ TRAIN_SUBSETS = ["3DPeS", "CAVIAR4REID", "SARC3D", "TownCentre", "i-LID"]
 TEST_SETS = {"MIT": ["MIT"], "PRID+GRID": ["PRID", "GRID"]}
 
 
-def score(trainer, records: list) -> dict:
+def score(model, metadata, records: list) -> dict:
     """Gender accuracy and, with an attribute head, the attribute summary and per-attribute rows."""
     from edgereid.datasets.attribute_labels import attribute_matrix
     from edgereid.retrieval.attribute_metrics import attribute_scores
@@ -35,14 +39,42 @@ def score(trainer, records: list) -> dict:
     from edgereid.training.transforms import EvalTransform
     from edgereid.training.validate import model_outputs
 
-    out = model_outputs(trainer.model, GenderDataset(records, EvalTransform(trainer.metadata)), 64, "cpu")
+    out = model_outputs(model, GenderDataset(records, EvalTransform(metadata)), 64, "cpu")
     result = {"images": len(records), "gender_accuracy": gender_accuracy(out["gender_prob"],
                                                                          [r.label for r in records])}
-    names = trainer.model.attribute_names
+    names = model.attribute_names
     if names:
         rep = attribute_scores(out["attribute_prob"], attribute_matrix(records, names), names)
         result["attributes"] = {**rep.summary(), "per_attribute": rep.per_attribute, "notes": rep.notes}
     return result
+
+
+def score_run(run: Path, tests: dict) -> dict:
+    """A finished `edgereid train` run scored like the runs trained here: its last.pt on its own held-out split
+    of the gender subsets (the trainer's seeded split) and on `tests`."""
+    import json
+
+    from edgereid.datasets import load_gender_dataset
+    from edgereid.metadata import ModelMetadata
+    from edgereid.training.checkpoint import load_checkpoint
+    from edgereid.training.config import TrainConfig
+    from edgereid.training.data import split_gender
+
+    cfg = TrainConfig.load(run / "config.yaml")
+    if cfg.gender_sources or cfg.gender_test_data:
+        raise SystemExit(f"{run}: scores runs with one gender source and no --gender-test-data (their held-out "
+                         f"crops are the trainer's split)")
+    held_out = split_gender(load_gender_dataset(cfg.gender_data, subsets=cfg.gender_subsets or None),
+                            cfg.gender_val_fraction, cfg.seed)[1]
+    model = load_checkpoint(run / "last.pt", with_classifier=False)[0].eval()
+    metadata = ModelMetadata(height=cfg.image_height, width=cfg.image_width)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"config": {k: getattr(cfg, k) for k in ("attribute_weighting", "attribute_tap", "threads", "minutes",
+                                                    "cpu_bf16", "gender_subsets", "backbone")},
+            "steps": metrics[-1]["step"], "final_validation": {k: v for k, v in metrics[-1].items()
+                                                               if k in ("reid", "gender", "attributes")},
+            "held_out_training_subsets": score(model, metadata, held_out),
+            **{name: score(model, metadata, recs) for name, recs in tests.items()}}
 
 
 def main(argv: list | None = None) -> int:
@@ -54,6 +86,8 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--runs", default="with_attributes,without_attributes",
                     help="which of the two runs to train (comma-separated), e.g. with_attributes alone")
+    ap.add_argument("--score-runs", type=Path, nargs="+", default=[],
+                    help="score these finished runs instead of training (their config.yaml and last.pt)")
     args = ap.parse_args(argv)
     wanted = set(args.runs.split(","))
     from edgereid.datasets import load_peta
@@ -64,6 +98,15 @@ def main(argv: list | None = None) -> int:
     start = time.time()
     peta = args.peta.expanduser()
     tests = {name: load_peta(peta, subsets=subsets) for name, subsets in TEST_SETS.items()}
+    if args.score_runs:
+        runs = {run.name: score_run(run, tests) for run in args.score_runs}
+        write_result(args.output, {
+            "benchmark": "attribute head on real crops: finished runs scored",
+            "command": "python benchmarks/bench_attributes.py --cuhk03 labeled/train --peta 'PETA dataset' "
+                       f"--score-runs {' '.join(r.name for r in args.score_runs)} -o {args.output}",
+            "sources": SOURCES, "test_sets": TEST_SETS, "runs": runs,
+            "minutes": round((time.time() - start) / 60, 1)})
+        return 0
     runs = {}
     for label, attributes in (("with_attributes", None), ("without_attributes", [])):
         if label not in wanted:
@@ -77,8 +120,8 @@ def main(argv: list | None = None) -> int:
         trainer = Trainer(cfg)
         final = trainer.fit()
         runs[label] = {"attributes": list(trainer.attribute_names), "final_validation": final,
-                       "held_out_training_subsets": score(trainer, trainer.gender_test),
-                       **{name: score(trainer, recs) for name, recs in tests.items()},
+                       "held_out_training_subsets": score(trainer.model, trainer.metadata, trainer.gender_test),
+                       **{name: score(trainer.model, trainer.metadata, recs) for name, recs in tests.items()},
                        "minutes": round((time.time() - t0) / 60, 1)}
         print(label, {k: v for k, v in runs[label].items() if k != "attributes"}, flush=True)
     write_result(args.output, {

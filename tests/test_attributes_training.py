@@ -107,7 +107,7 @@ def test_deepmar_weighted_loss_on_a_hand_example():
     torch = pytest.importorskip("torch")
     from edgereid.training.losses import AttributeLoss
 
-    loss = AttributeLoss([0.25, 0.5])
+    loss = AttributeLoss([0.25, 0.5], weighting="deepmar")
     logits = torch.tensor([[0.0, 0.0], [2.0, 5.0]])
     labels = torch.tensor([[1, 0], [0, -1]])
     # known entries: (0,0) positive of p=.25 -> weight e^.75, BCE log 2; (0,1) negative of p=.5 -> e^.5, log 2;
@@ -197,20 +197,21 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
 
 
-# Observed on this run (gender_block tap; 250 test images): AUC red 0.82 (15 positives), blue 0.85 (15), long hair
-# 0.96 (116), shorts 0.72 (33), short sleeves 0.63 (101); backpack 0.54 and hat 0.52 (a few pixels at 64x32: this
-# short run does not learn them, so they are not asserted). An AUC's std here is 0.03-0.05: thresholds sit
+# Observed on this run (gender_block tap, balanced weighting; 250 test images): AUC red 0.84 (15 positives), blue
+# 0.90 (15), long hair 0.96 (116), shorts 0.74 (33), short sleeves 0.55 (101); backpack 0.49 and hat 0.51 (a few
+# pixels at 64x32: this short run does not learn them, so they are not asserted). DeepMAR's weighting gave 0.79,
+# 0.87, 0.95, 0.70, 0.60; short sleeves (0.55-0.63 over runs) sit within two std of chance, so they are not
+# asserted either. An AUC's std here is 0.03-0.05: thresholds sit
 # about 3 std under the observed values and above chance.
-MIN_AUC = {"upperBodyRed": 0.7, "upperBodyBlue": 0.7, "hairLong": 0.8, "lowerBodyShorts": 0.58,
-           "upperBodyShortSleeve": 0.54}
+MIN_AUC = {"upperBodyRed": 0.7, "upperBodyBlue": 0.7, "hairLong": 0.8, "lowerBodyShorts": 0.58}
 
 
 def test_head_learns_generated_attributes(trained_small, small_synthetic):
     """The shared small run trains the attribute head on the generated columns by default (attributes=None).
 
-    Judged by each attribute's AUC (threshold-free: DeepMAR's weights still leave a weakly learnt rare
-    attribute under 0.5 for every image, so its mA at 0.5 stays at chance while its ranking is right), and by
-    mA for long hair, which this run learns fully (observed 0.90).
+    Judged by each attribute's AUC (threshold-free: a weakly learnt rare attribute can sit on one side of 0.5
+    for every image, so its mA at 0.5 stays at chance while its ranking is right), and by mA for long hair,
+    which this run learns fully.
     """
     import json
 

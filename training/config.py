@@ -105,10 +105,11 @@ class TrainConfig(YamlConfig):
     backbone: str = "ibn_resnet18"
     instance_norm: bool = True  # MobileOne: InstanceNorm on half the channels at the end of layer1..3
     # MobileOne from scratch: start each identity branch's BatchNorm shifted by this (0 = off; 3 learns far better
-    # on generated people, but INT8 agrees less): training/mobileone.shift_identity_branches
+    # on generated people, but INT8 agrees less; both recipes set 3): training/mobileone.shift_identity_branches
     identity_shift: float = 0.0
     # MobileOne: kxk conv branches per block while training (0: the size's own, 4 in S0). Export fuses them into
-    # one conv whatever the number; on a 2-core CPU S0 with 1 takes 2.2x the steps per minute (training/mobileone.py)
+    # one conv whatever the number; on a 2-core CPU S0 with 1 takes 2.2x the steps per minute (training/mobileone.py;
+    # the cpu recipe sets 1 from scratch: training/recipes.FROM_SCRATCH)
     conv_branches: int = 0
     embedding_dim: int = 128
     gender_channels: int = 256
@@ -162,8 +163,9 @@ class TrainConfig(YamlConfig):
     # two-output model). The run's config.yaml holds the resolved list, so --resume builds the same head.
     attributes: list | None = None
     attribute_weight: float = 1.0  # weight of the attribute loss (positive-ratio weighted BCE) beside gender's
-    # how the attribute BCE weighs rare labels: deepmar = exp(1 - p) / exp(p); balanced = 1 / 2p and 1 / 2(1 - p)
-    attribute_weighting: str = "deepmar"
+    # how the attribute BCE weighs rare labels: balanced = 1 / 2p and 1 / 2(1 - p) (mA's loss; 45 CPU minutes on
+    # PETA: mA 0.620 against deepmar's 0.552, instance F1 0.414 against 0.566); deepmar = exp(1 - p) / exp(p)
+    attribute_weighting: str = "balanced"
     attribute_tap: str = "gender_block"  # the head reads the gender block on layer3, or "layer4"
     # stage 2: backbone frozen, gender branch fine-tuned
     stage2_epochs: int = 10

@@ -231,12 +231,12 @@ class GenderLoss(nn.Module):
 
 
 class AttributeLoss(nn.Module):
-    """Positive-ratio weighted BCE over the attribute logits (DeepMAR, Li et al., ACPR 2015), unknown labels
-    masked out.
+    """Positive-ratio weighted BCE over the attribute logits, unknown labels masked out; `weighting` is
+    TrainConfig.attribute_weighting.
 
-    A rare attribute (positive ratio p_j small) would be learnt as "always absent" by plain BCE; DeepMAR
-    (`weighting="deepmar"`) weighs its positives by exp(1 - p_j) and its negatives by exp(p_j), at most e : 1.
-    `weighting="balanced"` weighs them by 1 / (2 p_j) and 1 / (2 (1 - p_j)) (p_j clamped to [0.01, 0.99]), so
+    A rare attribute (positive ratio p_j small) would be learnt as "always absent" by plain BCE. DeepMAR (Li et
+    al., ACPR 2015; `weighting="deepmar"`) weighs its positives by exp(1 - p_j) and its negatives by exp(p_j), at
+    most e : 1. `weighting="balanced"` weighs them by 1 / (2 p_j) and 1 / (2 (1 - p_j)) (p_j clamped to [0.01, 0.99]), so
     each attribute's positives and negatives weigh the same in total: the loss of mA, the mean of both recalls.
     The loss is the weighted BCE summed over the known entries of the batch divided by their count (so it does
     not grow with the number of attributes); 0 when no entry is known.
@@ -244,7 +244,7 @@ class AttributeLoss(nn.Module):
 
     WEIGHTINGS = ("deepmar", "balanced")
 
-    def __init__(self, positive_ratio, weighting: str = "deepmar") -> None:
+    def __init__(self, positive_ratio, weighting: str) -> None:
         super().__init__()
         if weighting not in self.WEIGHTINGS:
             raise InvalidInputError(f"attribute_weighting must be one of {', '.join(self.WEIGHTINGS)}, got "

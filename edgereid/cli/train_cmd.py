@@ -64,29 +64,38 @@ def train(reid_data, reid_dataset, gender_data, gender_test_data, recipe, minute
 
     run_config = Path(out or TrainConfig().out) / "config.yaml"
     if config_path:
-        cfg = TrainConfig.load(config_path)
+        base = TrainConfig.load(config_path)
     elif resume and run_config.is_file():
-        cfg = TrainConfig.load(run_config)  # the run's own settings; what the command line gives still wins
+        base = TrainConfig.load(run_config)  # the run's own settings; what the command line gives still wins
     else:
-        cfg = TrainConfig()
-    if recipe:
-        from edgereid.training.recipes import recipe as recipe_fields
-
-        cfg.update(recipe_fields(recipe, world=env_world_size()))  # gpu: the batch and LR grow with torchrun's N
+        base = TrainConfig()
     from edgereid.datasets.sources import parse_spec
 
     for spec in reid_data:
         if not Path(parse_spec(spec)[1]).expanduser().is_dir():
             raise click.BadParameter(f"{spec}: no such folder", param_hint="--reid-data")
-    if reid_data:
-        cfg.update({"reid_data": reid_data[0], "reid_sources": list(reid_data[1:])})
-    if gender_data:
-        cfg.update({"gender_data": str(gender_data[0]), "gender_sources": [str(g) for g in gender_data[1:]]})
     explicit = {"reid_dataset": reid_dataset,
                 "gender_test_data": gender_test_data, "out": out, "epochs": epochs,
                 "stage2_epochs": stage2_epochs, "device": device, "pretrained": pretrained, "minutes": minutes}
-    cfg.update({k: str(v) if isinstance(v, Path) else v for k, v in explicit.items() if v is not None})
-    cfg.apply_overrides(overrides)
+    if reid_data:
+        explicit.update(reid_data=reid_data[0], reid_sources=list(reid_data[1:]))
+    if gender_data:
+        explicit.update(gender_data=str(gender_data[0]), gender_sources=[str(g) for g in gender_data[1:]])
+
+    def settle(recipe_fields: dict):
+        """The recipe's fields, then the command line's options, then --set: the last word wins."""
+        cfg = TrainConfig.from_dict(base.to_dict()).update(recipe_fields)
+        cfg.update({k: str(v) if isinstance(v, Path) else v for k, v in explicit.items() if v is not None})
+        return cfg.apply_overrides(overrides)
+
+    cfg = settle({})
+    if recipe:
+        from edgereid.training.recipes import recipe as recipe_fields
+
+        # gpu: the batch and LR grow with torchrun's N; the backbone and weights the command settled on pick the
+        # recipe's from-scratch fields (a MobileOne's), which --set still overrides
+        cfg = settle(recipe_fields(recipe, world=env_world_size(), backbone=cfg.backbone,
+                                   pretrained=cfg.pretrained))
     if print_config:
         if env_rank() == 0:
             click.echo(require("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
