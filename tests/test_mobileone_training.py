@@ -176,3 +176,22 @@ def test_recipes_give_a_mobileone_from_scratch_what_it_needs(tmp_path):
     assert settled("--recipe", "cpu", "--set", "backbone=mobileone_s2")["conv_branches"] == 1
     assert recipe("cpu") == RECIPES["cpu"] and "identity_shift" not in recipe("cpu", backbone="mobileone_s0",
                                                                               pretrained="apple.pth")
+
+
+def test_resume_refuses_a_run_whose_settings_now_build_another_model(small_synthetic, tmp_path):
+    """A run trained with Apple's four branches, resumed by a command whose recipe now sets conv_branches=1: a
+    ModelFileError naming the field and the --set that resumes it, not torch's missing-keys error."""
+    from edgereid.errors import ModelFileError
+    from edgereid.training.config import TrainConfig
+    from edgereid.training.trainer import Trainer
+
+    data = (small_synthetic["splits"], small_synthetic["gender_train"], small_synthetic["gender_test"])
+    base = ["backbone=mobileone_s0", "instance_norm=false", "attributes=[]"]
+    run = Trainer(TrainConfig(out=str(tmp_path / "run"), **SMALL_TRAIN).apply_overrides(base), *data)
+    run._save("last.pt", {})
+    now = Trainer(TrainConfig(out=str(tmp_path / "run"), **SMALL_TRAIN).apply_overrides(base + ["conv_branches=1"]),
+                  *data)
+    with pytest.raises(ModelFileError, match=r"conv_branches=0, but these settings build one with conv_branches=1; "
+                                             r"resume with the run's own settings \(--set conv_branches=0\)"):
+        now.resume()
+    Trainer(TrainConfig(out=str(tmp_path / "run"), **SMALL_TRAIN).apply_overrides(base), *data).resume()

@@ -156,6 +156,25 @@ def _plain(obj):
     return obj
 
 
+def load_run_weights(ckpt: dict, model: DualHeadReID, path: str | os.PathLike) -> None:
+    """Load a run checkpoint's weights into `model` (a resume). When they do not fit because this command's
+    settings build another network (e.g. a recipe that now sets conv_branches), the error names each model field
+    that differs and the `--set` that resumes the run as it was."""
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        saved, mine = dict(ckpt.get("model_config") or {}), model.config_dict()
+        plain = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else v)
+        differ = {k: saved[k] for k in saved if k in mine and plain(saved[k]) != plain(mine[k])}
+        if not differ:
+            raise ModelFileError(f"{path}: weights do not match the stored model config ({exc}).") from exc
+        now = ", ".join(f"{k}={mine[k]!r}" for k in differ)
+        fix = " ".join(f"--set {k}={list(v) if isinstance(v, (list, tuple)) else v}" for k, v in differ.items())
+        raise ModelFileError(f"{path} holds a model with {', '.join(f'{k}={v!r}' for k, v in differ.items())}, but "
+                             f"these settings build one with {now}; resume with the run's own settings "
+                             f"({fix}).") from exc
+
+
 def load_checkpoint(path: str | os.PathLike, with_classifier: bool = True) -> tuple:
     """(model in eval mode, checkpoint dict). `with_classifier=False` drops the training-only classifier."""
     ckpt = read_checkpoint(path)

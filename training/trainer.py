@@ -30,7 +30,7 @@ from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
 from edgereid.training.bf16 import cpu_bf16_autocast, cpu_bf16_enabled, keep_one_column_convs_in_float32
-from edgereid.training.checkpoint import (read_checkpoint, save_checkpoint, set_training_rng_state,
+from edgereid.training.checkpoint import (load_run_weights, read_checkpoint, save_checkpoint, set_training_rng_state,
                                           training_rng_state)
 from edgereid.training.config import TrainConfig
 from edgereid.training.data import GenderDataset, ReidDataset, gender_subset, seed_worker, split_gender
@@ -378,7 +378,7 @@ class Trainer:
             raise ModelFileError(f"--resume: {path} is missing for at least one process; every process reads it, "
                                  f"so keep --out on a file system all machines share (or copy the run folder).")
         ckpt = read_checkpoint(path)
-        self.model.load_state_dict(ckpt["state_dict"])
+        load_run_weights(ckpt, self.model, path)
         for k, o in self.opt.items():
             o.load_state_dict(ckpt["optimizers"][k])
         self.reid_loss.load_state_dict(ckpt["losses"]["reid"])
