@@ -82,10 +82,10 @@ def world_scaled(fields: dict, world: int) -> dict:
             "center_lr": cfg.center_lr * lr_scale("sgd", world)}
 
 
-def recipe(name: str, world: int = 1, backbone: str = "ibn_resnet18", pretrained: str = "") -> dict:
-    """The TrainConfig fields of a named recipe for `backbone` (started from `pretrained` weights, or from scratch
-    when empty); the gpu recipe on `world` processes (torchrun's WORLD_SIZE) scales its batch and learning rates
-    with it (module docstring)."""
+def recipe(name: str, world: int = 1, backbone: str = "", pretrained: str = "") -> dict:
+    """The TrainConfig fields of a named recipe for `backbone` (TrainConfig.backbone; empty: the default, which has
+    no backbone fields) started from `pretrained` weights, or from scratch when empty; the gpu recipe on `world`
+    processes (torchrun's WORLD_SIZE) scales its batch and learning rates with it (module docstring)."""
     if name not in RECIPES:
         raise InvalidInputError(f"unknown training recipe {name!r}; choose one of {', '.join(RECIPES)}.")
     fields = dict(RECIPES[name])
