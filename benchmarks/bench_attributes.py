@@ -54,18 +54,16 @@ def score_run(run: Path, tests: dict) -> dict:
     of the gender subsets (the trainer's seeded split) and on `tests`."""
     import json
 
-    from edgereid.datasets import load_gender_dataset
     from edgereid.metadata import ModelMetadata
     from edgereid.training.checkpoint import load_checkpoint
     from edgereid.training.config import TrainConfig
-    from edgereid.training.data import split_gender
+    from edgereid.training.trainer import load_gender_records
 
     cfg = TrainConfig.load(run / "config.yaml")
-    if cfg.gender_sources or cfg.gender_test_data:
-        raise SystemExit(f"{run}: scores runs with one gender source and no --gender-test-data (their held-out "
-                         f"crops are the trainer's split)")
-    held_out = split_gender(load_gender_dataset(cfg.gender_data, subsets=cfg.gender_subsets or None),
-                            cfg.gender_val_fraction, cfg.seed)[1]
+    if cfg.gender_test_data:
+        raise SystemExit(f"{run}: scores runs without --gender-test-data (their held-out crops are the trainer's "
+                         f"split of the training subsets)")
+    held_out = load_gender_records(cfg)[1]
     model = load_checkpoint(run / "last.pt", with_classifier=False)[0].eval()
     metadata = ModelMetadata(height=cfg.image_height, width=cfg.image_width)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -28,9 +28,10 @@ from edgereid.training.mobileone import VARIANTS as MOBILEONE_VARIANTS
 BF16_SLOWER = tuple(MOBILEONE_VARIANTS)
 
 
-def cpu_bf16_enabled(setting: str, device: str, backbone: str = "ibn_resnet18") -> bool:
+def cpu_bf16_enabled(setting: str, device: str, backbone: str = "") -> bool:
     """Whether training steps on `device` run their forward pass under bfloat16 autocast; "auto" where the CPU
-    has bfloat16 arithmetic and the `backbone` gains from it (not the MobileOnes, BF16_SLOWER)."""
+    has bfloat16 arithmetic and the `backbone` (TrainConfig.backbone; empty: the default) gains from it (not the
+    MobileOnes, BF16_SLOWER)."""
     # YAML reads a bare on / off as a boolean, which the config then holds as "True" / "False"
     setting = {"true": "on", "false": "off"}.get(str(setting).lower(), str(setting).lower())
     if setting not in ("off", "on", "auto"):

@@ -156,16 +156,16 @@ def _plain(obj):
     return obj
 
 
-def load_run_weights(ckpt: dict, model: DualHeadReID, path: str | os.PathLike) -> None:
-    """Load a run checkpoint's weights into `model` (a resume). When they do not fit because this command's
-    settings build another network (e.g. a recipe that now sets conv_branches), the error names each model field
-    that differs and the `--set` that resumes the run as it was."""
+def load_weights(model: DualHeadReID, state: dict, saved_config: dict, path: str | os.PathLike) -> None:
+    """Load a checkpoint's `state` into `model`. When it does not fit because `model` was built from other settings
+    than `saved_config` (the checkpoint's model config; e.g. a resume whose recipe now sets conv_branches), the
+    error names each model field that differs and the `--set` that builds the saved network again."""
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
-        saved, mine = dict(ckpt.get("model_config") or {}), model.config_dict()
+        mine = model.config_dict()
         plain = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else v)
-        differ = {k: saved[k] for k in saved if k in mine and plain(saved[k]) != plain(mine[k])}
+        differ = {k: v for k, v in saved_config.items() if k in mine and plain(v) != plain(mine[k])}
         if not differ:
             raise ModelFileError(f"{path}: weights do not match the stored model config ({exc}).") from exc
         now = ", ".join(f"{k}={mine[k]!r}" for k in differ)
@@ -184,10 +184,7 @@ def load_checkpoint(path: str | os.PathLike, with_classifier: bool = True) -> tu
         config["num_classes"] = 0
         state = {k: v for k, v in state.items() if not k.startswith("reid_head.classifier.")}
     model = DualHeadReID.from_config(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelFileError(f"{path}: weights do not match the stored model config ({exc}).") from exc
+    load_weights(model, state, config, path)
     claimed = (ckpt.get("metadata") or {}).get("weights_sha256")
     if claimed and claimed != weights_sha256(model):
         raise ModelFileError(f"{path}: the weights do not match the checkpoint's own metadata (weights_sha256 "

@@ -236,8 +236,9 @@ class AttributeLoss(nn.Module):
 
     A rare attribute (positive ratio p_j small) would be learnt as "always absent" by plain BCE. DeepMAR (Li et
     al., ACPR 2015; `weighting="deepmar"`) weighs its positives by exp(1 - p_j) and its negatives by exp(p_j), at
-    most e : 1. `weighting="balanced"` weighs them by 1 / (2 p_j) and 1 / (2 (1 - p_j)) (p_j clamped to [0.01, 0.99]), so
-    each attribute's positives and negatives weigh the same in total: the loss of mA, the mean of both recalls.
+    most e : 1. `weighting="balanced"` weighs them by 1 / (2 p_j) and 1 / (2 (1 - p_j)) (p_j clamped to
+    [0.01, 0.99]), so each attribute's positives and negatives weigh the same in total: the loss of mA, the mean
+    of both recalls.
     The loss is the weighted BCE summed over the known entries of the batch divided by their count (so it does
     not grow with the number of attributes); 0 when no entry is known.
     """

@@ -30,7 +30,7 @@ from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
 from edgereid.training.bf16 import cpu_bf16_autocast, cpu_bf16_enabled, keep_one_column_convs_in_float32
-from edgereid.training.checkpoint import (load_run_weights, read_checkpoint, save_checkpoint, set_training_rng_state,
+from edgereid.training.checkpoint import (load_weights, read_checkpoint, save_checkpoint, set_training_rng_state,
                                           training_rng_state)
 from edgereid.training.config import TrainConfig
 from edgereid.training.data import GenderDataset, ReidDataset, gender_subset, seed_worker, split_gender
@@ -54,6 +54,23 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def load_gender_records(cfg: TrainConfig) -> tuple:
+    """(train, test) gender records of a TrainConfig: every gender source (`gender_subsets` picks the first's
+    subsets), tested on `gender_test_data`, or else on the seeded `gender_val_fraction` split of the training
+    records (what the trainer validates on, and what a benchmark scoring the run holds out)."""
+    from edgereid.datasets import load_gender_dataset
+
+    train = []
+    for k, source in enumerate([cfg.gender_data, *cfg.gender_sources]):
+        records = load_gender_dataset(source, subsets=(cfg.gender_subsets or None) if k == 0 else None)
+        # people of different sources never merge; a source without person names is one subset of its own
+        train += [replace(r, person=f"{k}:{r.person or '#' + str(i)}") if len(cfg.gender_sources) else r
+                  for i, r in enumerate(records)]
+    if cfg.gender_test_data:
+        return train, load_gender_dataset(cfg.gender_test_data, subsets=cfg.gender_test_subsets or None)
+    return split_gender(train, cfg.gender_val_fraction, cfg.seed)
+
+
 class Trainer:
     """Builds model, data, losses and optimizers from a TrainConfig; `fit()` runs both stages."""
 
@@ -69,7 +86,7 @@ class Trainer:
         self._seed_everything(cfg.seed)
         self.splits = reid_splits if reid_splits is not None else self._load_reid()
         if gender_train is None:
-            gender_train, gender_test = self._load_gender()
+            gender_train, gender_test = load_gender_records(cfg)
         self.gender_train, self.gender_test = gender_train, gender_test or []
         num_classes = self.splits.num_train_pids
         self.attribute_names = (model.attribute_names if model is not None
@@ -124,20 +141,6 @@ class Trainer:
             raise InvalidInputError("no re-ID data: give --reid-data (repeat it for several sources).")
         options = {"cuhk03": {"val_ids": self.cfg.reid_val_ids}}
         return combine_sources([load_source(spec, self.cfg.reid_dataset, options) for spec in specs])
-
-    def _load_gender(self) -> tuple:
-        from edgereid.datasets import load_gender_dataset
-
-        cfg = self.cfg
-        train = []
-        for k, source in enumerate([cfg.gender_data, *cfg.gender_sources]):
-            records = load_gender_dataset(source, subsets=(cfg.gender_subsets or None) if k == 0 else None)
-            # people of different sources never merge; a source without person names is one subset of its own
-            train += [replace(r, person=f"{k}:{r.person or '#' + str(i)}") if len(cfg.gender_sources) else r
-                      for i, r in enumerate(records)]
-        if cfg.gender_test_data:
-            return train, load_gender_dataset(cfg.gender_test_data, subsets=cfg.gender_test_subsets or None)
-        return split_gender(train, self.cfg.gender_val_fraction, self.cfg.seed)
 
     def _gender_transform(self, aug: AugmentConfig) -> TrainTransform:
         jitter = self.cfg.gender_jitter
@@ -378,7 +381,7 @@ class Trainer:
             raise ModelFileError(f"--resume: {path} is missing for at least one process; every process reads it, "
                                  f"so keep --out on a file system all machines share (or copy the run folder).")
         ckpt = read_checkpoint(path)
-        load_run_weights(ckpt, self.model, path)
+        load_weights(self.model, ckpt["state_dict"], dict(ckpt.get("model_config") or {}), path)
         for k, o in self.opt.items():
             o.load_state_dict(ckpt["optimizers"][k])
         self.reid_loss.load_state_dict(ckpt["losses"]["reid"])
