@@ -5,6 +5,12 @@ at 256x128 and 128x64, batch 1 and 8, and training steps per minute at 128x64, f
         [--backbones ibn_resnet18,mobileone_s0,...] [--sizes 256x128,128x64] [--batches 1,8] [--seconds 2]
         [--rounds 3] [--threads 2] [--int8-target cpu] [--train-steps 8] [-o benchmarks/results/backbones_cpu.json]
 
+A name `mobileone_sN+shift` is that MobileOne as the recipes train it from scratch (`identity_shift`, the recipes'
+value), as `edgereid export` writes it: its graph reads and writes the identity blocks' activations without their
+offset (a Clip per such block, a constant Add after each 3x3 convolution that reads one:
+training/mobileone.remove_offsets_), which is what that costs against the plain `mobileone_sN` beside it (no
+offsets: the graph `edgereid export --keep-offsets` writes for a shifted one).
+
 Models: random-init (speed depends on the architecture, not on trained weights), with BatchNorm statistics measured
 on synthetic crops (AdaBN: train-mode passes without gradient), so INT8 calibration sees the ranges of a working
 network rather than those of an untrained one. Exported by `export_onnx`, so MobileOne is re-parameterised as
@@ -41,6 +47,21 @@ def parse_sizes(text: str) -> list:
     return [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip()]
 
 
+def build_model(name: str, hw: tuple):
+    """The random-init model a backbone name of this script stands for (`+shift`: module docstring)."""
+    from edgereid.training.mobileone import shift_identity_branches
+    from edgereid.training.model import DualHeadReID
+    from edgereid.training.recipes import FROM_SCRATCH
+
+    backbone, _, variant = name.partition("+")
+    model = DualHeadReID(backbone=backbone, input_size=hw)
+    if variant == "shift":
+        shift_identity_branches(model, FROM_SCRATCH["mobileone"]["cpu"]["identity_shift"])
+    elif variant:
+        raise SystemExit(f"unknown backbone variant {name!r}: use NAME or NAME+shift")
+    return model
+
+
 def settle_norm_stats(model, hw: tuple, crops: list) -> None:
     """AdaBN on preprocessed synthetic crops: every BatchNorm's running statistics become the crops' averages."""
     import torch
@@ -64,7 +85,6 @@ def prepare_files(names: list, sizes: list, workdir: Path, num_calib: int, targe
     from edgereid.calibration.int8 import quantize_int8
     from edgereid.export.metadata import get_metadata, load_onnx
     from edgereid.export.onnx_export import export_onnx
-    from edgereid.training.model import DualHeadReID
 
     settle_crops = synthetic_crops(64, seed=1)
     calib_crops = synthetic_crops(num_calib, seed=2)
@@ -73,7 +93,7 @@ def prepare_files(names: list, sizes: list, workdir: Path, num_calib: int, targe
         for name in names:
             t0 = time.perf_counter()
             torch.manual_seed(0)
-            model = DualHeadReID(backbone=name, input_size=hw)
+            model = build_model(name, hw)
             params = sum(p.numel() for p in model.reparameterize().parameters()) / 1e6  # deployed form
             settle_norm_stats(model, hw, settle_crops)
             stem = f"{name}_{hw[0]}x{hw[1]}"
@@ -142,6 +162,7 @@ def training_speed(names: list, steps: int, warmup: int, threads: int, workdir: 
     from edgereid.training.config import TrainConfig
     from edgereid.training.step_profile import PARTS, profile_steps
     from edgereid.training.synthetic import generate_synthetic
+    from edgereid.training.recipes import FROM_SCRATCH
     from edgereid.training.trainer import Trainer
 
     s = generate_synthetic(workdir / "data", num_ids=40, images_per_id_per_cam=2, num_cameras=2, gender_images=256,
@@ -150,9 +171,12 @@ def training_speed(names: list, steps: int, warmup: int, threads: int, workdir: 
     gender_train, gender_test = load_gender_list(s["gender_train_csv"]), load_gender_list(s["gender_test_csv"])
     out = {}
     for name in names:
-        cfg = TrainConfig(out=str(workdir / f"train_{name}"), backbone=name, image_height=128, image_width=64,
+        backbone, _, variant = name.partition("+")
+        cfg = TrainConfig(out=str(workdir / f"train_{name}"), backbone=backbone, image_height=128, image_width=64,
                           threads=threads, device="cpu", cache_images=True, eval_every=0, progress=False,
                           tensorboard=False)
+        if variant == "shift":
+            cfg = cfg.update(FROM_SCRATCH["mobileone"]["cpu"])
         trainer = Trainer(cfg, splits, gender_train, gender_test)
         try:
             summary = profile_steps(trainer, steps=steps, warmup=warmup)

@@ -111,6 +111,8 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--fp32-only", action="store_true", help="score the fp32 file only (no FP16/INT8, no parity)")
     ap.add_argument("--cross-domain", nargs="+", default=["PRID", "GRID"])
     ap.add_argument("--num-calib", type=int, default=256)
+    ap.add_argument("--keep-offsets", action="store_true",
+                    help="export as `edgereid export --keep-offsets` (a MobileOne trained with identity_shift)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-o", "--output", type=Path, default=Path(__file__).parent / "results" / "real_data_cpu.json")
     args = ap.parse_args(argv)
@@ -134,7 +136,7 @@ def main(argv: list | None = None) -> int:
 
     model, _ = load_checkpoint(args.run / args.checkpoint, with_classifier=False)
     work = args.run / "eval"
-    onnx_path = export_onnx(model, work / "model.onnx")
+    onnx_path = export_onnx(model, work / "model.onnx", remove_offsets=not args.keep_offsets)
     files = {"fp32": onnx_path}
     if not args.fp32_only:
         files.update(quantize_models(onnx_path, [r.path for r in reid_sets["cuhk03_val"].train], num=args.num_calib))

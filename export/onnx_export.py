@@ -39,7 +39,7 @@ def export_metadata(model, **overrides) -> ModelMetadata:
     return meta.with_(gmacs=model_gmacs(model, (meta.height, meta.width)))
 
 
-def _fused_wrapper(model, meta: ModelMetadata, reparameterize: bool = True):
+def _fused_wrapper(model, meta: ModelMetadata, reparameterize: bool = True, remove_offsets: bool = True):
     """uint8 NHWC BGR in -> cast, BGR->RGB, NCHW, (x/255 - mean)/std -> model: the edge host only resizes."""
     torch = require("torch")
     from edgereid.training.model import ExportWrapper
@@ -47,7 +47,7 @@ def _fused_wrapper(model, meta: ModelMetadata, reparameterize: bool = True):
     class FusedPreprocessing(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.inner = ExportWrapper(model, reparameterize)
+            self.inner = ExportWrapper(model, reparameterize, remove_offsets)
             mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1)
             std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1)
             # One multiply-add after the cast: x * 1/(255 std) - mean/std.
@@ -63,11 +63,15 @@ def _fused_wrapper(model, meta: ModelMetadata, reparameterize: bool = True):
 
 
 def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = False, simplify: bool = True,
-                opset: int = DEFAULT_OPSET, verify: bool = True, atol: float = 1e-4) -> Path:
+                opset: int = DEFAULT_OPSET, verify: bool = True, atol: float = 1e-4,
+                remove_offsets: bool = True) -> Path:
     """Export a DualHeadReID to ONNX with edgereid metadata; returns the written path.
 
     A MobileOne model is exported re-parameterised (one conv per block, `model.reparameterize()`; `model` itself
-    keeps its branches). The simplified graph is checked against the unsimplified one (and both against PyTorch
+    keeps its branches), with the offset a MobileOne trained with `identity_shift` keeps in its activations taken
+    out (`remove_offsets`, the same function: training/mobileone.remove_offsets_), so its FP16 and INT8 files
+    round the signal rather than the offset; `remove_offsets=False` keeps the plain fused graph (a few percent
+    faster on a CPU). The simplified graph is checked against the unsimplified one (and both against PyTorch
     when `verify`, the fused copy against the model as trained too); a simplification that changes outputs is
     discarded with a warning.
     """
@@ -86,8 +90,8 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
         dummy = torch.randn(2, 3, h, w)
 
     def wrap(reparameterize: bool):
-        return (_fused_wrapper(model, meta, reparameterize) if fuse_preprocessing
-                else ExportWrapper(model, reparameterize)).eval()
+        return (_fused_wrapper(model, meta, reparameterize, remove_offsets) if fuse_preprocessing
+                else ExportWrapper(model, reparameterize, remove_offsets)).eval()
 
     wrapper = wrap(True)
 
@@ -106,7 +110,8 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
     probe = _probe_input(meta, batch=3)
     simplified = simplify_checked(proto, {INPUT_NAME: probe}, atol=atol) if simplify else proto
     # what happened, not what was asked: simplify_checked hands back the original graph when it declines
-    meta = meta.with_(extra={**meta.extra, "opset": opset, "simplified": simplified is not proto})
+    meta = meta.with_(extra={**meta.extra, "opset": opset, "simplified": simplified is not proto,
+                             **offsets_extra(wrapper)})
     proto = simplified
     set_metadata(proto, meta)
     onnx.checker.check_model(proto)
@@ -115,6 +120,16 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
         trained = wrap(False) if getattr(model, "reparameterizable", False) else None
         _verify_against_torch(proto, wrapper, probe, atol, names, trained=trained)
     return save_onnx(proto, out_path)
+
+
+def offsets_extra(wrapper) -> dict:
+    """{"offsets_removed": N} when the deployed graph reads and writes N MobileOne blocks' activations without
+    their offset (training/mobileone.remove_offsets_), else nothing: older files and other models keep their
+    metadata as it was."""
+    from edgereid.training.mobileone import FloorReLU
+
+    count = sum(isinstance(m, FloorReLU) for m in wrapper.modules())
+    return {"offsets_removed": count} if count else {}
 
 
 def _probe_input(meta: ModelMetadata, batch: int) -> np.ndarray:

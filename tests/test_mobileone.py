@@ -15,7 +15,7 @@ from benchmarks.references import randomize_norm_stats  # noqa: E402
 from conftest import assert_int8_conv, make_crops  # noqa: E402
 
 from edgereid.errors import InvalidInputError, ModelFileError  # noqa: E402
-from edgereid.training.mobileone import (VARIANTS, HalfInstanceNorm, MobileOneBlock,  # noqa: E402
+from edgereid.training.mobileone import (VARIANTS, FloorReLU, HalfInstanceNorm, MobileOneBlock,  # noqa: E402
                                          reparameterize_model, shift_identity_branches)
 from edgereid.training.model import BACKBONES, DualHeadReID, ModelConfig  # noqa: E402
 
@@ -137,26 +137,80 @@ def test_half_instance_norm_normalises_the_first_half_only():
 
 # -- whole models ----------------------------------------------------------------------------------------------
 
+def assert_fused_computes_the_model(model, fused, x: torch.Tensor, remove_offsets: bool = False) -> None:
+    """`fused` (model.reparameterize(remove_offsets)) gives the model's outputs on `x`: in float32 within 1e-3
+    relative (each fused kernel is rounded, ~6e-8 relative, and 43 blocks of an untrained BN network amplify such a
+    perturbation a few hundred times: measured 1e-4 at the outputs, at 64x32 and at 256x128), and fused from
+    float64 weights within 1e-9 (the algebra itself, exact to rounding). `model` is left in float32."""
+    with torch.no_grad():
+        want, got = model(x), fused(x)
+        for key in ("embedding", "gender_logit"):
+            assert relative_error(got[key], want[key]) < 1e-3, key
+        model64 = model.double()
+        want, got = model64(x.double()), model64.reparameterize(remove_offsets)(x.double())
+        model.float()
+    for key in ("embedding", "gender_logit"):
+        assert relative_error(got[key], want[key]) < 1e-9, key
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_fused_model_equals_the_training_graph(name):
     torch.manual_seed(0)
     model = realistic(DualHeadReID(backbone=name, input_size=HW))
     fused = model.reparameterize()
     assert not fused.reparameterizable and model.reparameterizable  # the copy is fused, the model untouched
-    x = torch.randn(3, 3, *HW)
-    with torch.no_grad():
-        want, got = model(x), fused(x)
-        # float32: each fused kernel is rounded (~6e-8 relative), and 43 blocks of an untrained BN network amplify
-        # such a perturbation a few hundred times (measured: 1e-4 at the outputs, at 64x32 and at 256x128)
-        for key in ("embedding", "gender_logit"):
-            assert relative_error(got[key], want[key]) < 1e-3, key
-        # float64, fused from float64 weights: the algebra itself, exact to rounding
-        model64 = model.double()
-        want, got = model64(x.double()), model64.reparameterize()(x.double())
-    for key in ("embedding", "gender_logit"):
-        assert relative_error(got[key], want[key]) < 1e-9, key
+    assert_fused_computes_the_model(model, fused, torch.randn(3, 3, *HW))
     blocks = [m for m in model.modules() if isinstance(m, MobileOneBlock)]
     assert len(blocks) == 1 + 2 * (2 + 8 + 10 + 1)  # stem + (depthwise, pointwise) pairs of the four stages
+
+
+def shifted(model: DualHeadReID, seed: int = 0) -> DualHeadReID:
+    """`model` as the recipes train a MobileOne from scratch (identity_shift=3), with realistic statistics."""
+    shift_identity_branches(model, 3.0)
+    return realistic(model, seed=seed)
+
+
+def block_output_means(model: torch.nn.Module, x: torch.Tensor) -> dict:
+    """{block name: median over channels of the block output's mean}, from one eval pass."""
+    found, hooks = {}, []
+    for name, block in model.backbone.named_modules():
+        if isinstance(block, MobileOneBlock):
+            hooks.append(block.register_forward_hook(
+                lambda m, i, out, name=name: found.__setitem__(name, out.mean(dim=(0, 2, 3)).median().item())))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return found
+
+
+def test_fused_model_takes_the_identity_shift_out_of_its_activations():
+    """remove_offsets_: the blocks of a shifted MobileOne write their outputs near 3 in training form; the fused copy
+    writes them minus that offset (centred near 0), reads them back exactly (bias and border padding), and still
+    computes the training graph's outputs. Blocks with an InstanceNorm and the backbone's two outputs keep theirs;
+    an unshifted model fuses as before (no floor, no padding value)."""
+    torch.manual_seed(0)
+    model = shifted(DualHeadReID(backbone="mobileone_s0", input_size=HW))
+    fused = model.reparameterize(remove_offsets=True)
+    x = torch.randn(4, 3, *HW)
+    assert_fused_computes_the_model(model, fused, x, remove_offsets=True)
+    blocks = dict((n, b) for n, b in fused.backbone.named_modules() if isinstance(b, MobileOneBlock))
+    floored = [n for n, b in blocks.items() if isinstance(b.activation, FloorReLU)]
+    # S0's 35 identity blocks but the three with an InstanceNorm (layer1.3, layer2.15, layer3.19)
+    assert len(floored) == 32 and not {"layer1.3", "layer2.15", "layer3.19", "layer4.1"} & set(floored)
+    assert all(abs(blocks[n].offset - 3.0) < 0.5 for n in floored)
+    # a 3x3 block reading a floored block reads minus its offset outside the map; 1x1 blocks read nothing there
+    padded = [n for n, b in blocks.items() if b.pad_value]
+    order = list(blocks)
+    assert padded and all(blocks[n].kernel_size == 3 and order[order.index(n) - 1] in floored for n in padded)
+    assert all(blocks[n].pad_value == -blocks[order[order.index(n) - 1]].offset for n in padded)
+    before, after = block_output_means(model, x), block_output_means(fused, x)
+    assert min(before[n] for n in floored) > 2.0 and max(abs(after[n]) for n in floored) < 0.5
+    plain = realistic(DualHeadReID(backbone="mobileone_s0", input_size=HW)).reparameterize(remove_offsets=True)
+    kept = model.reparameterize()  # the Python call's default (export's is remove_offsets=True)
+    for unchanged in (plain, kept):
+        assert not [b for b in unchanged.modules() if isinstance(b, MobileOneBlock)
+                    and (isinstance(b.activation, FloorReLU) or b.pad_value)]
 
 
 def test_backbone_shapes_heads_and_instance_norm_placement():
@@ -220,7 +274,8 @@ def test_gmacs_count_the_deployed_graph():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A MobileOne-S0 (realistic statistics) at 64x32, its fp32, FP16 and INT8 (both targets) files."""
+    """A MobileOne-S0 as the recipes train it from scratch (identity_shift=3, realistic statistics) at 64x32, its
+    fp32 (offsets taken out, as export does by default), FP16 and INT8 (both targets) files."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from edgereid.calibration.calibset import build_calibration_set
@@ -231,7 +286,7 @@ def exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mobileone")
     torch.manual_seed(0)
-    model = realistic(DualHeadReID(backbone="mobileone_s0", input_size=HW))
+    model = shifted(DualHeadReID(backbone="mobileone_s0", input_size=HW))
     fp32 = export_onnx(model, root / "model.onnx")
     calib = build_calibration_set(make_crops(32, seed=5), get_metadata(load_onnx(fp32)), root / "calib", num=32,
                                   progress=False)
@@ -250,10 +305,23 @@ def test_onnx_holds_only_the_fused_graph(exported):
     producers = {o: n.op_type for n in g.node for o in n.output}
     blocks = sum(isinstance(m, MobileOneBlock) for m in exported["model"].modules())
     assert ops.count("Conv") == blocks + 1  # one conv per block, and the gender head's own
-    assert "Add" not in ops  # no branch sums left
     # the only BatchNormalization is the re-ID head's BN-neck, after its projection, not in the backbone
     assert [producers[n.input[0]] for n in g.node if n.op_type == "BatchNormalization"] == ["MatMul"]
     assert ops.count("InstanceNormalization") == 3  # the last block of layer1..3, after its fused conv
+    # the identity shift's offset is out of the graph: a Clip(min=-offset) per floored block (and the embedding's
+    # L2 normalisation's), and after each 3x3 conv that reads one a constant Add: what it reads outside the map
+    fused = exported["model"].reparameterize(remove_offsets=True)
+    floored = sum(isinstance(m, FloorReLU) for m in fused.modules())
+    assert floored == 32 and ops.count("Clip") == floored + 1
+    border_adds = [n for n in g.node if n.op_type == "Add"]
+    assert len(border_adds) == sum(bool(getattr(m, "pad_value", 0)) for m in fused.modules()) > 0
+    constants = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    assert all(producers[n.input[0]] == "Conv" and n.input[1] in constants
+               for n in border_adds)  # no branch sums left: every Add is a conv's border constant
+    assert "Pad" not in ops
+    from edgereid.export.metadata import get_metadata, load_onnx
+
+    assert get_metadata(load_onnx(exported["files"]["fp32"])).extra["offsets_removed"] == 32
 
 
 def test_runtime_on_the_export_equals_pytorch_and_names_the_backbone(exported):
@@ -342,6 +410,21 @@ def test_export_cli_random_init_mobileone(tmp_path):
     misuse = CliRunner().invoke(cli, ["export", str(tmp_path / "x.pt"), "--backbone", "mobileone_s0", "-o",
                                       str(tmp_path / "y.onnx")])
     assert misuse.exit_code != 0 and "names its own backbone" in misuse.output
+
+
+def test_export_cli_takes_offsets_out_unless_told_and_says_how_many(tmp_path):
+    from click.testing import CliRunner
+
+    from edgereid.cli.main import cli
+    from edgereid.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.pt", shifted(DualHeadReID(backbone="mobileone_s0", input_size=HW)))
+    run = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "m.onnx")])
+    assert run.exit_code == 0, run.output
+    assert "backbone mobileone_s0, re-parameterised, 32 block output offsets taken out" in run.output
+    run = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "k.onnx"), "--keep-offsets"])
+    assert run.exit_code == 0 and "backbone mobileone_s0, re-parameterised);" in run.output
 
 
 def test_conv_branches_change_the_training_graph_not_the_deployed_one(tmp_path):

@@ -90,6 +90,22 @@ class HalfInstanceNorm(nn.Module):
         return torch.cat((self.IN(x[:, :self.half].contiguous()), x[:, self.half:]), dim=1)
 
 
+class FloorReLU(nn.Module):
+    """max(x, -floor): a ReLU moved down by `floor`. A fused block whose output offset was taken out
+    (`remove_offsets_`) activates with it: ReLU(a) - s = max(a - s, -s), with the -s in the conv's bias. It
+    exports as one Clip(min=-floor) after the convolution."""
+
+    def __init__(self, floor: float) -> None:
+        super().__init__()
+        self.floor = float(floor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, min=-self.floor)
+
+    def extra_repr(self) -> str:
+        return f"floor={self.floor}"
+
+
 def _fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple:
     """(kernel, bias) of `conv(kernel) -> bn` as one conv, in eval mode (running statistics), in float64."""
     std = (bn.running_var.double() + bn.eps).sqrt()
@@ -111,6 +127,9 @@ class MobileOneBlock(nn.Module):
         self.rbr_conv = nn.ModuleList([self._conv_bn(kernel_size) for _ in range(num_conv_branches)])
         self.rbr_scale = self._conv_bn(1) if kernel_size > 1 else None
         self.reparam_conv = None  # the fused conv, once reparameterize_() ran
+        self.offset = 0.0  # fused only: the block output's typical value near which it varies (estimated_offset)
+        self.pad_value = 0.0  # fused only: what the conv reads outside the map (0, or minus its input's offset)
+        self._borders: dict = {}  # fused only: border_gain maps by (device, dtype, input size)
         self.instance_norm = HalfInstanceNorm(out_channels) if instance_norm else None
         self.se = SEBlock(out_channels) if use_se else nn.Identity()
         self.activation = nn.ReLU()
@@ -155,6 +174,8 @@ class MobileOneBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:
             out = self.reparam_conv(x)
+            if self.pad_value:
+                out = out + self.pad_value * self.border_gain(x)
         else:
             out = sum(branch(x) for branch in self.rbr_conv)
             if self.rbr_scale is not None:
@@ -195,11 +216,61 @@ class MobileOneBlock(nn.Module):
         return kernel, bias
 
     @torch.no_grad()
+    def estimated_offset(self) -> float:
+        """The value this block's output varies around when its ReLU passes nearly everything, else 0.
+
+        In eval mode each branch ends in a BatchNorm whose output averages its bias (beta) on data like the training
+        data, with a spread of its scale (gamma); the block's pre-activation in channel c averages the branches'
+        summed beta_c with a spread of about sqrt(sum gamma_c^2). Where the median channel's average is more than
+        twice its spread, the ReLU cuts under 3% of it: the block is an affine map plus an offset, as most identity
+        blocks of a MobileOne trained with `identity_shift` end up (a trained S0: offset 1.15, spread ~0.15).
+        Blocks with an InstanceNorm or squeeze-excite after the branch sum are left alone (0): the sum's beta does
+        not reach their output as it is."""
+        norms = self.branch_norms()
+        if not norms or self.instance_norm is not None or not isinstance(self.se, nn.Identity):
+            return 0.0
+        mean = sum(bn.bias.double() for bn in norms).median().item()
+        spread = sum(bn.weight.double() ** 2 for bn in norms).sqrt().median().item()
+        return mean if mean > 2.0 * spread else 0.0
+
+    @torch.no_grad()
+    def take_out_offset_(self, input_offset: float, output_offset: float) -> None:
+        """Fused only: let this block read its input minus `input_offset` (outside the map: -input_offset, where
+        the original read 0: `border_gain`) and write its output minus `output_offset`, computing the same
+        function."""
+        conv = self.reparam_conv
+        if input_offset:
+            conv.bias += input_offset * conv.weight.double().sum(dim=(1, 2, 3)).to(conv.bias.dtype)
+            if self.kernel_size > 1:
+                self.pad_value = -float(input_offset)
+        if output_offset:
+            conv.bias -= output_offset
+            self.activation = FloorReLU(output_offset)
+
+    @torch.no_grad()
+    def border_gain(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, C, H', W'): per output position, the summed weight of the fused conv's taps that fall outside an
+        input of `x`'s size (0 inside the map). The conv zero-pads; reading `pad_value` outside instead adds
+        pad_value * border_gain, which export writes as one constant Add after the conv (a Pad node before it,
+        the other exact form, cost several times more ONNX Runtime speed: it breaks the convolutions' fast path).
+        Computed once per input size, from Python ints, so a traced export stores it as a constant."""
+        conv = self.reparam_conv
+        key = (x.device, x.dtype, int(x.shape[-2]), int(x.shape[-1]))
+        if key not in self._borders:
+            ones = torch.ones(1, self.in_channels, key[2], key[3], device=x.device, dtype=x.dtype)
+            p = self.kernel_size // 2
+            every = F.conv2d(F.pad(ones, [p] * 4, value=1.0), conv.weight, None, conv.stride, 0, 1, self.groups)
+            inside = F.conv2d(ones, conv.weight, None, conv.stride, p, 1, self.groups)
+            self._borders[key] = (every - inside).detach()
+        return self._borders[key]
+
+    @torch.no_grad()
     def reparameterize_(self) -> None:
         """Replace the branches by their fused conv, in place (eval-mode BN statistics are baked in). Run it on a
         copy (`reparameterize_model`): the block can no longer learn as a multi-branch one."""
         if self.reparam_conv is not None:
             return
+        self.offset = self.estimated_offset()
         kernel, bias = self.fused_kernel_bias()
         ref = self.rbr_conv[0].conv
         fused = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
@@ -294,11 +365,41 @@ def unfused_blocks(model: nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, MobileOneBlock) and not m.is_fused]
 
 
-def reparameterize_model(model: nn.Module) -> nn.Module:
+def reparameterize_model(model: nn.Module, remove_offsets: bool = False) -> nn.Module:
     """A copy of `model` in eval mode with every MobileOne block fused into one conv; `model` is left untouched
     (it keeps training, and its checkpoint keeps the branches). The copy's outputs equal the model's in eval mode
-    up to float rounding. Fusing bakes in the BN running statistics: the copy is for inference and export only."""
+    up to float rounding. Fusing bakes in the BN running statistics: the copy is for inference and export only.
+    `remove_offsets`: also take the blocks' output offsets out of the activations (`remove_offsets_`)."""
     fused = copy.deepcopy(model).eval()
     for block in unfused_blocks(fused):
         block.reparameterize_()
+    if remove_offsets:
+        for backbone in [m for m in fused.modules() if isinstance(m, MobileOne)]:
+            remove_offsets_(backbone)
     return fused
+
+
+@torch.no_grad()
+def remove_offsets_(backbone: "MobileOne") -> int:
+    """Take every fused block's output offset (`MobileOneBlock.estimated_offset`) out of the activations it writes,
+    exactly; returns how many blocks had one.
+
+    A MobileOne trained from scratch with `identity_shift` keeps most blocks of layer1..3 near an offset (1.15 with
+    a spread of ~0.15 in a trained S0), and FP16 and INT8 round the offset along with the signal: a per-tensor
+    INT8 range spends most of its levels on it, and FP16's step at the offset is a visible share of the spread.
+    Here a block with offset s writes y - s instead of y (its bias -s, its ReLU max(., -s), `FloorReLU`) and the
+    block after it reads it back: its bias += s * (sum of each output channel's kernel), and a kxk conv reads -s
+    instead of 0 outside the map (`border_gain`: a constant Add after it), so the borders see what they saw. The backbone's outputs (the last block of
+    layer3 and of layer4, which the heads read) keep their values, so the heads are untouched and the model
+    computes the same function up to float rounding. The Clips and border Adds cost some speed, which is why
+    export does this only when asked (`edgereid export --remove-offsets`)."""
+    blocks = [m for m in backbone.modules() if isinstance(m, MobileOneBlock)]
+    outputs = {id(backbone.layer3[-1]), id(backbone.layer4[-1])}
+    previous, changed = 0.0, 0
+    for block in blocks:
+        offset = 0.0 if id(block) in outputs else block.offset
+        if previous or offset:
+            block.take_out_offset_(previous, offset)
+        changed += bool(offset)
+        previous = offset
+    return changed

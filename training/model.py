@@ -196,11 +196,13 @@ class DualHeadReID(nn.Module):
         """True when some backbone block still has training-time branches to fuse (MobileOne before export)."""
         return bool(unfused_blocks(self))
 
-    def reparameterize(self) -> "DualHeadReID":
+    def reparameterize(self, remove_offsets: bool = False) -> "DualHeadReID":
         """A copy for inference and export, in eval mode, with every MobileOne block's branches fused into one conv
         (a plain copy for the IBN ResNet). This model is left as it is: keep training or checkpointing it, not the
-        copy (its weights no longer match the config's branches)."""
-        return reparameterize_model(self)
+        copy (its weights no longer match the config's branches). `remove_offsets`: the fused blocks also read
+        and write their activations without the offset a shifted MobileOne keeps (training/mobileone.py,
+        `remove_offsets_`): the same function, for FP16 and INT8 files."""
+        return reparameterize_model(self, remove_offsets)
 
     @property
     def attribute_names(self) -> tuple:
@@ -261,12 +263,13 @@ class ExportWrapper(nn.Module):
     """Fixed-signature forward for export: images -> (embedding, gender_logit[, attribute_logits]), names set by
     the exporter. It wraps the deployed graph: with `reparameterize` (the default) a MobileOne model's fused copy,
     so every export path writes one conv per block; `reparameterize=False` keeps the model as trained (the
-    reference an export is checked against)."""
+    reference an export is checked against). `remove_offsets` is `reparameterize`'s, on by default here: the
+    deployed graph reads and writes a shifted MobileOne's activations without their offset."""
 
-    def __init__(self, model: DualHeadReID, reparameterize: bool = True) -> None:
+    def __init__(self, model: DualHeadReID, reparameterize: bool = True, remove_offsets: bool = True) -> None:
         super().__init__()
         fuse = reparameterize and getattr(model, "reparameterizable", False)
-        self.model = model.reparameterize() if fuse else model
+        self.model = model.reparameterize(remove_offsets) if fuse else model
 
     def forward(self, images: torch.Tensor) -> tuple:
         out = self.model(images)
