@@ -425,6 +425,12 @@ def test_export_cli_takes_offsets_out_unless_told_and_says_how_many(tmp_path):
     assert "backbone mobileone_s0, re-parameterised, 32 block output offsets taken out" in run.output
     run = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "k.onnx"), "--keep-offsets"])
     assert run.exit_code == 0 and "backbone mobileone_s0, re-parameterised);" in run.output
+    # unsimplified, the border maps are constants too, not convolutions computing them at every call
+    run = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "u.onnx"), "--no-simplify"])
+    assert run.exit_code == 0, run.output
+    import onnx
+
+    assert [n.op_type for n in onnx.load(str(tmp_path / "u.onnx")).graph.node].count("Conv") == 43 + 1
 
 
 def test_conv_branches_change_the_training_graph_not_the_deployed_one(tmp_path):
