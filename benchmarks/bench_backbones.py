@@ -47,18 +47,27 @@ def parse_sizes(text: str) -> list:
     return [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip()]
 
 
-def build_model(name: str, hw: tuple):
-    """The random-init model a backbone name of this script stands for (`+shift`: module docstring)."""
-    from edgereid.training.mobileone import shift_identity_branches
-    from edgereid.training.model import DualHeadReID
+def train_config(name: str, **fields):
+    """The TrainConfig a backbone name of this script stands for (`NAME+shift`: the cpu recipe's from-scratch
+    fields, module docstring), with `fields` set."""
+    from edgereid.training.config import TrainConfig
     from edgereid.training.recipes import FROM_SCRATCH
 
     backbone, _, variant = name.partition("+")
-    model = DualHeadReID(backbone=backbone, input_size=hw)
-    if variant == "shift":
-        shift_identity_branches(model, FROM_SCRATCH["mobileone"]["cpu"]["identity_shift"])
-    elif variant:
+    if variant not in ("", "shift"):
         raise SystemExit(f"unknown backbone variant {name!r}: use NAME or NAME+shift")
+    return TrainConfig(backbone=backbone, **fields).update(FROM_SCRATCH["mobileone"]["cpu"] if variant else {})
+
+
+def build_model(name: str, hw: tuple):
+    """The random-init model a backbone name of this script stands for, shifted as the Trainer shifts it."""
+    from edgereid.training.mobileone import shift_identity_branches
+    from edgereid.training.model import DualHeadReID
+
+    cfg = train_config(name, image_height=hw[0], image_width=hw[1])
+    model = DualHeadReID.from_train_config(cfg)
+    if cfg.identity_shift:
+        shift_identity_branches(model, cfg.identity_shift)
     return model
 
 
@@ -159,10 +168,8 @@ def inference_speed(files: dict, names: list, sizes: list, batches: list, backen
 def training_speed(names: list, steps: int, warmup: int, threads: int, workdir: Path) -> dict:
     """{backbone: step_profile summary + compute-only steps per minute} at 128x64 with the default batches."""
     from edgereid.datasets import load_gender_list, load_market1501
-    from edgereid.training.config import TrainConfig
     from edgereid.training.step_profile import PARTS, profile_steps
     from edgereid.training.synthetic import generate_synthetic
-    from edgereid.training.recipes import FROM_SCRATCH
     from edgereid.training.trainer import Trainer
 
     s = generate_synthetic(workdir / "data", num_ids=40, images_per_id_per_cam=2, num_cameras=2, gender_images=256,
@@ -171,12 +178,9 @@ def training_speed(names: list, steps: int, warmup: int, threads: int, workdir: 
     gender_train, gender_test = load_gender_list(s["gender_train_csv"]), load_gender_list(s["gender_test_csv"])
     out = {}
     for name in names:
-        backbone, _, variant = name.partition("+")
-        cfg = TrainConfig(out=str(workdir / f"train_{name}"), backbone=backbone, image_height=128, image_width=64,
-                          threads=threads, device="cpu", cache_images=True, eval_every=0, progress=False,
-                          tensorboard=False)
-        if variant == "shift":
-            cfg = cfg.update(FROM_SCRATCH["mobileone"]["cpu"])
+        cfg = train_config(name, out=str(workdir / f"train_{name}"), image_height=128, image_width=64,
+                           threads=threads, device="cpu", cache_images=True, eval_every=0, progress=False,
+                           tensorboard=False)
         trainer = Trainer(cfg, splits, gender_train, gender_test)
         try:
             summary = profile_steps(trainer, steps=steps, warmup=warmup)

@@ -94,10 +94,6 @@ def export_onnx(model, out_path: str | os.PathLike, fuse_preprocessing: bool = F
                 else ExportWrapper(model, reparameterize, remove_offsets)).eval()
 
     wrapper = wrap(True)
-    with torch.no_grad():
-        # one eager pass first: modules that cache per-input-size constants (a MobileOne block's border map) fill
-        # them now, so the trace stores constants rather than the ops that compute them (unsimplified files too)
-        wrapper(dummy)
 
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

@@ -2,7 +2,8 @@
 too; the ONNX file holds only the fused graph and carries the backbone and its GMACs through FP16, INT8 and the
 Runtime; checkpoints rebuild it and old ones load as the IBN ResNet (training: test_mobileone_training.py).
 
-Speed: every model here runs at 64x32 input (the network is fully convolutional with global pooling).
+Speed: every model here runs at 64x32 input (the network is fully convolutional with global pooling). Offsets
+taken out of a shifted model: test_mobileone_offsets.py.
 """
 from __future__ import annotations
 
@@ -13,44 +14,12 @@ torch = pytest.importorskip("torch")
 
 from benchmarks.references import randomize_norm_stats  # noqa: E402
 from conftest import assert_int8_conv, make_crops  # noqa: E402
+from mobileone_models import HW, assert_fused_computes_the_model, realistic, relative_error, shifted  # noqa: E402
 
 from edgereid.errors import InvalidInputError, ModelFileError  # noqa: E402
 from edgereid.training.mobileone import (VARIANTS, FloorReLU, HalfInstanceNorm, MobileOneBlock,  # noqa: E402
                                          reparameterize_model, shift_identity_branches)
 from edgereid.training.model import BACKBONES, DualHeadReID, ModelConfig  # noqa: E402
-
-HW = (64, 32)
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| over max |want|: float32 rounding of a fused sum is ~1e-7 of the values' scale."""
-    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
-
-
-def realistic(model: torch.nn.Module, seed: int = 0, hw: tuple = HW) -> torch.nn.Module:
-    """`model` with perturbed norm affines and BatchNorm statistics measured on random images, in eval mode: the
-    fusion then folds non-trivial numbers, and activations keep the scale a trained model's have (random running
-    statistics on a deep net would grow them block by block)."""
-    g = torch.Generator().manual_seed(seed)
-    bns = []
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)) and m.weight is not None:
-            # additive too: the zero-initialised branch scales (init_branch_gains) get values to fold
-            m.weight.data = m.weight.data * (0.8 + 0.4 * torch.rand(m.weight.shape, generator=g)) + 0.1 * torch.rand(
-                m.weight.shape, generator=g)
-            m.bias.data += 0.1 * torch.randn(m.bias.shape, generator=g)
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the passes below
-            bns.append(m)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, *hw, generator=g))
-    for m in bns:
-        m.momentum = 0.1
-    return model.eval()
-
 
 # -- blocks ----------------------------------------------------------------------------------------------------
 
@@ -137,22 +106,6 @@ def test_half_instance_norm_normalises_the_first_half_only():
 
 # -- whole models ----------------------------------------------------------------------------------------------
 
-def assert_fused_computes_the_model(model, fused, x: torch.Tensor, remove_offsets: bool = False) -> None:
-    """`fused` (model.reparameterize(remove_offsets)) gives the model's outputs on `x`: in float32 within 1e-3
-    relative (each fused kernel is rounded, ~6e-8 relative, and 43 blocks of an untrained BN network amplify such a
-    perturbation a few hundred times: measured 1e-4 at the outputs, at 64x32 and at 256x128), and fused from
-    float64 weights within 1e-9 (the algebra itself, exact to rounding). `model` is left in float32."""
-    with torch.no_grad():
-        want, got = model(x), fused(x)
-        for key in ("embedding", "gender_logit"):
-            assert relative_error(got[key], want[key]) < 1e-3, key
-        model64 = model.double()
-        want, got = model64(x.double()), model64.reparameterize(remove_offsets)(x.double())
-        model.float()
-    for key in ("embedding", "gender_logit"):
-        assert relative_error(got[key], want[key]) < 1e-9, key
-
-
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_fused_model_equals_the_training_graph(name):
     torch.manual_seed(0)
@@ -162,55 +115,6 @@ def test_fused_model_equals_the_training_graph(name):
     assert_fused_computes_the_model(model, fused, torch.randn(3, 3, *HW))
     blocks = [m for m in model.modules() if isinstance(m, MobileOneBlock)]
     assert len(blocks) == 1 + 2 * (2 + 8 + 10 + 1)  # stem + (depthwise, pointwise) pairs of the four stages
-
-
-def shifted(model: DualHeadReID, seed: int = 0) -> DualHeadReID:
-    """`model` as the recipes train a MobileOne from scratch (identity_shift=3), with realistic statistics."""
-    shift_identity_branches(model, 3.0)
-    return realistic(model, seed=seed)
-
-
-def block_output_means(model: torch.nn.Module, x: torch.Tensor) -> dict:
-    """{block name: median over channels of the block output's mean}, from one eval pass."""
-    found, hooks = {}, []
-    for name, block in model.backbone.named_modules():
-        if isinstance(block, MobileOneBlock):
-            hooks.append(block.register_forward_hook(
-                lambda m, i, out, name=name: found.__setitem__(name, out.mean(dim=(0, 2, 3)).median().item())))
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return found
-
-
-def test_fused_model_takes_the_identity_shift_out_of_its_activations():
-    """remove_offsets_: the blocks of a shifted MobileOne write their outputs near 3 in training form; the fused copy
-    writes them minus that offset (centred near 0), reads them back exactly (bias and border padding), and still
-    computes the training graph's outputs. Blocks with an InstanceNorm and the backbone's two outputs keep theirs;
-    an unshifted model fuses as before (no floor, no padding value)."""
-    torch.manual_seed(0)
-    model = shifted(DualHeadReID(backbone="mobileone_s0", input_size=HW))
-    fused = model.reparameterize(remove_offsets=True)
-    x = torch.randn(4, 3, *HW)
-    assert_fused_computes_the_model(model, fused, x, remove_offsets=True)
-    blocks = dict((n, b) for n, b in fused.backbone.named_modules() if isinstance(b, MobileOneBlock))
-    floored = [n for n, b in blocks.items() if isinstance(b.activation, FloorReLU)]
-    # S0's 35 identity blocks but the three with an InstanceNorm (layer1.3, layer2.15, layer3.19)
-    assert len(floored) == 32 and not {"layer1.3", "layer2.15", "layer3.19", "layer4.1"} & set(floored)
-    assert all(abs(blocks[n].offset - 3.0) < 0.5 for n in floored)
-    # a 3x3 block reading a floored block reads minus its offset outside the map; 1x1 blocks read nothing there
-    padded = [n for n, b in blocks.items() if b.pad_value]
-    order = list(blocks)
-    assert padded and all(blocks[n].kernel_size == 3 and order[order.index(n) - 1] in floored for n in padded)
-    assert all(blocks[n].pad_value == -blocks[order[order.index(n) - 1]].offset for n in padded)
-    before, after = block_output_means(model, x), block_output_means(fused, x)
-    assert min(before[n] for n in floored) > 2.0 and max(abs(after[n]) for n in floored) < 0.5
-    plain = realistic(DualHeadReID(backbone="mobileone_s0", input_size=HW)).reparameterize(remove_offsets=True)
-    kept = model.reparameterize()  # the Python call's default (export's is remove_offsets=True)
-    for unchanged in (plain, kept):
-        assert not [b for b in unchanged.modules() if isinstance(b, MobileOneBlock)
-                    and (isinstance(b.activation, FloorReLU) or b.pad_value)]
 
 
 def test_backbone_shapes_heads_and_instance_norm_placement():
@@ -410,27 +314,6 @@ def test_export_cli_random_init_mobileone(tmp_path):
     misuse = CliRunner().invoke(cli, ["export", str(tmp_path / "x.pt"), "--backbone", "mobileone_s0", "-o",
                                       str(tmp_path / "y.onnx")])
     assert misuse.exit_code != 0 and "names its own backbone" in misuse.output
-
-
-def test_export_cli_takes_offsets_out_unless_told_and_says_how_many(tmp_path):
-    from click.testing import CliRunner
-
-    from edgereid.cli.main import cli
-    from edgereid.training.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "m.pt", shifted(DualHeadReID(backbone="mobileone_s0", input_size=HW)))
-    run = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "m.onnx")])
-    assert run.exit_code == 0, run.output
-    assert "backbone mobileone_s0, re-parameterised, 32 block output offsets taken out" in run.output
-    run = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "k.onnx"), "--keep-offsets"])
-    assert run.exit_code == 0 and "backbone mobileone_s0, re-parameterised);" in run.output
-    # unsimplified, the border maps are constants too, not convolutions computing them at every call
-    run = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "u.onnx"), "--no-simplify"])
-    assert run.exit_code == 0, run.output
-    import onnx
-
-    assert [n.op_type for n in onnx.load(str(tmp_path / "u.onnx")).graph.node].count("Conv") == 43 + 1
 
 
 def test_conv_branches_change_the_training_graph_not_the_deployed_one(tmp_path):

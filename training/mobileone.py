@@ -389,10 +389,11 @@ def remove_offsets_(backbone: "MobileOne") -> int:
     INT8 range spends most of its levels on it, and FP16's step at the offset is a visible share of the spread.
     Here a block with offset s writes y - s instead of y (its bias -s, its ReLU max(., -s), `FloorReLU`) and the
     block after it reads it back: its bias += s * (sum of each output channel's kernel), and a kxk conv reads -s
-    instead of 0 outside the map (`border_gain`: a constant Add after it), so the borders see what they saw. The backbone's outputs (the last block of
-    layer3 and of layer4, which the heads read) keep their values, so the heads are untouched and the model
-    computes the same function up to float rounding. The Clips and border Adds cost some speed, which is why
-    export does this only when asked (`edgereid export --remove-offsets`)."""
+    instead of 0 outside the map (`border_gain`: a constant Add after it), so the borders see what they saw. The
+    backbone's outputs (the last block of layer3 and of layer4, which the heads read) keep their values, so the
+    heads are untouched and the model computes the same function up to float rounding. Export does this by
+    default; the Clips and border Adds cost a few percent of a CPU's fp32 speed (`edgereid export
+    --keep-offsets`)."""
     blocks = [m for m in backbone.modules() if isinstance(m, MobileOneBlock)]
     outputs = {id(backbone.layer3[-1]), id(backbone.layer4[-1])}
     previous, changed = 0.0, 0

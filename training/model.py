@@ -202,7 +202,15 @@ class DualHeadReID(nn.Module):
         copy (its weights no longer match the config's branches). `remove_offsets`: the fused blocks also read
         and write their activations without the offset a shifted MobileOne keeps (training/mobileone.py,
         `remove_offsets_`): the same function, for FP16 and INT8 files."""
-        return reparameterize_model(self, remove_offsets)
+        fused = reparameterize_model(self, remove_offsets)
+        if remove_offsets:
+            # one pass at the model's input size computes the blocks' border maps now, so that a traced export
+            # stores them as constants rather than the ops that compute them
+            p = next(fused.parameters())
+            with torch.no_grad():
+                fused(torch.zeros(1, 3, self.config.input_height, self.config.input_width, device=p.device,
+                                  dtype=p.dtype))
+        return fused
 
     @property
     def attribute_names(self) -> tuple:
