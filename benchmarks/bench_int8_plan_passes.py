@@ -5,9 +5,11 @@
 
 `edgereid quantize --int8` chooses its plan in one pass over the units in sensitivity order
 (calibration.sensitivity.choose_plan). A unit that did not help while others were INT8 might help once they are
-float; this chooses the plan with the defaults, then passes over every unit left in INT8 again under the plan's
-own rules (calibration cosine must rise, the top-10 neighbour overlap must not fall, float MACs within the cap)
-until a pass adds none, and counts why each unit stayed INT8. Numbers only; the crops stay where they are.
+float; this chooses the plan with the defaults, then passes over every unit left in INT8 again, one unit at a
+time, with the plan's acceptance rules (it must bring the calibration scores closer to the targets,
+`sensitivity.shortfall`, without lowering the top-10 neighbour overlap, and float MACs stay within the cap) until a
+pass adds none, and counts why each unit stayed INT8. Unlike the plan, a pass does not retry a unit together with
+its neighbours. Numbers only; the crops stay where they are.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def main() -> None:
                     why["over_the_float_cap"] += 1
                     continue
                 s = scorer.score(quantizer.quantize(ranges, keep_float=keep + [row.name]), row.name)
-                if s["cosine_mean"] <= score["cosine_mean"]:
+                if sens.shortfall(s, sens.TARGET_COSINE) >= sens.shortfall(score, sens.TARGET_COSINE):
                     why["no_cosine_gain"] += 1
                     continue
                 if s["top10_overlap"] < score["top10_overlap"]:
