@@ -181,9 +181,11 @@ def add_run_and_data_args(ap: argparse.ArgumentParser) -> None:
 
 def result_roots(args, *folders: Path) -> dict:
     """{absolute root: name} for relative_to_roots: the data roots by their source paths, the run and any
-    other working `folders` by their own names (each as given and resolved)."""
+    other working `folders` by their own names (each as given and resolved), and the folder holding the run as
+    "runs" (a sibling run it names, such as a distillation teacher, as runs/NAME)."""
     return named_roots([(args.peta, "PETA dataset"), (args.cuhk03, SOURCES["cuhk03"]["path"]),
-                        (args.run, args.run.name), *((f, f.name) for f in folders)])
+                        (args.run, args.run.name), *((f, f.name) for f in folders),
+                        (args.run.expanduser().resolve().parent, "runs")])
 
 
 def named_roots(named: list) -> dict:

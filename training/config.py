@@ -122,6 +122,10 @@ class TrainConfig(YamlConfig):
     # training/pretrained_registry.py (resnet18, resnet18_ibn_a) downloaded once into $EDGEREID_HOME/weights;
     # for a MobileOne, a local copy of Apple's mobileone_sN_unfused.pth.tar (training/pretrained.py)
     pretrained: str = ""
+    # Knowledge distillation (training/distill.py): a trained checkpoint whose embedding and gender answers the
+    # model learns to match beside its own losses (e.g. a MobileOne student of the IBN ResNet); "" = none
+    teacher: str = ""
+    distill_weight: float = 1.0
     # batches and multi-task schedule
     reid_p: int = 16  # identities per re-ID batch
     reid_k: int = 4  # images per identity

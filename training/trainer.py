@@ -104,6 +104,12 @@ class Trainer:
         self.model.to(self.device)
         if self.bf16:  # oneDNN's bfloat16 kernels miscompute one-column outputs (training/bf16.py)
             keep_one_column_convs_in_float32(self.model)
+        self.distiller = None
+        if cfg.teacher:
+            from edgereid.training.distill import Distiller
+
+            self.distiller = Distiller.from_checkpoint(cfg.teacher, self.model, cfg.distill_weight, self.device,
+                                                       cfg.cpu_bf16)
         self.mixstyle = []  # forward hooks; never part of a checkpoint or an export
         if cfg.mixstyle_p > 0:
             from edgereid.training.mixstyle import attach_mixstyle
@@ -248,6 +254,9 @@ class Trainer:
                     loss = loss + self.cfg.attribute_weight * attr
                     parts["attributes"] = float(attr.detach())
                 names = ["gender" if stage == 1 else "stage2"]
+            if self.distiller is not None:
+                extra, kd = self.distiller.loss(task, images, out)
+                loss, parts = loss + extra, {**parts, **kd}
         for n in names:
             self.opt[n].zero_grad(set_to_none=True)
         with part("backward"):
