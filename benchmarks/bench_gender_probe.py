@@ -50,7 +50,7 @@ def features(model, metadata, records: list, batch: int = 128) -> dict:
         x = torch.from_numpy(pre.prepare([read_image(r.path) for r in records[i:i + batch]]))
         with torch.no_grad():
             x3, x4 = model.forward_features(x)
-            block = F.adaptive_avg_pool2d(head.block(x3), 1).flatten(1)
+            block = head.pooled(x3)
             out["logit"].append(head.fc(block)[:, 0].numpy())
             out["layer3"].append(F.adaptive_avg_pool2d(x3, 1).flatten(1).numpy())
             out["gender_block"].append(block.numpy())

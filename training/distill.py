@@ -24,16 +24,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgereid.errors import InvalidInputError
+from edgereid.training.bf16 import cpu_bf16_autocast, cpu_bf16_enabled, keep_one_column_convs_in_float32
 
 log = logging.getLogger(__name__)
 
 
-class Distiller(nn.Module):
+class Distiller:
     """The teacher and the distillation loss of one training run. `loss(task, images, out)` is the term added to
-    a step's loss ("reid" or "gender" batch; `out` the student's outputs on `images`)."""
+    a step's loss ("reid" or "gender" batch; `out` the student's outputs on `images`). The teacher is frozen in
+    eval mode (its BatchNorm statistics fixed) and is not a submodule of the student."""
 
     def __init__(self, teacher: nn.Module, weight: float = 1.0, bf16: bool = False) -> None:
-        super().__init__()
         self.teacher = teacher.eval().requires_grad_(False)
         self.weight = float(weight)
         self.bf16 = bool(bf16)
@@ -46,7 +47,6 @@ class Distiller(nn.Module):
         """The teacher in `path` (an `edgereid train` / `adapt` checkpoint, loaded weights-only), checked against
         the `student` it will guide. A MobileOne teacher is used fused (the same function, fewer convolutions);
         `cpu_bf16` (TrainConfig's setting) decides for the teacher's own backbone whether it runs in bfloat16."""
-        from edgereid.training.bf16 import cpu_bf16_enabled, keep_one_column_convs_in_float32
         from edgereid.training.checkpoint import load_checkpoint
 
         if weight <= 0:
@@ -70,23 +70,17 @@ class Distiller(nn.Module):
                  theirs.input_width, weight)
         return cls(teacher, weight, bf16)
 
-    def train(self, mode: bool = True) -> "Distiller":
-        """The teacher stays in eval mode whatever the student does (its BatchNorm statistics are fixed)."""
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
     @torch.no_grad()
     def targets(self, task: str, images: torch.Tensor) -> dict:
         """The teacher's answers on `images`: {"embedding"} for a re-ID batch, {"gender_feature", "gender_prob"}
         for a gender batch."""
         if tuple(images.shape[-2:]) != self.size:
             images = F.interpolate(images, size=self.size, mode="bilinear", align_corners=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and images.device.type == "cpu"):
+        with cpu_bf16_autocast(self.bf16):  # only ever on for a CPU device (cpu_bf16_enabled)
             if task == "reid":
                 return {"embedding": self.teacher.forward_reid(images)["embedding"].float()}
             head = self.teacher.gender_head
-            feat = F.adaptive_avg_pool2d(head.block(self.teacher.layer3_map(images)), 1).flatten(1)
+            feat = head.pooled(self.teacher.layer3_map(images))
             return {"gender_feature": feat.float(), "gender_prob": torch.sigmoid(head.fc(feat)).float()}
 
     def loss(self, task: str, images: torch.Tensor, out: dict) -> tuple:

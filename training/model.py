@@ -126,8 +126,12 @@ class GenderHead(nn.Module):
         self.fc = nn.Linear(channels, 1)
         self.attributes = nn.Linear(channels, num_attributes) if num_attributes > 0 else None
 
+    def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(N, channels): the conv block's output on the layer3 map, average-pooled (what the logits read)."""
+        return F.adaptive_avg_pool2d(self.block(fmap), 1).flatten(1)
+
     def forward(self, fmap: torch.Tensor) -> dict:
-        feat = F.adaptive_avg_pool2d(self.block(fmap), 1).flatten(1)
+        feat = self.pooled(fmap)
         out = {"gender_logit": self.fc(feat)}
         if self.attributes is not None:
             out["attribute_logits"] = self.attributes(feat)
