@@ -357,10 +357,10 @@ def test_sync_bn_converts_batchnorm_but_not_the_ibn_instancenorm_half_and_refuse
 
 def test_gpu_recipe_scales_the_batch_and_learning_rates_with_the_world_size():
     """Each of N processes takes the release batch; Adam's rates grow by sqrt(N), the centres' SGD by N."""
-    from edgereid.training.recipes import lr_scale, recipe
+    from edgereid.training.recipes import CAMERA_STYLE, lr_scale, recipe
 
     base = TrainConfig()
-    assert recipe("gpu") == {} and recipe("gpu", world=1) == {}
+    assert recipe("gpu") == CAMERA_STYLE and recipe("gpu", world=1) == CAMERA_STYLE
     four = recipe("gpu", world=4)
     assert (four["reid_p"], four["gender_batch"]) == (4 * base.reid_p, 4 * base.gender_batch)
     assert four["lr_reid"] == pytest.approx(2 * base.lr_reid) and four["lr_gender"] == pytest.approx(2 * base.lr_gender)

@@ -120,6 +120,29 @@ def test_augmentations_off_by_default_draw_nothing():
     assert (changed[..., 0] == changed[..., 1]).all()  # grayscale ran after the cast; blur and resizing keep it
 
 
+def test_both_recipes_train_with_the_camera_style_augmentations(tmp_path):
+    """`--recipe cpu` and `--recipe gpu` switch the camera-style augmentations on (the measured lever for unseen
+    cameras), `--set` turns one off again, and a run without a recipe keeps TrainConfig's defaults (off)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from edgereid.cli.main import cli
+    from edgereid.training.recipes import CAMERA_STYLE
+
+    def settled(*args):
+        res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run"), "--print-config", *args])
+        assert res.exit_code == 0, res.output
+        return yaml.safe_load(res.output)
+
+    assert set(CAMERA_STYLE) == {"scale_p", "cast_p", "gray_p", "blur_p", "lowres_p"}
+    assert all(0 < p < 1 for p in CAMERA_STYLE.values())
+    for name in ("cpu", "gpu"):
+        assert {k: settled("--recipe", name)[k] for k in CAMERA_STYLE} == CAMERA_STYLE, name
+    assert settled("--recipe", "cpu", "--set", "blur_p=0") == {**settled("--recipe", "cpu"), "blur_p": 0.0}
+    assert all(settled()[k] == 0.0 for k in CAMERA_STYLE)
+    assert settled("--recipe", "cpu")["mixstyle_p"] == 0.0  # measured to move nothing: an option, not the recipe
+
+
 # -- where a training step's time goes --------------------------------------------------------------------------
 def test_step_profile_splits_each_step_into_its_parts(small_synthetic, tmp_path):
     """A fake clock that advances 1 s per reading: every timed part spans exactly one tick, so each task's

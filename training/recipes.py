@@ -1,20 +1,33 @@
 """Training recipes: named presets of TrainConfig fields that `edgereid train --recipe NAME` applies before the
 command line's own options and `--set` (which still change any field).
 
-- `gpu`: the release recipe (TrainConfig's defaults): 256x128, 120 + 10 epochs, Adam 3.5e-4 with warm-up and
-  steps at 40 / 70, P16 x K4, label-smoothed CE + batch-hard triplet + center loss, BCE + triplet for gender.
-  On N processes (torchrun --nproc_per_node N, or N over several machines) every process takes the release
-  batch, so the global batch is N times it: reid_p = 16 N identities (K stays 4), gender_batch = 64 N. The
-  learning rates follow `lr_scale`: Adam's (lr_reid, lr_gender, stage2_lr) grow by sqrt(N), the square-root
-  rule for adaptive optimizers (Malladi et al., NeurIPS 2022: Adam's update is normalised by the gradient's
-  second moment, so its noise scale, not its size, follows the batch), and plain SGD's (the centres' center_lr)
-  by N, the linear rule (Goyal et al., 2017). The warm-up stays warmup_epochs = 10 epochs: the same share of
-  the data, in N times fewer, larger steps, which is the gradual warm-up a larger rate needs. Epoch counts stay:
-  an epoch still visits every identity once. config.yaml holds the resolved values, and `--set` wins as given.
+- `gpu`: the release recipe (TrainConfig's defaults and the camera-style augmentation below): 256x128, 120 + 10
+  epochs, Adam 3.5e-4 with warm-up and steps at 40 / 70, P16 x K4, label-smoothed CE + batch-hard triplet + center
+  loss, BCE + triplet for gender. On N processes (torchrun --nproc_per_node N, or N over several machines) every
+  process takes the release batch, so the global batch is N times it: reid_p = 16 N identities (K stays 4),
+  gender_batch = 64 N. The learning rates follow `lr_scale`: Adam's (lr_reid, lr_gender, stage2_lr) grow by
+  sqrt(N), the square-root rule for adaptive optimizers (Malladi et al., NeurIPS 2022: Adam's update is normalised
+  by the gradient's second moment, so its noise scale, not its size, follows the batch), and plain SGD's (the
+  centres' center_lr) by N, the linear rule (Goyal et al., 2017). The warm-up stays warmup_epochs = 10 epochs: the
+  same share of the data, in N times fewer, larger steps, which is the gradual warm-up a larger rate needs. Epoch
+  counts stay: an epoch still visits every identity once. config.yaml holds the resolved values, and `--set` wins
+  as given.
 - `cpu`: from scratch on a 2-core CPU within a time budget (`--minutes`, default 40): 128x64 input (a quarter of
   the compute per image), smaller P x K batches so more steps fit, a higher Adam LR with a cosine decay that
   ends inside the budget, one gender batch per re-ID batch, evaluation only at the end of each stage, and
   bfloat16 autocast of the forward pass on CPUs with bfloat16 arithmetic (`cpu_bf16="auto"`).
+
+Both recipes add `CAMERA_STYLE`, the augmentations that show a crop as other cameras would (scale/aspect jitter,
+a colour cast, grayscale, blur, low resolution; training/transforms.py). Measured on real crops from scratch
+(benchmarks/README.md, "Each lever alone"), it is the one domain-generalisation lever that moves rank-1 beyond a
+run's noise, and it trades the training campus for unseen cameras: -6 points on CUHK03's unseen people, +5 on
+PRID in 20 minutes; with the other levers in 45 minutes -10 on the campus, +6 on PRID and on GRID. A deployed
+model meets cameras it never trained on, so the recipes take that side; `--set scale_p=0 --set cast_p=0 ...` (or
+a run without a recipe: TrainConfig's defaults keep them off) trains for the training cameras alone, and suits a
+site that centres its embeddings per camera (`edgereid fit-cameras`): centred, the gain was not consistent
+(-4 to +4 points in three comparisons).
+MixStyle moved nothing measurable, and source balancing matters only for sources of very different sizes: both
+stay options (docs/training.md, "Domain generalisation options").
 
 A recipe also settles what its backbone needs from scratch (`FROM_SCRATCH`): a MobileOne without `--pretrained`
 weights gets `identity_shift=3` in both recipes and one conv branch per block in the cpu recipe. Without them the
@@ -28,8 +41,11 @@ import math
 
 from edgereid.errors import InvalidInputError
 
+# Probabilities of each camera-style augmentation (module docstring: why both recipes take them)
+CAMERA_STYLE = dict(scale_p=0.3, cast_p=0.3, gray_p=0.1, blur_p=0.2, lowres_p=0.2)
+
 RECIPES = {
-    "gpu": {},
+    "gpu": dict(CAMERA_STYLE),
     "cpu": dict(
         image_height=128, image_width=64, pad=5, reid_p=16, reid_k=4, gender_batch=64, gender_ratio=1.0,
         optimizer="adam", lr_reid=1e-3, lr_gender=1e-3, weight_decay=5e-4, warmup_fraction=0.05,
@@ -38,6 +54,7 @@ RECIPES = {
         # bfloat16 autocast where the CPU has bfloat16 arithmetic: 1.5x the steps, held-out rank-1 0.237 vs 0.140
         # in the same 20 minutes (benchmarks/results/cpu_bf16_ab_cpu.json); float32 elsewhere
         cpu_bf16="auto",
+        **CAMERA_STYLE,
         # gender_sampling="balanced" with gender_jitter=[0.8, 0.4, 0.4, 0.9] gained 3 points on PRID+GRID
         # gender-only but lost re-ID and gender in the 40-minute joint run (benchmarks/results/
         # gender_recipe_ab.json), so the recipe keeps plain shuffling and the re-ID jitter.
