@@ -56,7 +56,7 @@ from edgereid.datasets.records import ImageRecord
 from edgereid.errors import DatasetError, InvalidInputError
 from edgereid.metadata import ModelMetadata
 
-from edgereid.training.bf16 import cpu_bf16_autocast, cpu_bf16_enabled, keep_one_column_convs_in_float32
+from edgereid.training.bf16 import cpu_bf16_autocast, prepare_cpu_bf16
 from edgereid.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, weights_sha256
 from edgereid.training.config import YamlConfig
 from edgereid.training.data import ReidDataset
@@ -203,9 +203,7 @@ class Adapter:
                        "model_config": ckpt["model_config"]}
         self.train_config = ckpt.get("config")
         self.model.to(cfg.device)
-        self.bf16 = cpu_bf16_enabled(cfg.cpu_bf16, cfg.device, self.model.config.backbone)
-        if self.bf16:  # oneDNN's bfloat16 kernels miscompute one-column outputs (training/bf16.py)
-            keep_one_column_convs_in_float32(self.model)
+        self.bf16 = prepare_cpu_bf16(self.model, cfg.cpu_bf16, cfg.device)
         mc = self.model.config
         self.metadata = ModelMetadata(height=mc.input_height, width=mc.input_width,
                                       embedding_dim=mc.embedding_dim)

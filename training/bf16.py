@@ -84,3 +84,13 @@ def keep_one_column_convs_in_float32(model: nn.Module) -> int:
             module.forward = functools.partial(_forward, module)
             guarded += 1
     return guarded
+
+
+def prepare_cpu_bf16(model: nn.Module, setting: str, device: str) -> bool:
+    """Whether `model` on `device` runs its forward under bfloat16 autocast by `setting` (`cpu_bf16_enabled` for
+    the model's own backbone); when it does, its one-column convolutions are guarded first, as every bfloat16
+    forward needs (`keep_one_column_convs_in_float32`)."""
+    enabled = cpu_bf16_enabled(setting, device, model.config.backbone)
+    if enabled:
+        keep_one_column_convs_in_float32(model)
+    return enabled

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgereid.errors import InvalidInputError
-from edgereid.training.bf16 import cpu_bf16_autocast, cpu_bf16_enabled, keep_one_column_convs_in_float32
+from edgereid.training.bf16 import cpu_bf16_autocast, prepare_cpu_bf16
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,7 @@ class Distiller:
         if teacher.reparameterizable:
             teacher = teacher.reparameterize()
         teacher.to(device)
-        bf16 = cpu_bf16_enabled(cpu_bf16, device, theirs.backbone)
-        if bf16:
-            keep_one_column_convs_in_float32(teacher)
+        bf16 = prepare_cpu_bf16(teacher, cpu_bf16, device)
         log.info("distilling from %s (%s, %dx%d, weight %g)", path, theirs.backbone, theirs.input_height,
                  theirs.input_width, weight)
         return cls(teacher, weight, bf16)

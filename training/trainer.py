@@ -29,7 +29,7 @@ from edgereid.datasets.attribute_labels import positive_ratio, resolve_attribute
 from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
-from edgereid.training.bf16 import cpu_bf16_autocast, cpu_bf16_enabled, keep_one_column_convs_in_float32
+from edgereid.training.bf16 import cpu_bf16_autocast, prepare_cpu_bf16
 from edgereid.training.checkpoint import (load_weights, read_checkpoint, save_checkpoint, set_training_rng_state,
                                           training_rng_state)
 from edgereid.training.config import TrainConfig
@@ -80,7 +80,6 @@ class Trainer:
         self.out = Path(cfg.out)
         self.dist = setup_distributed(resolve_device(cfg.device))  # world 1 (no process group) without torchrun
         self.device = self.dist.device
-        self.bf16 = cpu_bf16_enabled(cfg.cpu_bf16, self.device, cfg.backbone)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self._seed_everything(cfg.seed)
@@ -102,8 +101,7 @@ class Trainer:
         if cfg.sync_bn:  # BatchNorm statistics over the global batch (GPUs; IBN's InstanceNorm half unchanged)
             self.model = convert_sync_bn(self.model, self.dist)
         self.model.to(self.device)
-        if self.bf16:  # oneDNN's bfloat16 kernels miscompute one-column outputs (training/bf16.py)
-            keep_one_column_convs_in_float32(self.model)
+        self.bf16 = prepare_cpu_bf16(self.model, cfg.cpu_bf16, self.device)
         self.distiller = None
         if cfg.teacher:
             from edgereid.training.distill import Distiller
