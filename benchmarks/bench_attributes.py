@@ -6,7 +6,10 @@ without (`attributes=[]`), scored on held-out PETA crops.
 
 `--score-runs RUN [RUN ...]` trains nothing: it scores runs `edgereid train` already wrote (each run's
 config.yaml and last.pt; its held-out crops are its own 20% split of its gender subsets), e.g. an A/B of
-`--set attribute_weighting=...` trained side by side.
+`--set attribute_weighting=...` trained side by side. With `--fit` it also refits each run's attribute head on its
+training crops (training/attribute_fit.py, what `edgereid train` does last) and fits a head on the other tap
+(gender block or layer4) of the same backbone, each scored alike: for a run trained with `--set
+attribute_fit=false`, the trained head against the fitted ones on one backbone.
 
 Training: CUHK03 labeled/train (re-ID) and the PETA subsets 3DPeS, CAVIAR4REID, SARC3D, TownCentre, i-LID
 (gender + attributes), 20% of their images held out (`gender_val_fraction`, split by image: the same person's
@@ -49,9 +52,40 @@ def score(model, metadata, records: list) -> dict:
     return result
 
 
-def score_run(run: Path, tests: dict) -> dict:
+def retapped(model, tap: str):
+    """A copy of `model` whose attribute head reads `tap` ("gender_block" or "layer4"), every other weight kept
+    (the new head is untrained: fit it)."""
+    from edgereid.training.model import DualHeadReID
+
+    other = DualHeadReID.from_config({**model.config_dict(), "attribute_tap": tap})
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.startswith(("gender_head.attributes.", "attribute_head."))}
+    missing, unexpected = other.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith(("gender_head.attributes.", "attribute_head.")) for k in missing)
+    return other.eval()
+
+
+def fitted_scores(model, metadata, train: list, held_out: list, tests: dict, weighting: str) -> dict:
+    """The run's head refitted on its training crops (training/attribute_fit.py), and a head on the other tap
+    fitted the same way, each scored like the trained head."""
+    from edgereid.training.attribute_fit import fit_attribute_head
+
+    own = model.config.attribute_tap
+    out = {}
+    for tap in (own, *(t for t in ("gender_block", "layer4") if t != own)):
+        m = model if tap == own else retapped(model, tap)
+        row = {"attribute_fit": fit_attribute_head(m, train, weighting=weighting),
+               "held_out_training_subsets": score(m, metadata, held_out),
+               **{name: score(m, metadata, recs) for name, recs in tests.items()}}
+        out[f"fitted, {tap}"] = row
+        print(tap, {k: v["attributes"]["mA"] for k, v in row.items() if k != "attribute_fit"}, flush=True)
+    return out
+
+
+def score_run(run: Path, tests: dict, fit: bool = False) -> dict:
     """A finished `edgereid train` run scored like the runs trained here: its last.pt on its own held-out split
-    of the gender subsets (the trainer's seeded split) and on `tests`."""
+    of the gender subsets (the trainer's seeded split) and on `tests`; with `fit`, also its attribute head
+    refitted on the training crops (and a head on the other tap, fitted alike)."""
     import json
 
     from edgereid.metadata import ModelMetadata
@@ -63,7 +97,7 @@ def score_run(run: Path, tests: dict) -> dict:
     if cfg.gender_test_data:
         raise SystemExit(f"{run}: scores runs without --gender-test-data (their held-out crops are the trainer's "
                          f"split of the training subsets)")
-    held_out = load_gender_records(cfg)[1]
+    train, held_out = load_gender_records(cfg)
     model = load_checkpoint(run / "last.pt", with_classifier=False)[0].eval()
     metadata = ModelMetadata(height=cfg.image_height, width=cfg.image_width)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -72,7 +106,8 @@ def score_run(run: Path, tests: dict) -> dict:
             "steps": metrics[-1]["step"], "final_validation": {k: v for k, v in metrics[-1].items()
                                                                if k in ("reid", "gender", "attributes")},
             "held_out_training_subsets": score(model, metadata, held_out),
-            **{name: score(model, metadata, recs) for name, recs in tests.items()}}
+            **{name: score(model, metadata, recs) for name, recs in tests.items()},
+            **(fitted_scores(model, metadata, train, held_out, tests, cfg.attribute_weighting) if fit else {})}
 
 
 def main(argv: list | None = None) -> int:
@@ -84,6 +119,9 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--runs", default="with_attributes,without_attributes",
                     help="which of the two runs to train (comma-separated), e.g. with_attributes alone")
+    ap.add_argument("--fit", action="store_true",
+                    help="with --score-runs: also score each run's attribute head refitted on its training crops, "
+                         "and a head on the other tap fitted alike (score a run trained with attribute_fit=false)")
     ap.add_argument("--score-runs", type=Path, nargs="+", default=[],
                     help="score these finished runs instead of training (their config.yaml and last.pt)")
     args = ap.parse_args(argv)
@@ -97,11 +135,12 @@ def main(argv: list | None = None) -> int:
     peta = args.peta.expanduser()
     tests = {name: load_peta(peta, subsets=subsets) for name, subsets in TEST_SETS.items()}
     if args.score_runs:
-        runs = {run.name: score_run(run, tests) for run in args.score_runs}
+        runs = {run.name: score_run(run, tests, args.fit) for run in args.score_runs}
         write_result(args.output, {
             "benchmark": "attribute head on real crops: finished runs scored",
             "command": "python benchmarks/bench_attributes.py --cuhk03 labeled/train --peta 'PETA dataset' "
-                       f"--score-runs {' '.join(r.name for r in args.score_runs)} -o {args.output}",
+                       f"--score-runs {' '.join(r.name for r in args.score_runs)}{' --fit' if args.fit else ''} "
+                       f"-o {args.output}",
             "sources": SOURCES, "test_sets": TEST_SETS, "runs": runs,
             "minutes": round((time.time() - start) / 60, 1)})
         return 0

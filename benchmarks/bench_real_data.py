@@ -154,6 +154,7 @@ def main(argv: list | None = None) -> int:
                             calib=onnx_path.parent / "calib", threads=args.threads)
         print(parity.table(), flush=True)
     metrics = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [m for m in metrics if "train" in m]  # not the attribute head's closing-fit record
     # paths in the result: relative to the source repositories (SOURCES) and the run folder, never a home path
     roots = result_roots(args)
     write_result(args.output, relative_to_roots({
@@ -161,8 +162,8 @@ def main(argv: list | None = None) -> int:
         "command": "python benchmarks/bench_real_data.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "sources": SOURCES,
         "training": {"config": cfg.to_dict(), "run": str(args.run), "checkpoint": args.checkpoint,
-                     "steps": metrics[-1]["step"], "epochs": len(metrics),
-                     "last_train_losses": metrics[-1]["train"], "pytorch_eval": metrics[-1].get("reid"),
+                     "steps": metrics[-1]["step"], "epochs": len(epochs),
+                     "last_train_losses": epochs[-1]["train"], "pytorch_eval": metrics[-1].get("reid"),
                      "minutes": cfg.minutes},
         "data": {name: s.summary() for name, s in reid_sets.items()},
         "gender_data": {name: len(r) for name, r in gender_sets.items()},

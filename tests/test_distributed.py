@@ -247,7 +247,8 @@ def test_only_rank_0_writes_and_both_ranks_hold_identical_weights_after_every_st
     names = {p.name for p in (res / "full").iterdir()}
     assert {"last.pt", "best_reid.pt", "best_gender.pt", "metrics.jsonl", "config.yaml"} <= names
     lines = [json.loads(x) for x in (res / "full" / "metrics.jsonl").read_text().splitlines()]
-    assert [(x["stage"], x["epoch"]) for x in lines] == [(1, 1), (1, 2), (2, 1)]
+    # the generated gender data carries attributes: rank 0 ends with the attribute head's fit, and rank 1 takes it
+    assert [(x["stage"], x["epoch"]) for x in lines] == [(1, 1), (1, 2), (2, 1), ("attribute_fit", 1)]
     # rank 0's evaluations reach rank 1: both return the same scores
     assert r0["metrics"] == r1["metrics"] and "reid" in r0["metrics"] and "gender" in r0["metrics"]
     from edgereid.training.checkpoint import load_checkpoint
@@ -296,7 +297,9 @@ def test_torchrun_runs_the_cli_and_only_rank_0_writes(tiny, tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     assert run.stdout.count("done:") == 1 and "x 2 processes" in run.stdout, run.stdout
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["step"] == STEPS_PER_EPOCH  # one writer, one line per epoch
+    # one writer, one line per epoch and one for the attribute head's fit
+    assert [json.loads(x)["stage"] for x in lines] == [1, "attribute_fit"]
+    assert json.loads(lines[0])["step"] == STEPS_PER_EPOCH
     assert "reid_p: 4" in (out / "config.yaml").read_text()
 
 

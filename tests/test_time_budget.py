@@ -54,5 +54,5 @@ def test_minutes_end_training_inside_the_budget_with_the_lr_at_its_final_value(s
     assert s1[0] < s1[1] < s1[2] < 1.0  # warming up
     assert s1[-1] < 0.01 and s2[-1] < 0.05 and s2[0] > 0.9  # each cosine all but ends inside its budget
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [rec["stage"] for rec in lines][-1] == 2 and (tmp_path / "run" / "last.pt").is_file()
+    assert [rec["stage"] for rec in lines][-2:] == [2, "attribute_fit"] and (tmp_path / "run" / "last.pt").is_file()
     assert clock.reads >= len(seen)

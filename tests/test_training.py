@@ -90,18 +90,21 @@ def test_train_cli_trains_and_resume_takes_new_epoch_counts(small_synthetic, tmp
                                       *settings, "--set=eval_every=1"])
     assert first.exit_code == 0, first.output
     lines = lambda: [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert [(r["stage"], r["epoch"]) for r in lines()] == [(1, 1), (2, 1)]
+    # the generated gender data carries attributes: the run ends with the attribute head's fit
+    assert [(r["stage"], r["epoch"]) for r in lines()] == [(1, 1), (2, 1), ("attribute_fit", 1)]
 
     more = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--stage2-epochs", "2"])
     assert more.exit_code == 0, more.output
-    assert [(r["stage"], r["epoch"]) for r in lines()] == [(1, 1), (2, 1), (2, 2)]
+    # a trained epoch changes the head's feature: the resumed run fits again
+    assert [(r["stage"], r["epoch"]) for r in lines()] == [(1, 1), (2, 1), ("attribute_fit", 1), (2, 2),
+                                                           ("attribute_fit", 2)]
     # stage 2 leaves re-ID as stage 1 scored it: the last line carries both tasks' scores, after a resume too
     assert all(r["reid"] == lines()[0]["reid"] and "gender" in r for r in lines()[1:]), lines()
     assert "image_height: 64" in (out / "config.yaml").read_text()  # the run's own settings were kept
 
     again = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume"])
     assert again.exit_code == 0 and "nothing left to train" in again.output, again.output
-    assert len(lines()) == 3
+    assert len(lines()) == 5
 
 
 def test_lr_schedule_warmup_and_decay():

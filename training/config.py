@@ -171,6 +171,8 @@ class TrainConfig(YamlConfig):
     # PETA: mA 0.620 against deepmar's 0.552, instance F1 0.414 against 0.566); deepmar = exp(1 - p) / exp(p)
     attribute_weighting: str = "balanced"
     attribute_tap: str = "gender_block"  # the head reads the gender block on layer3, or "layer4"
+    # after the last stage, refit the attribute layer on the training crops' features (training/attribute_fit.py)
+    attribute_fit: bool = True
     # stage 2: backbone frozen, gender branch fine-tuned
     stage2_epochs: int = 10
     stage2_lr: float = 1e-4

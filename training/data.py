@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -89,3 +90,34 @@ def split_gender(records: list, fraction: float, seed: int) -> tuple:
         test += group[:n]
         train += group[n:]
     return train, test
+
+
+def load_gender_records(cfg) -> tuple:
+    """(train, test) gender records of a TrainConfig: every gender source (`gender_subsets` picks the first's
+    subsets), tested on `gender_test_data`, or else on the seeded `gender_val_fraction` split of the training
+    records (what the trainer validates on, and what a benchmark scoring the run holds out). `cfg`: a
+    TrainConfig."""
+    from edgereid.datasets import load_gender_dataset
+
+    train = []
+    for k, source in enumerate([cfg.gender_data, *cfg.gender_sources]):
+        records = load_gender_dataset(source, subsets=(cfg.gender_subsets or None) if k == 0 else None)
+        # people of different sources never merge; a source without person names is one subset of its own
+        train += [replace(r, person=f"{k}:{r.person or '#' + str(i)}") if len(cfg.gender_sources) else r
+                  for i, r in enumerate(records)]
+    if cfg.gender_test_data:
+        return train, load_gender_dataset(cfg.gender_test_data, subsets=cfg.gender_test_subsets or None)
+    return split_gender(train, cfg.gender_val_fraction, cfg.seed)
+
+
+def load_reid_records(cfg):
+    """The re-ID splits of a TrainConfig: every `reid_data` / `reid_sources` source, combined. `cfg`: a
+    TrainConfig."""
+    from edgereid.datasets.sources import combine_sources, load_source
+    from edgereid.errors import InvalidInputError
+
+    specs = ([cfg.reid_data] if cfg.reid_data else []) + list(cfg.reid_sources)
+    if not specs:
+        raise InvalidInputError("no re-ID data: give --reid-data (repeat it for several sources).")
+    options = {"cuhk03": {"val_ids": cfg.reid_val_ids}}
+    return combine_sources([load_source(spec, cfg.reid_dataset, options) for spec in specs])

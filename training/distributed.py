@@ -267,9 +267,18 @@ def rank_device(device: str, local_rank: int, world: int) -> str:
     return device
 
 
+def resolve_device(name: str) -> str:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def setup(device: str) -> Dist:
     """Join torchrun's process group (from RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT), or reuse
-    one the caller initialised; a single process without them. `device` is the resolved device ("cpu", "cuda")."""
+    one the caller initialised; a single process without them. `device`: "cpu", "cuda" or "auto" (cuda when
+    available)."""
+    device = resolve_device(device)
     if dist.is_available() and dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
         local = int(os.environ.get("LOCAL_RANK", rank))

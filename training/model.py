@@ -147,8 +147,13 @@ class Layer4AttributeHead(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_channels, num_attributes)
 
+    @staticmethod
+    def pooled(fmap: torch.Tensor) -> torch.Tensor:
+        """(N, C): the layer4 map, average-pooled (what the logits read)."""
+        return F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+
     def forward(self, fmap: torch.Tensor) -> dict:
-        return {"attribute_logits": self.fc(F.adaptive_avg_pool2d(fmap, 1).flatten(1))}
+        return {"attribute_logits": self.fc(self.pooled(fmap))}
 
 
 class DualHeadReID(nn.Module):
@@ -256,6 +261,18 @@ class DualHeadReID(nn.Module):
         if self.attribute_head is not None:
             out.update(self.attribute_head(self.backbone.layer4(x3)))
         return out
+
+    @property
+    def attribute_linear(self) -> nn.Linear | None:
+        """The linear layer that turns the attribute feature into the attribute logits; None without attributes."""
+        return self.attribute_head.fc if self.attribute_head is not None else self.gender_head.attributes
+
+    def attribute_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C): the pooled feature `attribute_linear` reads (the gender block's, or layer4's)."""
+        x3 = self.layer3_map(x)
+        if self.attribute_head is not None:
+            return self.attribute_head.pooled(self.backbone.layer4(x3))
+        return self.gender_head.pooled(x3)
 
     def backbone_parameters(self) -> list:
         """Shared backbone parameters (stepped by both tasks' optimizers)."""

@@ -2,7 +2,8 @@
 
 Stage 1: each step takes the next batch of one task (random order, configured ratio); a re-ID batch
 (P x K) steps the re-ID optimizer (backbone + re-ID head; centres by their own SGD), a gender batch steps
-the gender optimizer (backbone + gender head). Stage 2: backbone frozen, only the gender branch trains.
+the gender optimizer (backbone + gender head). Stage 2: backbone frozen, only the gender branch trains. With an
+attribute head, its linear layer is then refitted on the training crops (training/attribute_fit.py).
 Every epoch ends with an atomic `last.pt` (weights, optimizers, RNG states, step) so Ctrl-C loses at most
 the running epoch and `resume=True` continues exactly where the checkpoint was taken.
 
@@ -29,11 +30,13 @@ from edgereid.datasets.attribute_labels import positive_ratio, resolve_attribute
 from edgereid.errors import InvalidInputError, ModelFileError
 from edgereid.metadata import ModelMetadata
 
+from edgereid.training.attribute_fit import AttributeFitter
 from edgereid.training.bf16 import cpu_bf16_autocast, prepare_cpu_bf16
 from edgereid.training.checkpoint import (load_weights, read_checkpoint, save_checkpoint, set_training_rng_state,
                                           training_rng_state)
 from edgereid.training.config import TrainConfig
-from edgereid.training.data import GenderDataset, ReidDataset, gender_subset, seed_worker, split_gender
+from edgereid.training.data import (GenderDataset, ReidDataset, gender_subset, load_gender_records,  # noqa: F401
+                                   load_reid_records, seed_worker, split_gender)
 from edgereid.training.distributed import convert_sync_bn, setup as setup_distributed
 from edgereid.training.losses import AttributeLoss, GenderLoss, ReidLoss
 from edgereid.training.mobileone import shift_identity_branches
@@ -47,30 +50,6 @@ from edgereid.training.validate import evaluate_model
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def load_gender_records(cfg: TrainConfig) -> tuple:
-    """(train, test) gender records of a TrainConfig: every gender source (`gender_subsets` picks the first's
-    subsets), tested on `gender_test_data`, or else on the seeded `gender_val_fraction` split of the training
-    records (what the trainer validates on, and what a benchmark scoring the run holds out)."""
-    from edgereid.datasets import load_gender_dataset
-
-    train = []
-    for k, source in enumerate([cfg.gender_data, *cfg.gender_sources]):
-        records = load_gender_dataset(source, subsets=(cfg.gender_subsets or None) if k == 0 else None)
-        # people of different sources never merge; a source without person names is one subset of its own
-        train += [replace(r, person=f"{k}:{r.person or '#' + str(i)}") if len(cfg.gender_sources) else r
-                  for i, r in enumerate(records)]
-    if cfg.gender_test_data:
-        return train, load_gender_dataset(cfg.gender_test_data, subsets=cfg.gender_test_subsets or None)
-    return split_gender(train, cfg.gender_val_fraction, cfg.seed)
-
-
 class Trainer:
     """Builds model, data, losses and optimizers from a TrainConfig; `fit()` runs both stages."""
 
@@ -78,12 +57,12 @@ class Trainer:
                  gender_test: list | None = None, model: DualHeadReID | None = None) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.dist = setup_distributed(resolve_device(cfg.device))  # world 1 (no process group) without torchrun
+        self.dist = setup_distributed(cfg.device)  # world 1 (no process group) without torchrun
         self.device = self.dist.device
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self._seed_everything(cfg.seed)
-        self.splits = reid_splits if reid_splits is not None else self._load_reid()
+        self.splits = reid_splits if reid_splits is not None else load_reid_records(cfg)
         if gender_train is None:
             gender_train, gender_test = load_gender_records(cfg)
         self.gender_train, self.gender_test = gender_train, gender_test or []
@@ -136,15 +115,6 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-
-    def _load_reid(self):
-        from edgereid.datasets.sources import combine_sources, load_source
-
-        specs = ([self.cfg.reid_data] if self.cfg.reid_data else []) + list(self.cfg.reid_sources)
-        if not specs:
-            raise InvalidInputError("no re-ID data: give --reid-data (repeat it for several sources).")
-        options = {"cuhk03": {"val_ids": self.cfg.reid_val_ids}}
-        return combine_sources([load_source(spec, self.cfg.reid_dataset, options) for spec in specs])
 
     def _gender_transform(self, aug: AugmentConfig) -> TrainTransform:
         jitter = self.cfg.gender_jitter
@@ -331,7 +301,7 @@ class Trainer:
 
     def _after_epoch(self, stage: int, epoch: int, losses: dict) -> None:
         self.epochs_run += 1
-        self.state.update(stage=stage, epoch=epoch + 1)
+        self.state.update(stage=stage, epoch=epoch + 1, attributes_fitted=False)  # a trained epoch: fit again
         if self._stage_budget_s(stage):
             self.state["elapsed_s"] = self._stage_elapsed()
             if self._budget_spent:
@@ -363,10 +333,36 @@ class Trainer:
         if stage == 2:  # the frozen backbone leaves re-ID as stage 1 scored it: the record carries those scores,
             # so the last line of metrics.jsonl holds "reid" (and "reid_reranked") as well as "gender"
             record.update({k: v for k, v in self.last_metrics.items() if k.startswith("reid") and k not in record})
+        self._write_record(record)
+        return self.state, self.last_metrics, self.best_metrics
+
+    def _write_record(self, record: dict) -> None:
+        """last.pt, then the record's metrics.jsonl line."""
         self._save("last.pt", record)
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        return self.state, self.last_metrics, self.best_metrics
+
+    def _fit_attributes(self) -> tuple:
+        """After the last stage (rank 0): refit the attribute layer of each best_*.pt and of the model on the
+        training crops (training/attribute_fit.py), then score and write last.pt and a metrics.jsonl line;
+        returns the state, the scores and the fitted layer's weights (for the other ranks)."""
+        fitter = AttributeFitter(self.gender_train, self.attribute_names, self.gender_data.attributes,
+                                 self.cfg.attribute_weighting, batch_size=self.cfg.eval_batch, device=self.device,
+                                 progress=self.cfg.progress)
+        for name in ("best_reid.pt", "best_gender.pt"):  # written before last.pt, which marks the fit done
+            if (self.out / name).is_file():
+                fitter.fit_checkpoint(self.out / name)
+        report = fitter.fit(self.model)
+        log.info("attribute fit: %d crops, loss %.4f -> %.4f in %.0f s", report["images"], report["loss_before"],
+                 report["loss_after"], report["seconds"])
+        self.state["attributes_fitted"] = True
+        metrics = self.evaluate(reid=False)
+        self.last_metrics.update(metrics)
+        record = {"stage": "attribute_fit", "epoch": self.state["epoch"], "step": self.state["step"], "attribute_fit": report, **metrics,
+                  **{k: v for k, v in self.last_metrics.items() if k.startswith("reid")}}
+        self._write_record(record)
+        layer = {k: v.cpu() for k, v in self.model.attribute_linear.state_dict().items()}
+        return self.state, self.last_metrics, layer
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def _rng_state(self) -> dict:
@@ -427,6 +423,10 @@ class Trainer:
                     for p in self.model.backbone.parameters():
                         p.requires_grad_(False)
                 self._run_stage(stage, start, on_step)
+            if self.cfg.attribute_fit and self.attribute_names and not self.state.get("attributes_fitted"):
+                self._rng_ranks = self.dist.all_objects(self._rng_state())  # for last.pt (a collective)
+                self.state, self.last_metrics, layer = self.dist.run_on_main(self._fit_attributes)
+                self.model.attribute_linear.load_state_dict(layer)  # every rank ends with rank 0's fit
         finally:
             if self.writer is not None:
                 self.writer.close()
