@@ -136,12 +136,11 @@ class AttributeFitter:
     def fit_checkpoint(self, path) -> dict:
         """Refit the attribute layer of the checkpoint at `path` and rewrite it atomically, every other entry
         kept, its weights hash renewed and the report under "attribute_fit"; returns the report."""
-        from edgereid.training.checkpoint import load_checkpoint, save_checkpoint
+        from edgereid.training.checkpoint import load_checkpoint, resave_checkpoint
 
         model, ckpt = load_checkpoint(path)
         report = self.fit(model)
-        own = ("format", "version", "edgereid_version", "model_config", "metadata", "state_dict", "attribute_fit")
-        save_checkpoint(path, model, **{k: v for k, v in ckpt.items() if k not in own}, attribute_fit=report)
+        resave_checkpoint(path, model, ckpt, attribute_fit=report)
         return report
 
 

@@ -60,6 +60,18 @@ def save_checkpoint(path: str | os.PathLike, model: DualHeadReID, **extra) -> Pa
     return path
 
 
+# what save_checkpoint derives from the model and the running edgereid, never from `extra`
+_MODEL_ENTRIES = ("format", "version", "edgereid_version", "model_config", "metadata", "state_dict")
+
+
+def resave_checkpoint(path: str | os.PathLike, model: DualHeadReID, ckpt: dict, **changes) -> Path:
+    """Rewrite the checkpoint `ckpt` (as read from `path`) with `model`'s weights, atomically: its other entries
+    (trainer state, optimizers, metrics...) kept, `changes` added or replacing theirs, the metadata (weights hash)
+    renewed."""
+    kept = {k: v for k, v in ckpt.items() if k not in _MODEL_ENTRIES and k not in changes}
+    return save_checkpoint(path, model, **kept, **changes)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load the raw checkpoint dict without running code, with clear errors for missing, corrupt or foreign files.
 

@@ -330,14 +330,15 @@ class Trainer:
                     for k, v in vals.items():
                         self.writer.add_scalar(f"eval/{task.replace(':', '/')}_{k}", v, self.state["step"])
             self.last_metrics.update(metrics)  # stage 2 re-scores gender only; keep stage 1's re-ID
-        if stage == 2:  # the frozen backbone leaves re-ID as stage 1 scored it: the record carries those scores,
-            # so the last line of metrics.jsonl holds "reid" (and "reid_reranked") as well as "gender"
-            record.update({k: v for k, v in self.last_metrics.items() if k.startswith("reid") and k not in record})
-        self._write_record(record)
+        self._write_record(record, carry_reid=stage == 2)
         return self.state, self.last_metrics, self.best_metrics
 
-    def _write_record(self, record: dict) -> None:
-        """last.pt, then the record's metrics.jsonl line."""
+    def _write_record(self, record: dict, carry_reid: bool = False) -> None:
+        """last.pt, then the record's metrics.jsonl line. `carry_reid`: the backbone is frozen (stage 2, the
+        attribute fit), so re-ID is as stage 1 scored it: the record carries those scores, and the last line of
+        metrics.jsonl holds "reid" (and "reid_reranked") as well as "gender"."""
+        if carry_reid:
+            record.update({k: v for k, v in self.last_metrics.items() if k.startswith("reid") and k not in record})
         self._save("last.pt", record)
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -358,9 +359,9 @@ class Trainer:
         self.state["attributes_fitted"] = True
         metrics = self.evaluate(reid=False)
         self.last_metrics.update(metrics)
-        record = {"stage": "attribute_fit", "epoch": self.state["epoch"], "step": self.state["step"], "attribute_fit": report, **metrics,
-                  **{k: v for k, v in self.last_metrics.items() if k.startswith("reid")}}
-        self._write_record(record)
+        record = {"stage": "attribute_fit", "epoch": self.state["epoch"], "step": self.state["step"],
+                  "attribute_fit": report, **metrics}
+        self._write_record(record, carry_reid=True)
         layer = {k: v.cpu() for k, v in self.model.attribute_linear.state_dict().items()}
         return self.state, self.last_metrics, layer
 
