@@ -36,17 +36,14 @@ WEIGHT_DECAY = 1e-3
 
 
 @torch.no_grad()
-def attribute_features(model, records: Sequence, metadata=None, batch_size: int = 64, device: str = "cpu",
+def attribute_features(model, records: Sequence, batch_size: int = 64, device: str = "cpu",
                        progress: bool = False) -> torch.Tensor:
     """(N, C) float32 on the CPU: the pooled feature the attribute head reads, for each record's crop (eval mode,
-    no augmentation, at the model's own input size unless `metadata` says otherwise; the model's train/eval
-    mode is restored)."""
+    no augmentation, at the model's own input size; the model's train/eval mode is restored)."""
     from edgereid.metadata import ModelMetadata
     from edgereid.progress import progress as progress_bar
 
-    if metadata is None:
-        metadata = ModelMetadata(height=model.config.input_height, width=model.config.input_width)
-
+    metadata = ModelMetadata(height=model.config.input_height, width=model.config.input_width)
     was_training = model.training
     model.eval()
     loader = DataLoader(GenderDataset(list(records), EvalTransform(metadata)), batch_size=batch_size, shuffle=False)
