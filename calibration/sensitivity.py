@@ -362,8 +362,8 @@ def choose_plan(quantizer: Int8Quantizer, scorer: Scorer, target_cosine: float =
         attrs = (f", attribute agreement {score['attribute_agreement']:.4f} (target {target_attribute_agreement})"
                  if "attribute_agreement" in score else "")
         echo(f"  the plan reaches cosine {score['cosine_mean']:.4f} (target {target_cosine}){attrs} on the "
-             f"calibration crops with {share:.0%} of the MACs in float (cap {max_float_share:.0%}); post-training quantization "
-             f"falls short here: quantization-aware training is the next step.")
+             f"calibration crops with {share:.0%} of the MACs in float (cap {max_float_share:.0%}); post-training "
+             f"quantization falls short here: check the file with `edgereid parity` before deploying it.")
     plan = Int8Plan(method=method, percentile=float(pct), target=quantizer.target, keep_float=keep,
                     reasons=reasons, calibration_score={**score, "float_macs_share": share,
                                                         "images": int(len(scorer.images)), "top_k": int(scorer.k),

@@ -197,9 +197,9 @@ class MobileOneBlock(nn.Module):
             kernel[i, i % per_group, c, c] = 1.0
         return kernel
 
-    @torch.no_grad()
     def fused_kernel_bias(self) -> tuple:
-        """(kernel, bias) in float64 of the one conv equal to this block's branch sum in eval mode."""
+        """(kernel, bias) in float64 of the one conv equal to this block's branch sum in eval mode; differentiable
+        in the branches' weights and norm affines (quantization-aware fine-tuning trains through it)."""
         if self.reparam_conv is not None:
             return self.reparam_conv.weight.double(), self.reparam_conv.bias.double()
         kernel, bias = 0.0, 0.0
@@ -394,13 +394,23 @@ def remove_offsets_(backbone: "MobileOne") -> int:
     heads are untouched and the model computes the same function up to float rounding. Export does this by
     default; the Clips and border Adds cost a few percent of a CPU's fp32 speed (`edgereid export
     --keep-offsets`)."""
+    changed = 0
+    for block, input_offset, output_offset in block_offsets(backbone):
+        if input_offset or output_offset:
+            block.take_out_offset_(input_offset, output_offset)
+        changed += bool(output_offset)
+    return changed
+
+
+def block_offsets(backbone: "MobileOne") -> list:
+    """[(block, input offset, output offset)] in forward order: what `remove_offsets_` takes out of each block (its
+    own `offset`, or `estimated_offset()` while it still has branches; 0 for the two blocks the heads read), and
+    what quantization-aware fine-tuning simulates (calibration.qat)."""
     blocks = [m for m in backbone.modules() if isinstance(m, MobileOneBlock)]
     outputs = {id(backbone.layer3[-1]), id(backbone.layer4[-1])}
-    previous, changed = 0.0, 0
+    found, previous = [], 0.0
     for block in blocks:
-        offset = 0.0 if id(block) in outputs else block.offset
-        if previous or offset:
-            block.take_out_offset_(previous, offset)
-        changed += bool(offset)
+        offset = 0.0 if id(block) in outputs else (block.offset if block.is_fused else block.estimated_offset())
+        found.append((block, previous, offset))
         previous = offset
-    return changed
+    return found
