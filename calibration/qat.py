@@ -31,7 +31,6 @@ there, from the fine-tuned weights.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -464,9 +463,3 @@ def finetune_int8(checkpoint: str | os.PathLike, image_paths: Sequence[str], out
     model.eval()
     resave_checkpoint(out, model, ckpt, qat=result.record(config, len(crops), source_sha))
     return result
-
-
-def simulated_copy(model: DualHeadReID, target: str = "cpu") -> QuantSim:
-    """A QuantSim over a deep copy of `model` (its ranges still to be observed): for measuring a model without
-    touching it."""
-    return QuantSim(copy.deepcopy(model).eval(), target)
