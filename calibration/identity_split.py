@@ -73,6 +73,12 @@ def identity_dominance(weight: np.ndarray, taps: np.ndarray) -> np.ndarray:
         return np.where(rest > 0, np.abs(taps) / rest, np.inf)
 
 
+def identity_dominated(weight: np.ndarray, min_ratio: float = MIN_RATIO) -> bool:
+    """Whether the centre taps of most rows of a shape-keeping kernel are at least `min_ratio` times the rest of
+    their row: the rule that decides a split (here, and in quantization-aware fine-tuning's simulation)."""
+    return bool(np.median(identity_dominance(weight, weight[tap_index(weight)])) >= min_ratio)
+
+
 def split_identity_convs(model, min_ratio: float = MIN_RATIO) -> list:
     """Rewrite every identity-dominated Conv of `model` (onnx.ModelProto, in place) as Conv + Mul + Add (module
     docstring); returns the names of the Convs split. The Conv keeps its name, the new nodes are named after it."""
@@ -88,7 +94,7 @@ def split_identity_convs(model, min_ratio: float = MIN_RATIO) -> list:
             continue
         weight = numpy_helper.to_array(inits[node.input[1]])
         taps = identity_taps(node, weight)
-        if taps is None or np.median(identity_dominance(weight, taps)) < min_ratio:
+        if taps is None or not identity_dominated(weight, min_ratio):
             continue
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(without_taps(weight), node.input[1]))
         name = node.name or node.output[0]

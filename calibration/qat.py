@@ -46,14 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgereid.calibration.identity_split import MIN_RATIO, identity_dominance, tap_index
+from edgereid.calibration.identity_split import identity_dominated, tap_index
+from edgereid.calibration.int8 import TARGETS
 from edgereid.errors import InvalidInputError
 from edgereid.training.mobileone import MobileOne, MobileOneBlock, block_offsets
 from edgereid.training.model import DualHeadReID
 
 log = logging.getLogger(__name__)
-
-TARGETS = ("cpu", "tensorrt")  # calibration.int8.TARGETS: the activation form of the file the model is tuned for
 
 
 class RangeQuant(nn.Module):
@@ -99,8 +98,7 @@ def splits_identity(block: MobileOneBlock, kernel: torch.Tensor) -> bool:
     on the same kernel)."""
     if block.rbr_skip is None:  # only a stride-1, shape-keeping block has an identity to split
         return False
-    w = kernel.detach().cpu().numpy()
-    return bool(np.median(identity_dominance(w, w[tap_index(w)])) >= MIN_RATIO)
+    return identity_dominated(kernel.detach().cpu().numpy())
 
 
 class QuantBlock(nn.Module):
@@ -199,7 +197,7 @@ class QuantSim(nn.Module):
     def __init__(self, model: DualHeadReID, target: str = "cpu", keep_float: Sequence[str] = ()) -> None:
         super().__init__()
         if target not in TARGETS:
-            raise InvalidInputError(f"unknown INT8 target {target!r}; use one of {', '.join(TARGETS)}.")
+            raise InvalidInputError(f"unknown INT8 target {target!r}; use one of {', '.join(sorted(TARGETS))}.")
         backbone = model.backbone
         if not isinstance(backbone, MobileOne):
             raise InvalidInputError(f"quantization-aware fine-tuning is for re-parameterised backbones (mobileone_*); "
@@ -233,8 +231,8 @@ class QuantSim(nn.Module):
         graph): a block's Conv (its weights, and its input where the Conv was that tensor's only INT8 reader), the
         identity split's Add (its inputs and output), a border Add, the gender block's Conv, a head's pooling."""
         backbone = self.model.backbone
-        blocks = {name: qb for stage in self.stages for qb in stage
-                  for name, m in backbone.named_modules() if m is qb.block}
+        paths = {id(m): name for name, m in backbone.named_modules()}
+        blocks = {paths[id(qb.block)]: qb for stage in self.stages for qb in stage}
         chain = [qb for stage in self.stages for qb in stage]
         before = {id(qb): (chain[i - 1].out_q if i else self.input_q) for i, qb in enumerate(chain)}
         for name in names:
