@@ -32,7 +32,7 @@ from pathlib import Path
 
 from common import alternating_times, cpu_sessions, write_result
 
-from bench_real_data import SOURCES, market_view, named_roots, relative_to_roots
+from bench_real_data import SOURCES, market_view, peta_roots, relative_to_roots
 
 def modelopt_files(python: str, fp32: Path, calib, work: Path) -> dict:
     """{name: path} of ModelOpt's INT8 files (max and entropy), with the fp32 file's edgereid metadata."""
@@ -61,11 +61,7 @@ def modelopt_files(python: str, fp32: Path, calib, work: Path) -> dict:
 
 def result_paths(args) -> dict:
     """{absolute path: name} for relative_to_roots: the run by its name, the data by their source paths."""
-    named = [(args.run, args.run.name), (args.cuhk03, SOURCES["cuhk03"]["path"])]
-    named += [(d, f"PETA dataset/{d.parent.name}/{d.name}") for d in args.calib_extra]
-    if args.attributes_data:
-        named.append((args.attributes_data, f"PETA dataset/{args.attributes_data.name}"))
-    return named_roots(named)
+    return peta_roots(args.run, args.cuhk03, args.calib_extra, args.attributes_data)
 
 
 CHOICES = {"minmax": dict(method="minmax"), "percentile": dict(method="percentile", percentile=99.999),

@@ -22,19 +22,12 @@ from pathlib import Path
 
 from common import write_result
 
-from bench_real_data import SOURCES, market_view, named_roots, relative_to_roots
+from bench_real_data import SOURCES, add_int8_run_args, market_view, peta_roots, relative_to_roots
 
 
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True, help="edgereid train run folder (a MobileOne model)")
-    ap.add_argument("--checkpoint", default="last.pt")
-    ap.add_argument("--cuhk03", type=Path, required=True)
-    ap.add_argument("--extra", type=Path, nargs="*", default=[], help="more training crops (PETA subsets)")
-    ap.add_argument("--attributes-data", type=Path, help="attribute-labelled crops for the mA check (PETA subset)")
-    ap.add_argument("--baseline-dir", type=Path, required=True,
-                    help="bench_int8_real.py's work folder of this run: its calib/ and model.int8.plan.<target>.onnx")
-    ap.add_argument("--targets", nargs="+", default=["cpu", "tensorrt"], choices=["cpu", "tensorrt"])
+    add_int8_run_args(ap)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--head-weight", type=float, default=1.0)
@@ -42,7 +35,6 @@ def main(argv: list | None = None) -> int:
                     help="simulate the baseline plan's file (its float units) and replay that plan on the fine-tuned "
                          "model, instead of simulating all-INT8 and planning again")
     ap.add_argument("--tag", default="", help="suffix of the fine-tuned files (several settings side by side)")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-o", "--output", type=Path, default=Path(__file__).parent / "results" / "qat_cpu.json")
     args = ap.parse_args(argv)
 
@@ -95,10 +87,6 @@ def main(argv: list | None = None) -> int:
     parity = run_parity(args.run / args.checkpoint, [files[k] for k in files], view, calib=calib,
                         threads=args.threads, attributes_data=args.attributes_data)
     print(parity.table(), flush=True)
-    named = [(args.run, args.run.name), (args.cuhk03, SOURCES["cuhk03"]["path"])]
-    named += [(d, f"PETA dataset/{d.parent.name}/{d.name}") for d in args.extra]
-    if args.attributes_data:
-        named.append((args.attributes_data, f"PETA dataset/{args.attributes_data.name}"))
     write_result(args.output, relative_to_roots({
         "benchmark": "quantization-aware fine-tuning: INT8 plan files of a MobileOne before and after, parity "
                      "against the checkpoint as trained",
@@ -109,7 +97,7 @@ def main(argv: list | None = None) -> int:
         "plan_aware": args.plan_aware, "files": {k: str(v) for k, v in files.items()}, "qat": qat,
         "parity": parity.to_dict(),
         "seconds_per_target": timings, "seconds": time.perf_counter() - t0,
-    }, named_roots(named)))
+    }, peta_roots(args.run, args.cuhk03, args.extra, args.attributes_data)))
     return 0
 
 

@@ -189,6 +189,30 @@ def result_roots(args, *folders: Path) -> dict:
                         (args.run.expanduser().resolve().parent, "runs")])
 
 
+def add_int8_run_args(ap: argparse.ArgumentParser) -> None:
+    """The run, the training crops and the INT8 work folder that the INT8 tuning scripts read (bench_qat.py,
+    bench_int8_tune.py)."""
+    ap.add_argument("--run", type=Path, required=True, help="edgereid train run folder")
+    ap.add_argument("--checkpoint", default="last.pt")
+    ap.add_argument("--cuhk03", type=Path, required=True)
+    ap.add_argument("--extra", type=Path, nargs="*", default=[], help="more training crops (PETA subsets)")
+    ap.add_argument("--attributes-data", type=Path, help="attribute-labelled crops for the mA check (PETA subset)")
+    ap.add_argument("--baseline-dir", type=Path, required=True,
+                    help="bench_int8_real.py's work folder of this run: model.onnx, calib/, model.int8.plan.*.onnx")
+    ap.add_argument("--targets", nargs="+", default=["cpu", "tensorrt"], choices=["cpu", "tensorrt"])
+    ap.add_argument("--threads", type=int, default=2)
+
+
+def peta_roots(run: Path, cuhk03: Path, subsets, attributes_data: Path | None) -> dict:
+    """{absolute path: name} for relative_to_roots: the run by its name, CUHK03 by its source path, PETA subsets
+    (`<subset>/archive` folders) and the attribute folder by theirs."""
+    named = [(run, run.name), (cuhk03, SOURCES["cuhk03"]["path"])]
+    named += [(d, f"PETA dataset/{d.parent.name}/{d.name}") for d in subsets]
+    if attributes_data:
+        named.append((attributes_data, f"PETA dataset/{attributes_data.name}"))
+    return named_roots(named)
+
+
 def named_roots(named: list) -> dict:
     """{absolute root: name} for relative_to_roots from (path, name) pairs, each path as given and resolved."""
     roots = {}

@@ -22,7 +22,8 @@ Adds, the biases' int32 rounding. On a random S0 the simulation's error against 
 
 Measured on a trained S0 (benchmarks/README.md, "Backbones"): the simulated file gains (all-INT8 cosine to float
 0.913 -> 0.964), the file ONNX Runtime runs does not yet (its parity against the checkpoint as trained drops), so
-judge every fine-tuned file with `edgereid parity` against the original.
+judge every fine-tuned file with `edgereid parity` against the original. `calibration.int8_tune` trains the INT8
+file itself, exactly as ONNX Runtime runs it, and does carry over.
 
 The fused kernel is computed from the branches at every step (`MobileOneBlock.fused_kernel_bias` is
 differentiable), so the model keeps its training-time form and the result is an ordinary checkpoint: `edgereid
@@ -39,7 +40,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -49,8 +50,11 @@ from torch import nn
 from edgereid.calibration.identity_split import identity_dominated, tap_index
 from edgereid.calibration.int8 import TARGETS
 from edgereid.errors import InvalidInputError
-from edgereid.training.mobileone import MobileOne, MobileOneBlock, block_offsets
+from edgereid.training.mobileone import MobileOne, MobileOneBlock, block_offsets, border_taps, fuse_bn
 from edgereid.training.model import DualHeadReID
+
+if TYPE_CHECKING:
+    from edgereid.runtime.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +157,7 @@ class QuantBlock(nn.Module):
     def _border(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """-input_offset x the summed weight of the taps outside the map, per output position (as export writes
         it: `MobileOneBlock.border_gain`, here from the current kernel)."""
-        b, p = self.block, self.block.kernel_size // 2
-        ones = torch.ones(1, x.shape[1], x.shape[2], x.shape[3], dtype=x.dtype, device=x.device)
-        every = F.conv2d(F.pad(ones, [p] * 4, value=1.0), kernel, None, b.stride, 0, 1, b.groups)
-        inside = F.conv2d(ones, kernel, None, b.stride, p, 1, b.groups)
-        return -self.input_offset * (every - inside)
+        return -self.input_offset * border_taps(kernel, x.shape[2], x.shape[3], self.block.stride, self.block.groups)
 
 
 class QuantConvBNReLU(nn.Module):
@@ -171,9 +171,7 @@ class QuantConvBNReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self.block[0], self.block[1]
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        kernel = conv.weight * scale.reshape(-1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0.0)
+        kernel, bias = (t.float() for t in fuse_bn(conv.weight, bn))  # the block's conv has no bias (ConvBNReLU)
         weight = quantized_weight(kernel, self.out_q.observing or self.float_weights)
         out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         return self.out_q(F.relu(out))
@@ -361,16 +359,23 @@ class QATResult:
                 "source_weights_sha256": source_sha}
 
 
-def load_crops(paths: Sequence[str], size: tuple, progress: bool = False) -> np.ndarray:
-    """(N, H, W, 3) uint8 BGR: the crops resized as the runtime resizes them (the shared preprocessing)."""
-    from edgereid.imageio import read_image
-    from edgereid.metadata import ModelMetadata
-    from edgereid.progress import progress as make_progress
-    from edgereid.runtime.preprocess import Preprocessor
+def spread_sample(paths: Sequence[str], limit: int, seed: int = 0) -> list:
+    """At most `limit` of `paths`, taken evenly from their sorted order (every folder keeps its share), shuffled."""
+    paths = sorted(map(str, paths))
+    if len(paths) > limit:
+        paths = [paths[int(i * len(paths) / limit)] for i in range(limit)]
+    random.Random(seed).shuffle(paths)
+    return paths
 
-    pre = Preprocessor(ModelMetadata(height=size[0], width=size[1]))
-    out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
-    for i, path in enumerate(make_progress(paths, desc="qat: reading crops", enabled=progress)):
+
+def load_crops(paths: Sequence[str], pre: Preprocessor, progress: bool = False) -> np.ndarray:
+    """(N, H, W, 3) uint8 BGR: the crops resized by `pre` (the runtime's `Preprocessor` of the model)."""
+    from edgereid.imageio import read_image
+    from edgereid.progress import progress as make_progress
+
+    height, width = pre.size[1], pre.size[0]
+    out = np.empty((len(paths), height, width, 3), dtype=np.uint8)
+    for i, path in enumerate(make_progress(paths, desc="reading crops", enabled=progress)):
         out[i] = pre.resize([read_image(path)])[0]
     return out
 
@@ -397,14 +402,8 @@ def finetune_int8(checkpoint: str | os.PathLike, image_paths: Sequence[str], out
         raise InvalidInputError(f"quantization-aware fine-tuning needs at least {need} crops (ranges "
                                 f"{config.range_images}, check {config.check_images}, one batch); got "
                                 f"{len(image_paths)}. Point it at more crops or lower range_images/check_images.")
-    rng = random.Random(config.seed)
-    paths = sorted(map(str, image_paths))
-    if len(paths) > config.max_images:
-        paths = [paths[int(i * len(paths) / config.max_images)] for i in range(config.max_images)]
-    rng.shuffle(paths)
-    size = (model.config.input_height, model.config.input_width)
-    crops = load_crops(paths, size, progress)
-    pre = Preprocessor(ModelMetadata(height=size[0], width=size[1]))
+    pre = Preprocessor(ModelMetadata(height=model.config.input_height, width=model.config.input_width))
+    crops = load_crops(spread_sample(image_paths, config.max_images, config.seed), pre, progress)
     batch = lambda idx: torch.from_numpy(pre.normalize(crops[idx]))  # noqa: E731
     check = np.arange(config.check_images)
     ranges = np.arange(config.check_images, config.check_images + config.range_images)

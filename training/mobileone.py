@@ -106,7 +106,16 @@ class FloorReLU(nn.Module):
         return f"floor={self.floor}"
 
 
-def _fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple:
+def border_taps(kernel: torch.Tensor, height: int, width: int, stride: int, groups: int) -> torch.Tensor:
+    """(1, C_out, H', W'): per output position of a same-padded conv of `kernel` over an H x W input, the summed
+    weight of its taps that fall outside the input (0 inside the map). Differentiable in `kernel`."""
+    p = kernel.shape[-1] // 2
+    ones = torch.ones(1, kernel.shape[1] * groups, height, width, device=kernel.device, dtype=kernel.dtype)
+    every = F.conv2d(F.pad(ones, [p] * 4, value=1.0), kernel, None, stride, 0, 1, groups)
+    return every - F.conv2d(ones, kernel, None, stride, p, 1, groups)
+
+
+def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple:
     """(kernel, bias) of `conv(kernel) -> bn` as one conv, in eval mode (running statistics), in float64."""
     std = (bn.running_var.double() + bn.eps).sqrt()
     scale = bn.weight.double() / std
@@ -204,14 +213,14 @@ class MobileOneBlock(nn.Module):
             return self.reparam_conv.weight.double(), self.reparam_conv.bias.double()
         kernel, bias = 0.0, 0.0
         for branch in self.rbr_conv:
-            k, b = _fuse_bn(branch.conv.weight, branch.bn)
+            k, b = fuse_bn(branch.conv.weight, branch.bn)
             kernel, bias = kernel + k, bias + b
         if self.rbr_scale is not None:
-            k, b = _fuse_bn(self.rbr_scale.conv.weight, self.rbr_scale.bn)
+            k, b = fuse_bn(self.rbr_scale.conv.weight, self.rbr_scale.bn)
             pad = self.kernel_size // 2  # the 1x1 tap at the centre of the kxk window: same outputs, stride or not
             kernel, bias = kernel + F.pad(k, [pad, pad, pad, pad]), bias + b
         if self.rbr_skip is not None:
-            k, b = _fuse_bn(self.identity_kernel(), self.rbr_skip)
+            k, b = fuse_bn(self.identity_kernel(), self.rbr_skip)
             kernel, bias = kernel + k, bias + b
         return kernel, bias
 
@@ -257,11 +266,8 @@ class MobileOneBlock(nn.Module):
         conv = self.reparam_conv
         key = (x.device, x.dtype, int(x.shape[-2]), int(x.shape[-1]))
         if key not in self._borders:
-            ones = torch.ones(1, self.in_channels, key[2], key[3], device=x.device, dtype=x.dtype)
-            p = self.kernel_size // 2
-            every = F.conv2d(F.pad(ones, [p] * 4, value=1.0), conv.weight, None, conv.stride, 0, 1, self.groups)
-            inside = F.conv2d(ones, conv.weight, None, conv.stride, p, 1, self.groups)
-            self._borders[key] = (every - inside).detach()
+            self._borders[key] = border_taps(conv.weight.to(x.dtype), key[2], key[3], conv.stride,
+                                             self.groups).detach()
         return self._borders[key]
 
     @torch.no_grad()
