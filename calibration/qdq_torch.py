@@ -9,7 +9,7 @@ scales stay the file's unless `train_scales` (then each is learned, LSQ-style). 
 into a copy of the file in the same form (int8 / int32 initializers on their grids, an int32 bias's grid following
 its input's scale), so ONNX Runtime and TensorRT take it as they took the original.
 
-The operator set is what edgereid's exported and imported graphs use; another operator is refused by name.
+The operator set is what edgereid's exported graphs use; another operator is refused by name.
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ class OnnxGraph(nn.Module):
         unknown = sorted({n.op_type for n in self.nodes} - set(OPS))
         if unknown:
             raise ModelFileError(f"the ONNX graph uses {', '.join(unknown)}, which edgereid's INT8 tuning does not "
-                                 f"run; it takes the graphs `edgereid export` / `import-model` write.")
+                                 f"run; it takes the graphs `edgereid export` writes and `edgereid quantize` quantizes.")
         self.log_scales = nn.ParameterDict()
         self._scale_keys: dict = {}  # activation scale initializer -> key
         if train_scales:
