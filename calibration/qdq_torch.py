@@ -149,7 +149,7 @@ class OnnxGraph(nn.Module):
         unknown = sorted({n.op_type for n in self.nodes} - set(OPS))
         if unknown:
             raise ModelFileError(f"the ONNX graph uses {', '.join(unknown)}, which edgereid's INT8 tuning does not "
-                                 f"run; it takes the graphs `edgereid export` writes and `edgereid quantize` quantizes.")
+                                 f"run; it takes the graphs `edgereid export` writes and `quantize` quantizes.")
         self.log_scales = nn.ParameterDict()
         self._scale_keys: dict = {}  # activation scale initializer -> key
         if train_scales:
