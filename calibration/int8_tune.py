@@ -31,11 +31,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgereid._optional import require
 from edgereid.backends.onnxruntime_backend import int8_session_config
-from edgereid.calibration.qat import agreement, load_crops, spread_sample
+from edgereid.calibration.qat import agreement, distillation_loss, load_crops, spread_sample
 from edgereid.calibration.qdq_torch import OnnxGraph
 from edgereid.errors import InvalidInputError, ModelFileError
 
@@ -82,16 +81,9 @@ class TuneResult:
 
 
 def tuning_loss(student: dict, teacher: dict, head_weight: float = 1.0) -> torch.Tensor:
-    """1 - embedding cosine, plus `head_weight` x the binary KL divergence of the gender (and attribute) decisions:
-    it weighs a logit by how near its decision is to flipping (the gradient is p_student - p_teacher), where a
-    squared logit error would spend the steps on confident logits that no rounding flips."""
-    loss = (1.0 - F.cosine_similarity(student["embedding"], teacher["embedding"], dim=1)).mean()
-    for key in ("gender_logit", "attribute_logits"):
-        if key in teacher:
-            target = torch.sigmoid(teacher[key])
-            loss = loss + head_weight * (F.binary_cross_entropy_with_logits(student[key], target)
-                                         - F.binary_cross_entropy_with_logits(teacher[key], target))
-    return loss
+    """1 - embedding cosine, plus `head_weight` x the binary KL divergence of the gender (and attribute) decisions
+    (`qat.distillation_loss` with `heads="kl"`)."""
+    return distillation_loss(student, teacher, head_weight, heads="kl")
 
 
 def _outputs(named: dict) -> dict:

@@ -301,12 +301,24 @@ class QuantSim(nn.Module):
             return self.model.forward_heads(maps[3], maps[4])
 
 
-def distillation_loss(student: dict, teacher: dict, head_weight: float = 1.0) -> torch.Tensor:
-    """1 - embedding cosine, plus `head_weight` x the squared error of the gender (and attribute) logits."""
+def distillation_loss(student: dict, teacher: dict, head_weight: float = 1.0, heads: str = "mse") -> torch.Tensor:
+    """1 - embedding cosine, plus `head_weight` x a loss on the gender (and attribute) logits: `heads="mse"` their
+    squared error, `heads="kl"` the binary KL divergence of their decisions, which weighs a logit by how near its
+    decision is to flipping (the gradient is p_student - p_teacher) where a squared error spends the steps on
+    confident logits that no rounding flips."""
+    if heads not in ("mse", "kl"):
+        raise ValueError(f"heads must be 'mse' or 'kl', got {heads!r}")
     loss = (1.0 - F.cosine_similarity(student["embedding"], teacher["embedding"].detach(), dim=1)).mean()
     for key in ("gender_logit", "attribute_logits"):
-        if key in teacher:
-            loss = loss + head_weight * F.mse_loss(student[key], teacher[key].detach())
+        if key not in teacher:
+            continue
+        want = teacher[key].detach()
+        if heads == "mse":
+            loss = loss + head_weight * F.mse_loss(student[key], want)
+        else:
+            target = torch.sigmoid(want)
+            loss = loss + head_weight * (F.binary_cross_entropy_with_logits(student[key], target)
+                                         - F.binary_cross_entropy_with_logits(want, target))
     return loss
 
 

@@ -275,3 +275,22 @@ def test_range_quant_uses_the_targets_levels():
         levels = got / step
         assert np.allclose(levels.numpy(), np.round(levels.numpy()), atol=1e-3)
         assert float(got[2]) == pytest.approx(3.0 if symmetric else 3.0, abs=step)  # clipped at the range
+
+
+def test_distillation_loss_forms_are_zero_at_the_teacher_and_weigh_near_flips_under_kl():
+    """Both head losses vanish when the student answers as the teacher; the KL form weighs a logit move near the
+    decision boundary more than the same move on a confident logit, where the squared error weighs them alike."""
+    from edgereid.calibration.qat import distillation_loss
+
+    emb = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    teacher = {"embedding": emb, "gender_logit": torch.tensor([0.1, 6.0, -0.2, -5.0]),
+               "attribute_logits": torch.zeros(4, 3)}
+    for heads in ("mse", "kl"):
+        assert abs(float(distillation_loss(teacher, teacher, heads=heads))) < 1e-6
+    near, far = dict(teacher), dict(teacher)
+    near["gender_logit"] = teacher["gender_logit"] + torch.tensor([-0.5, 0.0, 0.0, 0.0])
+    far["gender_logit"] = teacher["gender_logit"] + torch.tensor([0.0, -0.5, 0.0, 0.0])
+    assert float(distillation_loss(near, teacher, heads="kl")) > 5 * float(distillation_loss(far, teacher, heads="kl"))
+    assert abs(float(distillation_loss(near, teacher)) - float(distillation_loss(far, teacher))) < 1e-6
+    with pytest.raises(ValueError, match="heads"):
+        distillation_loss(teacher, teacher, heads="l1")
