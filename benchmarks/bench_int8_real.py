@@ -32,7 +32,7 @@ from pathlib import Path
 
 from common import alternating_times, cpu_sessions, write_result
 
-from bench_real_data import SOURCES, market_view, peta_roots, relative_to_roots
+from bench_real_data import SOURCES, market_view, peta_roots, relative_to_roots, training_crops
 
 def modelopt_files(python: str, fp32: Path, calib, work: Path) -> dict:
     """{name: path} of ModelOpt's INT8 files (max and entropy), with the fp32 file's edgereid metadata."""
@@ -101,9 +101,8 @@ def main(argv: list | None = None) -> int:
     model, _ = load_checkpoint(args.run / args.checkpoint, with_classifier=False)
     fp32 = export_onnx(model, work / "model.onnx")
     meta = get_metadata(load_onnx(fp32))
-    from edgereid.imageio import list_images
 
-    pool = [r.path for r in splits.train] + [str(f) for d in args.calib_extra for f in list_images(d, recursive=True)]
+    pool = training_crops(splits, args.calib_extra)
     calib = build_calibration_set(pool, meta, work / "calib", num=args.num_calib,
                                   progress=False)
     files, plans, timings = {}, {}, {}

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from common import write_result
 
-from bench_real_data import SOURCES, add_int8_run_args, market_view, peta_roots, relative_to_roots
+from bench_real_data import (SOURCES, add_int8_run_args, market_view, peta_roots, relative_to_roots,
+                             training_crops)
 
 
 def main(argv: list | None = None) -> int:
@@ -40,14 +41,13 @@ def main(argv: list | None = None) -> int:
     from edgereid.calibration.int8_tune import TuneConfig, tune_int8_file
     from edgereid.calibration.parity import run_parity
     from edgereid.datasets import load_cuhk03
-    from edgereid.imageio import list_images
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     splits = load_cuhk03(args.cuhk03)  # the reader's seeded split: the run's own validation identities
     work = args.run / "eval_int8_tune"
     work.mkdir(parents=True, exist_ok=True)
-    pool = [r.path for r in splits.train] + [str(f) for d in args.extra for f in list_images(d, recursive=True)]
+    pool = training_crops(splits, args.extra)
     files, tuning, timings = {}, {}, {}
     for target in args.targets:
         files[f"plan_{target}"] = args.baseline_dir / f"model.int8.plan.{target}.onnx"

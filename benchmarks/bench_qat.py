@@ -22,7 +22,8 @@ from pathlib import Path
 
 from common import write_result
 
-from bench_real_data import SOURCES, add_int8_run_args, market_view, peta_roots, relative_to_roots
+from bench_real_data import (SOURCES, add_int8_run_args, market_view, peta_roots, relative_to_roots,
+                             training_crops)
 
 
 def main(argv: list | None = None) -> int:
@@ -47,7 +48,6 @@ def main(argv: list | None = None) -> int:
     from edgereid.calibration.sensitivity import quantize_int8_auto
     from edgereid.datasets import load_cuhk03
     from edgereid.export.onnx_export import export_onnx
-    from edgereid.imageio import list_images
     from edgereid.training.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
@@ -55,7 +55,7 @@ def main(argv: list | None = None) -> int:
     splits = load_cuhk03(args.cuhk03)  # the reader's seeded split: the run's own validation identities
     work = args.run / "eval_qat"
     calib = args.baseline_dir / "calib"
-    pool = [r.path for r in splits.train] + [str(f) for d in args.extra for f in list_images(d, recursive=True)]
+    pool = training_crops(splits, args.extra)
     files, qat, timings = {}, {}, {}
     for target in args.targets:
         files[f"baseline_plan_{target}"] = args.baseline_dir / f"model.int8.plan.{target}.onnx"

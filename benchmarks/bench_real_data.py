@@ -203,6 +203,14 @@ def add_int8_run_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=2)
 
 
+def training_crops(splits, extra) -> list:
+    """The crop pool of the INT8 scripts: the CUHK03 training identities' crops (never the validation ones) and every
+    crop under the `extra` folders (recursive), as path strings."""
+    from edgereid.imageio import list_images
+
+    return [r.path for r in splits.train] + [str(f) for d in extra for f in list_images(d, recursive=True)]
+
+
 def peta_roots(run: Path, cuhk03: Path, subsets, attributes_data: Path | None) -> dict:
     """{absolute path: name} for relative_to_roots: the run by its name, CUHK03 by its source path, PETA subsets
     (`<subset>/archive` folders) and the attribute folder by theirs."""
