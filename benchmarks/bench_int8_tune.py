@@ -15,6 +15,7 @@ the data roots; the JSON holds numbers only.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -70,7 +71,7 @@ def main(argv: list | None = None) -> int:
     write_result(args.output, relative_to_roots({
         "benchmark": "INT8 file tuning: the INT8 plan files of a model before and after `edgereid tune-int8`, parity "
                      "against the checkpoint as trained",
-        "command": "python benchmarks/bench_int8_tune.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": shlex.join(["python", "benchmarks/bench_int8_tune.py", *(sys.argv[1:] if argv is None else argv)]),
         "sources": SOURCES, "run": str(args.run), "checkpoint": args.checkpoint,
         "tuning_data": "CUHK03 training identities (validation ids excluded)"
                        + "".join(f" + PETA {d.parent.name}" for d in args.extra),

@@ -31,6 +31,30 @@ def test_fit_linear_separates_and_ignores_feature_units():
                                atol=2e-3)
 
 
+
+def test_fit_linear_starts_where_told_and_adds_a_penalty_of_the_standardised_weights():
+    from edgereid.training.attribute_fit import fit_linear
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 6)) * np.array([1.0, 5.0, 0.2, 1.0, 1.0, 1.0]) + 2.0
+    labels = np.stack([x[:, 0] - 2.0 > 0, x[:, 1] - 2.0 + 5.0 * (x[:, 2] - 2.0) > 0], axis=1).astype(np.int8)
+    feats = torch.tensor(x, dtype=torch.float32)
+    w, b = fit_linear(feats, labels, "balanced")
+    # started at its own solution, the fit stays there: the start is unfolded into standardised units exactly
+    w1, b1 = fit_linear(feats, labels, "balanced", start=(w, b), max_iter=5)
+    np.testing.assert_allclose(w1.numpy(), w.numpy(), atol=1e-4)
+    np.testing.assert_allclose(b1.numpy(), b.numpy(), atol=1e-4)
+    # the penalty sees the standardised weights and the features' spread: pushing attribute 1 off feature 1
+    seen = {}
+
+    def off_feature_1(wz, sd):
+        seen["sd"] = sd
+        return 100.0 * (wz[1, 1] ** 2)
+
+    w2, _ = fit_linear(feats, labels, "balanced", penalty=off_feature_1)
+    np.testing.assert_allclose(seen["sd"].numpy(), x.std(0, ddof=1), rtol=1e-6)
+    assert abs(float(w2[1, 1])) < 0.1 * abs(float(w[1, 1])) and abs(float(w2[1, 2])) > 0.1
+
 def _model(tap: str = "gender_block", names=("upperBodyRed", "hairLong")):
     from edgereid.training.model import DualHeadReID
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -55,22 +55,32 @@ def attribute_features(model, records: Sequence, batch_size: int = 64, device: s
 
 
 def fit_linear(features: torch.Tensor, labels: np.ndarray, weighting: str, weight_decay: float = WEIGHT_DECAY,
-               max_iter: int = 500) -> tuple:
+               max_iter: int = 500, penalty: Callable | None = None, start: tuple | None = None) -> tuple:
     """(weight (A, C), bias (A,)) of the weighted, L2-penalised logistic regressions of (N, A) `labels` (1 / 0 /
-    -1 unknown) on (N, C) `features`, in the features' own units."""
+    -1 unknown) on (N, C) `features`, in the features' own units.
+
+    `penalty(w, sd)`, if given, adds a term of the (C, A) weights on the standardised features (`sd`: the
+    features' (C,) spread) to the loss, for a fit that trades accuracy for another aim (the INT8-noise penalty
+    of benchmarks/bench_attribute_int8_noise.py); `start` ((weight, bias) in the features' own units, such as a
+    plain fit's) replaces the zero start."""
     x = features.double()
     mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mu) / sd
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     loss_fn = AttributeLoss(positive_ratio(labels), weighting).double()
-    w = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(y.shape[1], dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64)
+    b = torch.zeros(y.shape[1], dtype=torch.float64)
+    if start is not None:  # the inverse of the folding below
+        w, b = start[0].double().T * sd[:, None], start[1].double() + mu @ start[0].double().T
+    w, b = w.requires_grad_(), b.requires_grad_()
     opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9,
                             tolerance_change=1e-12)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = loss_fn(z @ w + b, y) + weight_decay * (w ** 2).sum()
+        if penalty is not None:
+            loss = loss + penalty(w, sd)
         loss.backward()
         return loss
 
