@@ -78,7 +78,7 @@ def simulated_features(run: Path, checkpoint: str, plan_json: Path, calib_paths:
     model, _ = load_checkpoint(run / checkpoint, with_classifier=False)
     sim = QuantSim(model.eval(), plan.target, tuple(plan.keep_float)).eval()
     seen = []
-    model.gender_head.attributes.register_forward_hook(lambda m, i, o: seen.append(i[0].numpy().copy()))
+    model.attribute_linear.register_forward_hook(lambda m, i, o: seen.append(i[0].numpy().copy()))
     pre = Preprocessor(meta)
     batches = lambda paths: (torch.from_numpy(pre.prepare([read_image(p) for p in paths[i:i + 32]]))  # noqa: E731
                              for i in range(0, len(paths), 32))

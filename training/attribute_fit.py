@@ -71,7 +71,8 @@ def fit_linear(features: torch.Tensor, labels: np.ndarray, weighting: str, weigh
     w = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64)
     b = torch.zeros(y.shape[1], dtype=torch.float64)
     if start is not None:  # the inverse of the folding below
-        w, b = start[0].double().T * sd[:, None], start[1].double() + mu @ start[0].double().T
+        w0, b0 = start[0].detach().double(), start[1].detach().double()
+        w, b = w0.T * sd[:, None], b0 + mu @ w0.T
     w, b = w.requires_grad_(), b.requires_grad_()
     opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9,
                             tolerance_change=1e-12)
