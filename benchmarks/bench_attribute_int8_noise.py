@@ -33,14 +33,13 @@ from common import write_result
 from bench_real_data import SOURCES, named_roots, relative_to_roots
 
 
-def pooled_features(onnx_path: Path, paths: list, threads: int, batch: int = 32) -> tuple:
-    """((N, C) feature the attribute layer reads, (N, A) attribute logits) of `onnx_path` on `paths`: the graph is
-    run with the attribute Gemm's input as an extra output."""
+def pooled_features(onnx_path: Path, crops: np.ndarray, threads: int, batch: int = 32) -> tuple:
+    """((N, C) feature the attribute layer reads, (N, A) attribute logits) of `onnx_path` on `crops` (resized, as
+    `qat.load_crops` gives them): the graph is run with the attribute Gemm's input as an extra output."""
     import onnx
     import onnxruntime as ort
 
     from edgereid.export.metadata import get_metadata, load_onnx
-    from edgereid.imageio import read_image
     from edgereid.runtime.preprocess import Preprocessor
 
     model = load_onnx(onnx_path)
@@ -55,22 +54,21 @@ def pooled_features(onnx_path: Path, paths: list, threads: int, batch: int = 32)
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     pre, feats, logits = Preprocessor(meta), [], []
-    for i in range(0, len(paths), batch):
-        f, a = session.run([feature, meta.attribute_output],
-                           {meta.input_name: pre.prepare([read_image(p) for p in paths[i:i + batch]])})
+    for i in range(0, len(crops), batch):
+        f, a = session.run([feature, meta.attribute_output], {meta.input_name: pre.prepare(crops[i:i + batch])})
         feats.append(f.reshape(len(f), -1))
         logits.append(a)
     return np.concatenate(feats), np.concatenate(logits)
 
 
-def simulated_features(run: Path, checkpoint: str, plan_json: Path, calib_paths: list, sets: dict, meta) -> dict:
-    """{set name: (N, C) feature} computed by `calibration.qat.QuantSim` of the plan's file (min-max ranges
+def simulated_features(run: Path, checkpoint: str, plan_json: Path, calib_crops: np.ndarray, crops: np.ndarray,
+                       meta, batch: int = 32) -> np.ndarray:
+    """(N, C) feature of `crops` computed by `calibration.qat.QuantSim` of the plan's file (min-max ranges
     measured on the calibration crops)."""
     import torch
 
     from edgereid.calibration.int8_plan import Int8Plan
     from edgereid.calibration.qat import QuantSim
-    from edgereid.imageio import read_image
     from edgereid.runtime.preprocess import Preprocessor
     from edgereid.training.checkpoint import load_checkpoint
 
@@ -80,20 +78,15 @@ def simulated_features(run: Path, checkpoint: str, plan_json: Path, calib_paths:
     seen = []
     model.attribute_linear.register_forward_hook(lambda m, i, o: seen.append(i[0].numpy().copy()))
     pre = Preprocessor(meta)
-    batches = lambda paths: (torch.from_numpy(pre.prepare([read_image(p) for p in paths[i:i + 32]]))  # noqa: E731
-                             for i in range(0, len(paths), 32))
-    out = {}
     with torch.no_grad():
         sim.observe()
-        for x in batches(calib_paths):
-            sim(x)
+        for i in range(0, len(calib_crops), batch):
+            sim(torch.from_numpy(pre.prepare(calib_crops[i:i + batch])))
         sim.freeze()
-        for name, paths in sets.items():
-            seen.clear()
-            for x in batches(paths):
-                sim(x)
-            out[name] = np.concatenate(seen)
-    return out
+        seen.clear()
+        for i in range(0, len(crops), batch):
+            sim(torch.from_numpy(pre.prepare(crops[i:i + batch])))
+    return np.concatenate(seen)
 
 
 def noise_penalty(noise, weight: float, features):
@@ -103,7 +96,7 @@ def noise_penalty(noise, weight: float, features):
 
     n = torch.as_tensor(noise, dtype=torch.float64)
     x = torch.as_tensor(features, dtype=torch.float64)
-    x = x - x.mean(0)
+    x = x - x.mean(0)  # var() centres again; kept so the committed results reproduce to the last digit
 
     def penalty(w, sd):
         return weight * (((n / sd) @ w).pow(2).mean(0) / ((x / sd) @ w).var(0)).sum()
@@ -142,9 +135,11 @@ def main(argv: list | None = None) -> int:
 
     from bench_real_data import market_view
     from edgereid.calibration.parity import calibration_images, load_eval_set
+    from edgereid.calibration.qat import load_crops
     from edgereid.datasets import load_cuhk03
     from edgereid.datasets.attribute_labels import attribute_matrix
     from edgereid.export.metadata import get_metadata, load_onnx
+    from edgereid.runtime.preprocess import Preprocessor
     from edgereid.training.attribute_fit import fit_linear
     from edgereid.training.config import TrainConfig
     from edgereid.training.data import load_gender_records
@@ -161,10 +156,12 @@ def main(argv: list | None = None) -> int:
     calib = calibration_images(args.baseline_dir / "calib")
     sets = {"train": [r.path for r in train], "test": [r.path for r in test],
             "val": load_eval_set(view, exclude=calib).paths}
+    pre = Preprocessor(meta)
+    crops = {name: load_crops(paths, pre) for name, paths in sets.items()}  # each image read once for every file
     fp32, int8, file_logits = {}, {}, {}
     for name, paths in sets.items():
-        fp32[name], file_logits[name] = pooled_features(fp32_file, paths, args.threads)
-        int8[name], _ = pooled_features(int8_file, paths, args.threads)
+        fp32[name], file_logits[name] = pooled_features(fp32_file, crops[name], args.threads)
+        int8[name], _ = pooled_features(int8_file, crops[name], args.threads)
         print(f"{name}: {len(paths)} crops, {time.perf_counter() - t0:.0f} s", flush=True)
     labels = attribute_matrix(train, names)
     keep = (labels >= 0).any(1)
@@ -176,9 +173,9 @@ def main(argv: list | None = None) -> int:
     rows = [{"noise": "-", "weight": 0.0, **score_head(w0, b0, fp32, int8, test_labels)}]
     noises = {"int8 file": int8["train"][keep] - fp32["train"][keep]}
     if args.simulate:
-        sim = simulated_features(args.run, args.checkpoint, int8_file.with_suffix(".plan.json"), calib,
-                                 {"train": sets["train"]}, meta)
-        noises["simulated file"] = sim["train"][keep] - fp32["train"][keep]
+        sim = simulated_features(args.run, args.checkpoint, int8_file.with_suffix(".plan.json"),
+                                 load_crops(calib, pre), crops["train"][keep], meta)
+        noises["simulated file"] = sim - fp32["train"][keep]
     for source, noise in noises.items():
         for weight in args.weights:
             w, b = fit_linear(x, labels[keep], cfg.attribute_weighting, start=plain,

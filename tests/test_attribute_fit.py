@@ -31,7 +31,6 @@ def test_fit_linear_separates_and_ignores_feature_units():
                                atol=2e-3)
 
 
-
 def test_fit_linear_starts_where_told_and_adds_a_penalty_of_the_standardised_weights():
     from edgereid.training.attribute_fit import fit_linear
 
@@ -54,6 +53,7 @@ def test_fit_linear_starts_where_told_and_adds_a_penalty_of_the_standardised_wei
     w2, _ = fit_linear(feats, labels, "balanced", penalty=off_feature_1)
     np.testing.assert_allclose(seen["sd"].numpy(), x.std(0, ddof=1), rtol=1e-6)
     assert abs(float(w2[1, 1])) < 0.1 * abs(float(w[1, 1])) and abs(float(w2[1, 2])) > 0.1
+
 
 def _model(tap: str = "gender_block", names=("upperBodyRed", "hairLong")):
     from edgereid.training.model import DualHeadReID
