@@ -19,15 +19,15 @@ import numpy as np
 from edgereid._optional import require
 from edgereid.errors import InvalidInputError, ModelFileError
 
+from edgereid.calibration.entropy_threshold import entropy_threshold
 from edgereid.calibration.identity_split import split_identity_convs
 from edgereid.calibration.qdq import QUANTIZED_OPS, fold_sliced_batchnorm, nodes_to_exclude, sliced_batchnorms
 from edgereid.datasets.calibration_set import CalibrationSet
 
 log = logging.getLogger(__name__)
 
-# The default is not a method but the INT8 policy (calibration.int8_policy): the sensitivity plan, which tries
-# min-max first (as ONNX Runtime does: on the synthetic models the clipping thresholds of entropy and percentile
-# cost gender accuracy and rank-1, docs/quantization.md), then the others, which are there for models with outliers.
+# The default is not a method but the INT8 policy (calibration.int8_policy): the sensitivity plan, which scores
+# every method's all-INT8 file and keeps, of those meeting its target, the one that reorders a search least.
 METHODS = ("minmax", "entropy", "percentile")
 # tensorrt: int8 activations with zero point 0 (TensorRT accepts only symmetric Q/DQ).
 # cpu: uint8 activations with a zero point (ONNX Runtime on x86 runs every Conv as u8s8 QLinearConv; its
@@ -93,6 +93,10 @@ def activation_ranges(model_path: str | os.PathLike, reader, method: str, symmet
                                        augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                        calibrate_method=_calibration_method(method), extra_options=options)
         calibrator.collect_data(reader)
+        if method == "entropy":
+            # ONNX Runtime's own KL search is pure Python (about a second per tensor); the same search in numpy
+            return {name: tuple(float(v) for v in entropy_threshold(hist, options["num_quantized_bins"]))
+                    for name, hist in calibrator.collector.histogram_dict.items()}
         data = calibrator.compute_data()
     ranges = {}
     for name, value in data.items():

@@ -9,11 +9,11 @@ The default (`DEFAULT_POLICY`): a calibration set of 512 images, stratified by i
 image names carry them, seed 0; TensorRT form (symmetric int8 activations, per-channel symmetric weights); the
 sensitivity plan with an embedding-cosine target of 0.995 on the calibration crops (and, for a model with an
 attribute head, an attribute decision agreement of 0.99 with fp32 on the same crops) and at most 25% of the
-multiply-accumulates left in float. The plan checks the target on each range method's all-INT8 file first, in the
-order min-max, 99.99th / 99.999th percentile, entropy, and stops at the first that meets it: a model that
-quantizes well costs one scored file, one that does not gets the per-layer search. Why: a deployment SDK's
-default must be accuracy-safe (the file is checked against fp32 before it is written, never min-max blindly) and
-bounded in time (no search once the target is met).
+multiply-accumulates left in float. The plan scores each range method's all-INT8 file first (min-max, 99.99th /
+99.999th percentile, entropy) and keeps, of those that meet the target, the one that keeps most of each crop's
+nearest neighbours: a model that quantizes well costs four scored files, one that does not gets the per-layer
+search. Why: a deployment SDK's default must be accuracy-safe (the file is checked against fp32 before it is
+written, never min-max blindly) and bounded in time (no layer search once the target is met).
 
 `plan=False` (the CLI's `--method`) writes every layer in INT8 with `method`'s ranges, as before.
 """

@@ -81,8 +81,8 @@ def test_cli_and_python_api_give_the_same_calibration_set_and_int8_file(small_mo
     assert plans[0] == plans[1]
 
 
-def test_the_plan_scores_one_file_when_the_all_int8_file_meets_the_target(small_model, market_folder, tmp_path,
-                                                                          monkeypatch):
+def test_when_range_methods_meet_the_target_the_plan_keeps_the_best_for_search_and_scores_no_layer(
+        small_model, market_folder, tmp_path, monkeypatch):
     from edgereid.calibration import sensitivity as sens
     from edgereid.calibration.calibset import build_calibration_set
     from edgereid.calibration.int8 import Int8Quantizer
@@ -104,12 +104,17 @@ def test_the_plan_scores_one_file_when_the_all_int8_file_meets_the_target(small_
         first = sens.Scorer.score(scorer, quantizer.quantize(quantizer.ranges("minmax")), "probe")
         scored.clear()
         lines.clear()
-        # a target the all-INT8 min-max file meets (its own cosine): nothing after the first candidate is scored
+        # a target the all-INT8 min-max file meets (its own cosine): the four range methods are scored, no layer
         plan, rows, methods = sens.choose_plan(quantizer, scorer, target_cosine=first["cosine_mean"],
                                                echo=lines.append)
-    assert scored == ["minmax"], scored
-    assert list(methods) == ["minmax"] and rows == [] and plan.keep_float == []
-    assert plan.method == "minmax" and plan.calibration_score["evaluations"] == 2  # the probe and the candidate
+    labels = [sens.range_label(m, p) for m, p in sens.CANDIDATE_RANGES]
+    assert scored == labels and list(methods) == labels, scored
+    assert rows == [] and plan.keep_float == []
+    meeting = [label for label in labels if sens.meets(methods[label], first["cosine_mean"])]
+    best = max(meeting, key=lambda label: (methods[label]["top10_overlap"], methods[label]["cosine_mean"]))
+    assert "minmax" in meeting and sens.range_label(plan.method, plan.percentile) == best
+    assert plan.calibration_score["cosine_mean"] == methods[best]["cosine_mean"]
+    assert plan.calibration_score["evaluations"] == 5  # the probe and the four candidates
     assert plan.calibration_score["images"] == 24 and plan.calibration_score["top_k"] == 10
     # one line per scored file, with how much of its step is left
     assert any("1/4 minmax" in line and "at most 3 more" in line for line in lines), lines
@@ -152,7 +157,7 @@ def test_cli_prints_the_crop_count_the_plan_rests_on(small_model, tmp_path):
     r = CliRunner().invoke(cli, ["quantize", str(small_model), "--int8", "--calib", str(tmp_path / "c"),
                                  "--target-cosine", "0.01", "-o", str(tmp_path / "m.onnx")])
     assert r.exit_code == 0, r.output
-    assert "on 3 calibration crops" in r.output and "top-2 agreement" in r.output and "1 files scored" in r.output
+    assert "on 3 calibration crops" in r.output and "top-2 agreement" in r.output and "4 files scored" in r.output
 
 
 def test_one_default_policy_for_cli_api_and_quickstart():
