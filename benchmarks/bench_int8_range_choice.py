@@ -10,7 +10,7 @@ For every run: the fp32 file and each candidate range method's all-INT8 TensorRT
 `CANDIDATE_RANGES`, calibrated on the run's own calib/) through `edgereid.Runtime` with TensorRT's arithmetic
 emulated, rank-1 / mAP / gender accuracy on the synthetic evaluation split against fp32's; beside them the plan's
 calibration scores (embedding cosine mean and min, 10-nearest-crop overlap) and the method the plan keeps
-(`sensitivity.best_ranges` with the default targets).
+(`sensitivity.kept_ranges` with the default targets).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main(argv: list | None = None) -> int:
 
     from edgereid.calibration.int8 import Int8Quantizer
     from edgereid.calibration.sensitivity import (CANDIDATE_RANGES, TARGET_ATTRIBUTE_AGREEMENT, TARGET_COSINE,
-                                                  Scorer, best_ranges, range_label)
+                                                  Scorer, kept_ranges, range_label)
     from edgereid.pipelines.quickstart import evaluate_onnx, synthetic_data
 
     t0 = time.perf_counter()
@@ -50,22 +50,24 @@ def main(argv: list | None = None) -> int:
                     "gender_accuracy": found["gender"]["accuracy"]}
 
         fp32 = held_out(run / "model.onnx")
-        rows = []
+        rows, scores = [], {}
         with Int8Quantizer(run / "model.onnx", run / "calib") as quantizer, \
                 tempfile.TemporaryDirectory(prefix="edgereid-ranges-") as tmp:
             scorer = Scorer(quantizer, threads=args.threads, progress=False)
-            kept, scores = best_ranges(quantizer, scorer, CANDIDATE_RANGES, TARGET_COSINE, TARGET_ATTRIBUTE_AGREEMENT)
             for method, pct in CANDIDATE_RANGES:
                 label = range_label(method, pct)
+                model = quantizer.quantize(quantizer.ranges(method, pct))
+                scores[label] = score = scorer.score(model, label)
                 path = Path(tmp) / "int8.onnx"
-                path.write_bytes(quantizer.quantize(quantizer.ranges(method, pct)).SerializeToString())
-                found = held_out(path)
-                score = scores[label]
-                rows.append({"ranges": label, "kept_by_the_plan": (method, pct) == tuple(kept),
+                path.write_bytes(model.SerializeToString())
+                rows.append({"ranges": label,
                              "calibration": {k: round(score[k], 4) for k in ("cosine_mean", "cosine_min",
                                                                             "top10_overlap")},
-                             "delta": {k: round(found[k] - fp32[k], 4) for k in fp32}})
+                             "delta": {k: round(v - fp32[k], 4) for k, v in held_out(path).items()}})
                 print(run.name, rows[-1], flush=True)
+        kept = range_label(*kept_ranges(scores, CANDIDATE_RANGES, TARGET_COSINE, TARGET_ATTRIBUTE_AGREEMENT))
+        for row in rows:
+            row["kept_by_the_plan"] = row["ranges"] == kept
         runs.append({"run": run.name, "seed": report["seed"], "calibration_crops": len(scorer.images),
                      "fp32": fp32, "rows": rows})
     print(f"{'run':12s} {'ranges':18s} {'cos':>7s} {'top10':>7s} {'d rank-1':>9s} {'d mAP':>8s}  kept")

@@ -266,28 +266,34 @@ def range_label(method: str, percentile: float) -> str:
 def best_ranges(quantizer: Int8Quantizer, scorer: Scorer, candidates=CANDIDATE_RANGES,
                 target_cosine: float | None = None,
                 target_attribute_agreement: float = TARGET_ATTRIBUTE_AGREEMENT) -> tuple:
-    """((method, percentile), {candidate label: score}) of the range method whose all-INT8 file scores best.
-
-    Every candidate's all-INT8 file is scored. With `target_cosine`, of those that meet the targets (`meets`)
-    the one whose crops keep most of their nearest neighbours (top-k overlap, then cosine) is taken: files that
-    all clear the cosine target still reorder a search differently (on three quickstart models the file kept so
-    lost at most 0.17 points of held-out mAP, min-max, the first tried, up to 0.6; benchmarks/README.md, "Which
-    range method the plan keeps"). Without a target, or where none meets it, the best embedding cosine."""
+    """((method, percentile), {candidate label: score}): every candidate's all-INT8 file scored, and the one
+    `kept_ranges` keeps."""
     scores = {}
     scorer.begin("range methods, all INT8", len(candidates))
     for method, pct in candidates:
         label = range_label(method, pct)
         scores[label] = scorer.score(quantizer.quantize(quantizer.ranges(method, pct)), label)
-    labels = list(scores)
-    meeting = [i for i, label in enumerate(labels)
-               if target_cosine is not None and meets(scores[label], target_cosine, target_attribute_agreement)]
+    return kept_ranges(scores, candidates, target_cosine, target_attribute_agreement), scores
+
+
+def kept_ranges(scores: dict, candidates=CANDIDATE_RANGES, target_cosine: float | None = None,
+                target_attribute_agreement: float = TARGET_ATTRIBUTE_AGREEMENT) -> tuple:
+    """(method, percentile) of the candidate whose all-INT8 file's `scores` (by `range_label`) are best.
+
+    With `target_cosine`, of the files that meet the targets (`meets`) the one whose crops keep most of their
+    nearest neighbours (top-k overlap, then cosine) is kept: files that all clear the cosine target still reorder
+    a search differently (on three quickstart models the file kept so lost at most 0.17 points of held-out mAP,
+    min-max, the first tried, up to 0.6; benchmarks/README.md, "Which range method the plan keeps"). Without a
+    target, or where none meets it, the best embedding cosine."""
+    found = [scores[range_label(method, pct)] for method, pct in candidates]
+    meeting = [i for i, score in enumerate(found)
+               if target_cosine is not None and meets(score, target_cosine, target_attribute_agreement)]
     if meeting:
-        best = max(meeting, key=lambda i: (scores[labels[i]]["top10_overlap"], scores[labels[i]]["cosine_mean"]))
+        best = max(meeting, key=lambda i: (found[i]["top10_overlap"], found[i]["cosine_mean"]))
     else:
-        best = max(range(len(labels)), key=lambda i: (scores[labels[i]]["cosine_mean"],
-                                                       scores[labels[i]].get("attribute_agreement", 1.0),
-                                                       -scores[labels[i]].get("gender_prob_diff", 0.0)))
-    return candidates[best], scores
+        best = max(range(len(found)), key=lambda i: (found[i]["cosine_mean"], found[i].get("attribute_agreement", 1.0),
+                                                     -found[i].get("gender_prob_diff", 0.0)))
+    return candidates[best]
 
 
 def layer_sensitivity(quantizer: Int8Quantizer, scorer: Scorer, ranges: dict) -> list:
