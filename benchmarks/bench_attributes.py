@@ -7,8 +7,8 @@ without (`attributes=[]`), scored on held-out PETA crops.
 `--score-runs RUN [RUN ...]` trains nothing: it scores runs `edgereid train` already wrote (each run's
 config.yaml and last.pt; its held-out crops are its own 20% split of its gender subsets), e.g. an A/B of
 `--set attribute_weighting=...` trained side by side. With `--fit` it also refits each run's attribute head on its
-training crops (training/attribute_fit.py, what `edgereid train` does last) and fits a head on the other tap
-(gender block or layer4) of the same backbone, each scored alike: for a run trained with `--set
+training crops (training/attribute_fit.py, what `edgereid train` does last) and fits a head on each other tap
+(gender block, layer4, embedding) of the same backbone, each scored alike: for a run trained with `--set
 attribute_fit=false`, the trained head against the fitted ones on one backbone.
 
 Training: CUHK03 labeled/train (re-ID) and the PETA subsets 3DPeS, CAVIAR4REID, SARC3D, TownCentre, i-LID
@@ -52,28 +52,16 @@ def score(model, metadata, records: list) -> dict:
     return result
 
 
-def retapped(model, tap: str):
-    """A copy of `model` whose attribute head reads `tap` ("gender_block" or "layer4"), every other weight kept
-    (the new head is untrained: fit it)."""
-    from edgereid.training.model import DualHeadReID
-
-    other = DualHeadReID.from_config({**model.config_dict(), "attribute_tap": tap})
-    state = {k: v for k, v in model.state_dict().items()
-             if not k.startswith(("gender_head.attributes.", "attribute_head."))}
-    missing, unexpected = other.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith(("gender_head.attributes.", "attribute_head.")) for k in missing)
-    return other.eval()
-
-
 def fitted_scores(model, metadata, train: list, held_out: list, tests: dict, weighting: str) -> dict:
-    """The run's head refitted on its training crops (training/attribute_fit.py), and a head on the other tap
+    """The run's head refitted on its training crops (training/attribute_fit.py), and a head on each other tap
     fitted the same way, each scored like the trained head."""
     from edgereid.training.attribute_fit import fit_attribute_head
+    from edgereid.training.model import ATTRIBUTE_TAPS
 
     own = model.config.attribute_tap
     out = {}
-    for tap in (own, *(t for t in ("gender_block", "layer4") if t != own)):
-        m = model if tap == own else retapped(model, tap)
+    for tap in (own, *(t for t in ATTRIBUTE_TAPS if t != own)):
+        m = model if tap == own else model.with_attribute_tap(tap).eval()
         row = {"attribute_fit": fit_attribute_head(m, train, weighting=weighting),
                "held_out_training_subsets": score(m, metadata, held_out),
                **{name: score(m, metadata, recs) for name, recs in tests.items()}}
@@ -85,7 +73,7 @@ def fitted_scores(model, metadata, train: list, held_out: list, tests: dict, wei
 def score_run(run: Path, tests: dict, fit: bool = False) -> dict:
     """A finished `edgereid train` run scored like the runs trained here: its last.pt on its own held-out split
     of the gender subsets (the trainer's seeded split) and on `tests`; with `fit`, also its attribute head
-    refitted on the training crops (and a head on the other tap, fitted alike)."""
+    refitted on the training crops (and a head on each other tap, fitted alike)."""
     import json
 
     from edgereid.metadata import ModelMetadata
@@ -121,7 +109,7 @@ def main(argv: list | None = None) -> int:
                     help="which of the two runs to train (comma-separated), e.g. with_attributes alone")
     ap.add_argument("--fit", action="store_true",
                     help="with --score-runs: also score each run's attribute head refitted on its training crops, "
-                         "and a head on the other tap fitted alike (score a run trained with attribute_fit=false)")
+                         "and a head on each other tap fitted alike (score a run trained with attribute_fit=false)")
     ap.add_argument("--score-runs", type=Path, nargs="+", default=[],
                     help="score these finished runs instead of training (their config.yaml and last.pt)")
     args = ap.parse_args(argv)

@@ -217,8 +217,9 @@ class QuantSim(nn.Module):
                  (model.gender_head, "fc", QuantInput(model.gender_head.fc, pooled3))]
         if model.gender_head.attributes is not None:
             heads.append((model.gender_head, "attributes", QuantInput(model.gender_head.attributes, pooled3)))
-        if model.attribute_head is not None:
+        if model.attribute_head is not None and model.config.attribute_tap == "layer4":
             heads.append((model.attribute_head, "fc", QuantInput(model.attribute_head.fc, pooled4)))
+        # a head on the embedding reads it in float in the file (the L2 normalisation's output is not quantized)
         self._heads = heads  # a plain list: the replacements' parameters are the model's own
         self.head_quant = nn.ModuleList(q for _, _, q in heads)
         self.gender_block = heads[0][2]

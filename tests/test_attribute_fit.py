@@ -62,7 +62,7 @@ def _model(tap: str = "gender_block", names=("upperBodyRed", "hairLong")):
     return DualHeadReID(num_classes=4, attribute_names=names, attribute_tap=tap, input_size=(64, 32)).eval()
 
 
-@pytest.mark.parametrize("tap", ["gender_block", "layer4"])
+@pytest.mark.parametrize("tap", ["gender_block", "layer4", "embedding"])
 def test_fitter_writes_the_fit_into_the_model_and_shares_it(small_synthetic, tap):
     from edgereid.training.attribute_fit import AttributeFitter, attribute_features, feature_key
     from edgereid.training.synthetic_draw import ATTRIBUTES
@@ -164,8 +164,58 @@ def test_training_ends_with_the_fit_in_every_checkpoint(small_synthetic, tmp_pat
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_a_run_with_the_head_on_the_embedding_trains_and_fits_it(small_synthetic, tmp_path):
+    """`--set attribute_tap=embedding` trains (gender batches read the embedding without a gradient), validates
+    and ends with the closing fit on the embedding; the checkpoint carries the tap."""
+    from edgereid.training.checkpoint import load_checkpoint
+
+    tr = _trainer(small_synthetic, tmp_path / "emb", attribute_tap="embedding")
+    assert tr.model.attribute_linear.in_features == tr.cfg.embedding_dim
+    final = tr.fit()
+    lines = [json.loads(x) for x in (tmp_path / "emb" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["stage"] == "attribute_fit" and set(final["attributes"]) >= {"mA", "f1"}
+    model, ckpt = load_checkpoint(tmp_path / "emb" / "last.pt")
+    assert model.config.attribute_tap == "embedding" and ckpt["config"]["attribute_tap"] == "embedding"
+    x = torch.rand(3, 3, 64, 32)
+    with torch.no_grad():
+        out = model.eval()(x)
+    assert torch.allclose(out["attribute_logits"], model.attribute_linear(out["embedding"]), atol=1e-5)
+
+
 def test_attribute_fit_off_leaves_the_trained_head(small_synthetic, tmp_path):
     tr = _trainer(small_synthetic, tmp_path / "off", attribute_fit=False)
     tr.fit()
     lines = [json.loads(x) for x in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in lines] == [1, 2]
+
+
+def test_cli_fits_a_checkpoints_attributes_on_another_tap(small_synthetic, tmp_path):
+    """`edgereid fit-attributes CKPT --data CSV --tap embedding`: the head moves and is fitted, every other weight
+    is the checkpoint's, the report travels in the file; a model without attributes is refused with the fix."""
+    from click.testing import CliRunner
+
+    from edgereid.cli.main import cli
+    from edgereid.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+    from edgereid.training.model import DualHeadReID
+    from edgereid.training.synthetic_draw import ATTRIBUTES
+
+    csv = min((small_synthetic["root"] / "data").rglob("*train*.csv"))
+    source = save_checkpoint(tmp_path / "m.pt", _model("gender_block", ATTRIBUTES),
+                             config={"attribute_weighting": "balanced"})
+    out = tmp_path / "e.pt"
+    result = CliRunner().invoke(cli, ["fit-attributes", str(source), "--data", str(csv), "--tap", "embedding",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "embedding" in result.output and f"wrote {out}" in result.output
+    model, ckpt = load_checkpoint(out)
+    before, _ = load_checkpoint(source)
+    assert model.config.attribute_tap == "embedding" and ckpt["config"]["attribute_tap"] == "embedding"
+    assert ckpt["attribute_fit"]["tap_before"] == "gender_block"
+    assert ckpt["attribute_fit"]["loss_after"] < ckpt["attribute_fit"]["loss_before"]
+    same = {k: v for k, v in before.state_dict().items() if not k.startswith("gender_head.attributes.")}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in same.items())
+    plain = save_checkpoint(tmp_path / "p.pt", DualHeadReID(input_size=(64, 32)))
+    refused = CliRunner().invoke(cli, ["fit-attributes", str(plain), "--data", str(csv), "-o",
+                                       str(tmp_path / "x.pt")])
+    assert refused.exit_code != 0 and "no attribute head" in str(refused.exception)
+    assert read_checkpoint(source)["model_config"]["attribute_tap"] == "gender_block"  # the source is untouched

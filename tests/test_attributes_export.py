@@ -8,6 +8,7 @@ model's sigmoid, measured on this model (64 crops): fp32 2e-7, fp16 1.7e-4, INT8
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -93,6 +94,45 @@ def test_export_has_the_third_output_and_matches_torch(files, attr_model, torch_
     assert got["attribute_logits"].shape == (5, 3) and got["attribute_logits"].dtype == np.float32
     for name in meta.output_names:
         np.testing.assert_allclose(got[name], want[name].numpy(), atol=1e-4)
+
+
+def test_attributes_on_the_embedding_read_the_float_embedding_in_every_file(files, tmp_path):
+    """attribute_tap="embedding": the attribute Gemm reads the graph's `embedding` output, in the fp32 file and in
+    both INT8 forms (the L2 normalisation's output is not quantized), so an INT8 file's attribute logits are its
+    own embedding times the float layer: its attribute decisions move only as far as its embedding does."""
+    import onnxruntime as ort
+
+    from benchmarks.references import randomize_norm_stats
+    from edgereid.calibration.int8 import quantize_int8
+    from edgereid.export.metadata import get_metadata, load_onnx
+    from edgereid.export.onnx_export import export_onnx
+    from edgereid.runtime.preprocess import Preprocessor
+    from edgereid.training.model import DualHeadReID
+
+    torch.manual_seed(0)
+    model = DualHeadReID(input_size=HW, attribute_names=NAMES, attribute_tap="embedding")
+    randomize_norm_stats(model)
+    model.eval()
+    fp32 = export_onnx(model, tmp_path / "e.onnx")  # verified against torch on export
+    w, b = (t.detach().numpy() for t in (model.attribute_linear.weight, model.attribute_linear.bias))
+    for target in (None, "cpu", "tensorrt"):
+        path = fp32 if target is None else quantize_int8(fp32, files["calib"], tmp_path / f"e.{target}.onnx",
+                                                         method="minmax", target=target)
+        proto = load_onnx(path)
+        gemm = next(n for n in proto.graph.node if "attribute_logits" in n.output)
+        assert gemm.op_type == "Gemm" and gemm.input[0] == "embedding"
+        x = Preprocessor(get_metadata(proto)).prepare(make_crops(6, seed=3))
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        emb, logits = sess.run(["embedding", "attribute_logits"], {"images": x})
+        np.testing.assert_allclose(logits, emb @ w.T + b, atol=1e-5)
+    if importlib.util.find_spec("openvino") is not None:  # an output that feeds another node survives the IR too
+        from edgereid import Runtime
+        from edgereid.backends.openvino_convert import convert_to_openvino
+
+        crops = make_crops(6, seed=3)
+        with Runtime(convert_to_openvino(fp32, tmp_path / "e.xml"), backend="openvino") as rt:
+            out = rt.infer(crops)
+        np.testing.assert_allclose(out.attributes, 1 / (1 + np.exp(-(out.embeddings @ w.T + b))), atol=1e-5)
 
 
 def test_model_without_attributes_exports_two_outputs(model_files):

@@ -148,7 +148,7 @@ WRITERS = {  # module -> what it writes into its output folder
 }
 # Names the user picks on the command line (inputs, or outputs named with -o / as an argument) or the pages' own
 # example inputs: not promised by the code.
-USER_NAMED = {"g.csv", "attributes.csv", "OLD.pt", "NEW.pt", "converted.pt", "emb.csv", "qat.pt"}
+USER_NAMED = {"g.csv", "attributes.csv", "OLD.pt", "NEW.pt", "converted.pt", "emb.csv", "qat.pt", "s0_embedding.pt"}
 
 
 def written_names(source: Path) -> set:

@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import torchvision_style_state_dict  # noqa: E402
 
+from edgereid.errors import InvalidInputError  # noqa: E402
 from edgereid.training.layers import IBN, BasicBlockIBN, ResNetIBNa  # noqa: E402
 from edgereid.training.model import DualHeadReID  # noqa: E402
 
@@ -64,6 +65,49 @@ def test_gender_branch_reads_layer3_not_layer4():
             p.add_(1.0)
         after = model(x)
     assert torch.equal(before, after["gender_logit"])
+
+
+def test_attributes_on_the_embedding_are_a_probe_that_moves_no_reid_weight():
+    """attribute_tap="embedding": in eval mode the logits are the linear layer on the embedding itself; a gender
+    batch in training mode reads the embedding as inference computes it, so its attribute loss leaves every re-ID
+    weight without a gradient and the BN-neck's running statistics as they were."""
+    torch.manual_seed(0)
+    model = DualHeadReID(num_classes=4, attribute_names=("a", "b"), attribute_tap="embedding", input_size=(64, 32))
+    x = torch.rand(4, 3, 64, 32)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert torch.allclose(out["attribute_logits"], model.attribute_linear(out["embedding"]), atol=1e-6)
+        assert torch.allclose(model.forward_gender(x)["attribute_logits"], out["attribute_logits"], atol=1e-5)
+        assert torch.allclose(model.attribute_features(x), out["embedding"], atol=1e-6)
+    model.train()
+    stats = [t.clone() for t in (model.reid_head.bnneck.running_mean, model.backbone.layer4[0].bn1.running_var)]
+    gender_out = model.forward_gender(x)
+    (gender_out["attribute_logits"].sum() + gender_out["gender_logit"].sum()).backward()
+    assert model.training and model.reid_head.training and model.backbone.layer4.training  # modes restored
+    assert model.attribute_linear.weight.grad is not None and model.gender_head.fc.weight.grad is not None
+    reid = ("reid_head", "backbone.layer4")
+    assert not [n for n, p in model.named_parameters() if p.grad is not None and n.startswith(reid)]
+    assert torch.equal(stats[0], model.reid_head.bnneck.running_mean)
+    assert torch.equal(stats[1], model.backbone.layer4[0].bn1.running_var)
+
+
+def test_with_attribute_tap_moves_the_head_and_keeps_every_other_weight():
+    torch.manual_seed(0)
+    model = DualHeadReID(num_classes=4, attribute_names=("a", "b"), input_size=(64, 32)).eval()
+    x = torch.rand(2, 3, 64, 32)
+    for tap, width in (("embedding", 128), ("layer4", 512), ("gender_block", 256)):
+        moved = model.with_attribute_tap(tap)
+        assert moved.config.attribute_tap == tap and moved.attribute_linear.in_features == width
+        assert not moved.training
+        with torch.no_grad():
+            a, b = model(x), moved(x)
+        assert torch.equal(a["embedding"], b["embedding"]) and torch.equal(a["gender_logit"], b["gender_logit"])
+        assert b["attribute_logits"].shape == (2, 2)
+    with pytest.raises(InvalidInputError, match="no attribute head"):
+        DualHeadReID(input_size=(64, 32)).with_attribute_tap("embedding")
+    with pytest.raises(ValueError, match="attribute_tap"):
+        model.with_attribute_tap("layer2")
 
 
 def test_parameter_groups_partition_trainables():

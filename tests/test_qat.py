@@ -43,6 +43,21 @@ def test_observing_simulation_computes_the_model(conv_branches):
     assert type(sim.model.reid_head.proj) is torch.nn.Linear
 
 
+def test_attributes_on_the_embedding_read_it_in_float_as_the_file_does():
+    """With the attribute head on the embedding the simulation quantizes nothing more: its attribute logits are its
+    own (INT8) embedding times the float layer, as in the exported INT8 files (test_attributes_export)."""
+    model = s0(("a", "b")).with_attribute_tap("embedding").eval()
+    x = torch.randn(6, 3, *HW, generator=torch.Generator().manual_seed(1))
+    sim = QuantSim(model)
+    with torch.no_grad():
+        sim.observe()
+        sim(x)
+        sim.freeze()
+        got = sim(x)
+    assert len(sim.head_quant) == 3  # the gender block, the re-ID projection and the gender layer: none for attributes
+    assert torch.allclose(got["attribute_logits"], model.attribute_linear(got["embedding"]), atol=1e-5)
+
+
 def test_split_decisions_are_the_int8_files():
     """The simulation splits the identity out of exactly the blocks whose Conv calibration.identity_split rewrites
     in the exported graph."""

@@ -1,12 +1,13 @@
 """Fit the attribute head's linear layer to the finished backbone: the convex last step of training it.
 
-The head is one linear layer on a pooled feature (the gender block's, or layer4's: `attribute_tap`), trained with
-the backbone on the gender batches. On a short budget the features get ahead of it: a logistic regression fitted
-on the same features of the same run classifies the attributes better than the head trained jointly with them
-(benchmarks/README.md, "Attributes on real crops"). This module does that fit and writes the result into the
-head, so the model's graph, checkpoint, export and attribute names stay exactly as they were.
+The head is one linear layer on a feature (the gender block's or layer4's pooled map, or the embedding:
+`attribute_tap`), trained with the backbone on the gender batches. On a short budget the features get ahead of
+it: a logistic regression fitted on the same features of the same run classifies the attributes better than the
+head trained jointly with them (benchmarks/README.md, "Attributes on real crops"). This module does that fit and
+writes the result into the head, so the model's graph, checkpoint, export and attribute names stay exactly as they
+were.
 
-The fit: the pooled feature of every attribute-labelled training crop, un-augmented (the evaluation transform),
+The fit: the feature of every attribute-labelled training crop, un-augmented (the evaluation transform),
 standardised; one logistic regression per attribute with the trainer's own loss (`AttributeLoss`: its weighting,
 unknown labels masked) plus an L2 penalty on the standardised weights (`weight_decay`); full-batch L-BFGS from
 zero; the standardisation then folded into the layer's weight and bias. The problem is convex, so the result
@@ -33,6 +34,9 @@ from edgereid.training.transforms import EvalTransform
 # attributes): 1e-3 scored best on held-out crops of the training subsets among 1e-4, 1e-3 and 1e-2 (1e-2 gave
 # up 2-3 points of mA there, 1e-4 up to 1)
 WEIGHT_DECAY = 1e-3
+# the weights besides the backbone's that each tap's feature depends on
+FEATURE_WEIGHTS = {"gender_block": ("gender_head.block.",), "layer4": (),
+                   "embedding": ("reid_head.proj.", "reid_head.bnneck.")}
 
 
 @torch.no_grad()
@@ -153,9 +157,9 @@ class AttributeFitter:
 
 
 def feature_key(model) -> str:
-    """SHA-256 of every weight the attribute feature depends on (the backbone, and the gender block when the head
-    reads it): equal keys, equal features."""
-    prefixes = ("backbone.",) + (("gender_head.block.",) if model.attribute_head is None else ())
+    """SHA-256 of every weight the attribute feature depends on (the backbone, and the gender block or the re-ID
+    head's projection and BN-neck when the head reads them): equal keys, equal features."""
+    prefixes = ("backbone.",) + FEATURE_WEIGHTS[model.config.attribute_tap]
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         if name.startswith(prefixes):
@@ -164,10 +168,36 @@ def feature_key(model) -> str:
     return h.hexdigest()
 
 
+def refit_checkpoint(source, records: Sequence, out, tap: str | None = None, progress: bool = False) -> dict:
+    """Fit the attribute layer of the checkpoint at `source` on `records`, first moved to `tap`
+    (`DualHeadReID.with_attribute_tap`) when given, and write the result to `out` (may be `source`) atomically:
+    every other weight and entry kept, the training config's `attribute_tap` made true, the fit's report (with
+    `tap_before`) under "attribute_fit". Fits with the loss weighting the model was trained with. Returns the
+    report. What `edgereid fit-attributes` runs."""
+    from edgereid.training.checkpoint import load_checkpoint, resave_checkpoint
+
+    model, ckpt = load_checkpoint(source)
+    if not model.attribute_names:
+        raise InvalidInputError(f"{source} has no attribute head; train with attribute data "
+                                f"(`edgereid train --gender-data ...`) to get one.")
+    before = model.config.attribute_tap
+    if tap and tap != before:
+        model = model.with_attribute_tap(tap)
+    trained = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    fitter = AttributeFitter(records, model.attribute_names, weighting=trained.get("attribute_weighting", "balanced"),
+                             progress=progress)
+    report = {**fitter.fit(model.eval()), "tap": model.config.attribute_tap, "tap_before": before}
+    if trained:  # the training config travels with the weights: keep it true
+        ckpt = {**ckpt, "config": {**trained, "attribute_tap": model.config.attribute_tap}}
+    resave_checkpoint(out, model, ckpt, attribute_fit=report)
+    return report
+
+
 def fit_attribute_head(model, records: Sequence, labels: np.ndarray | None = None, **options) -> dict:
     """Refit `model`'s attribute layer on `records` (its training crops) in place; returns the fit's report.
     `options`: AttributeFitter's (weighting, weight_decay, batch_size, device, progress)."""
     return AttributeFitter(records, model.attribute_names, labels, **options).fit(model)
 
 
-__all__ = ["WEIGHT_DECAY", "AttributeFitter", "attribute_features", "feature_key", "fit_attribute_head", "fit_linear"]
+__all__ = ["WEIGHT_DECAY", "AttributeFitter", "attribute_features", "feature_key", "fit_attribute_head", "fit_linear",
+           "refit_checkpoint"]

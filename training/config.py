@@ -170,7 +170,7 @@ class TrainConfig(YamlConfig):
     # how the attribute BCE weighs rare labels: balanced = 1 / 2p and 1 / 2(1 - p) (mA's loss; 45 CPU minutes on
     # PETA: mA 0.620 against deepmar's 0.552, instance F1 0.414 against 0.566); deepmar = exp(1 - p) / exp(p)
     attribute_weighting: str = "balanced"
-    attribute_tap: str = "gender_block"  # the head reads the gender block on layer3, or "layer4"
+    attribute_tap: str = "gender_block"  # the head reads the gender block on layer3, "layer4" or "embedding"
     # after the last stage, refit the attribute layer on the training crops' features (training/attribute_fit.py)
     attribute_fit: bool = True
     # stage 2: backbone frozen, gender branch fine-tuned

@@ -11,8 +11,10 @@ fused copy that export writes (training/mobileone.py).
 
 Optional attribute head (`attribute_names` non-empty): A logits, sigmoid = P(attribute). By default it shares the
 gender head's conv block on layer3 (one more linear layer: attributes and gender describe the same person and
-teach the same features); `attribute_tap="layer4"` reads the pooled layer4 map instead. Without attributes the
-model, its checkpoint and its export are exactly the two-output contract.
+teach the same features); `attribute_tap="layer4"` reads the pooled layer4 map instead, and
+`attribute_tap="embedding"` the re-ID embedding itself (a linear probe: attributes become a linear map of what a
+gallery stores, and training the probe moves no re-ID weight). Without attributes the model, its checkpoint and
+its export are exactly the two-output contract.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from edgereid.training.mobileone import (IBN_STAGES, VARIANTS as MOBILEONE_VARIA
                                         unfused_blocks)
 
 
-ATTRIBUTE_TAPS = ("gender_block", "layer4")
+ATTRIBUTE_TAPS = ("gender_block", "layer4", "embedding")
 DEFAULT_BACKBONE = "ibn_resnet18"
 BACKBONES = (DEFAULT_BACKBONE, *MOBILEONE_VARIANTS)
 
@@ -156,6 +158,18 @@ class Layer4AttributeHead(nn.Module):
         return {"attribute_logits": self.fc(self.pooled(fmap))}
 
 
+class EmbeddingAttributeHead(nn.Module):
+    """The embedding -> A logits (the `attribute_tap="embedding"` variant). While training it reads the embedding
+    detached, so the attribute loss leaves the re-ID path as the re-ID loss makes it."""
+
+    def __init__(self, embedding_dim: int, num_attributes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(embedding_dim, num_attributes)
+
+    def forward(self, embedding: torch.Tensor) -> dict:
+        return {"attribute_logits": self.fc(embedding.detach() if self.training else embedding)}
+
+
 class DualHeadReID(nn.Module):
     """One backbone pass, two answers: `embedding` (N,D) and `gender_logit` (N,1)."""
 
@@ -176,8 +190,9 @@ class DualHeadReID(nn.Module):
         c3, c4 = self.backbone.feature_channels
         self.reid_head = ReidHead(c4, embedding_dim, num_classes)
         self.gender_head = GenderHead(c3, gender_channels, on_gender_block)
-        self.attribute_head = (Layer4AttributeHead(c4, num_attributes)
-                               if num_attributes and attribute_tap == "layer4" else None)
+        self.attribute_head = (None if not num_attributes or attribute_tap == "gender_block" else
+                               Layer4AttributeHead(c4, num_attributes) if attribute_tap == "layer4" else
+                               EmbeddingAttributeHead(embedding_dim, num_attributes))
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict) -> "DualHeadReID":
@@ -199,6 +214,20 @@ class DualHeadReID(nn.Module):
                    last_stride=cfg.last_stride, input_size=(cfg.image_height, cfg.image_width),
                    attribute_names=tuple(attribute_names), attribute_tap=cfg.attribute_tap, backbone=cfg.backbone,
                    instance_norm=cfg.instance_norm, conv_branches=cfg.conv_branches)
+
+    def with_attribute_tap(self, tap: str) -> "DualHeadReID":
+        """A copy whose attribute head reads `tap` (one of ATTRIBUTE_TAPS), every other weight kept; the new
+        attribute layer is untrained: fit it (`training.attribute_fit.fit_attribute_head`)."""
+        if not self.attribute_names:
+            raise InvalidInputError("this model has no attribute head to move to another tap.")
+        other = DualHeadReID.from_config({**self.config_dict(), "attribute_tap": tap})
+        heads = ("gender_head.attributes.", "attribute_head.")
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(heads)}
+        missing, unexpected = other.load_state_dict(state, strict=False)
+        if unexpected or not all(k.startswith(heads) for k in missing):  # the same config builds the same rest
+            raise InvalidInputError(f"moving the attribute head to {tap!r} left weights unmatched: "
+                                    f"{missing or unexpected}")
+        return other.train(self.training)
 
     @property
     def reparameterizable(self) -> bool:
@@ -238,7 +267,8 @@ class DualHeadReID(nn.Module):
         """The heads on the backbone maps; named outputs (never positional)."""
         out = {**self.reid_head(x4), **self.gender_head(x3)}
         if self.attribute_head is not None:
-            out.update(self.attribute_head(x4))
+            tap = self.config.attribute_tap
+            out.update(self.attribute_head(out["embedding"] if tap == "embedding" else x4))
         return out
 
     def forward(self, x: torch.Tensor) -> dict:
@@ -258,9 +288,26 @@ class DualHeadReID(nn.Module):
         head reads layer4."""
         x3 = self.layer3_map(x)
         out = self.gender_head(x3)
-        if self.attribute_head is not None:
+        if self.config.attribute_tap == "embedding" and self.attribute_head is not None:
+            out.update(self.attribute_head(self.inference_embedding(x3)))
+        elif self.attribute_head is not None:
             out.update(self.attribute_head(self.backbone.layer4(x3)))
         return out
+
+    def inference_embedding(self, x3: torch.Tensor) -> torch.Tensor:
+        """The embedding of a layer3 map as inference computes it (running statistics, no gradient), whatever
+        the train mode: what an attribute head on the embedding reads on a gender batch, which must not move
+        the re-ID path's weights or its normalisation statistics."""
+        parts = (self.backbone.layer4, self.reid_head)
+        modes = [m.training for m in parts]
+        try:
+            with torch.no_grad():
+                for m in parts:
+                    m.eval()
+                return self.reid_head(self.backbone.layer4(x3))["embedding"]
+        finally:
+            for m, mode in zip(parts, modes):
+                m.train(mode)
 
     @property
     def attribute_linear(self) -> nn.Linear | None:
@@ -268,8 +315,11 @@ class DualHeadReID(nn.Module):
         return self.attribute_head.fc if self.attribute_head is not None else self.gender_head.attributes
 
     def attribute_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C): the pooled feature `attribute_linear` reads (the gender block's, or layer4's)."""
+        """(N, C): the feature `attribute_linear` reads (the gender block's or layer4's pooled map, or the
+        embedding)."""
         x3 = self.layer3_map(x)
+        if self.config.attribute_tap == "embedding" and self.attribute_head is not None:
+            return self.inference_embedding(x3)
         if self.attribute_head is not None:
             return self.attribute_head.pooled(self.backbone.layer4(x3))
         return self.gender_head.pooled(x3)

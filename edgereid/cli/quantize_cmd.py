@@ -15,8 +15,9 @@ import click
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="INT8 activation ranges: min-max, entropy (TensorRT's KL histogram), or a percentile of |x|; "
                    "every layer in INT8. Without --method (or --plan) the INT8 policy's default: each method's "
-                   "all-INT8 file is scored on the calibration crops, the first reaching --target-cosine is "
-                   "taken, else a per-layer sensitivity pass and a mixed-precision plan.")
+                   "all-INT8 file is scored on the calibration crops; of those reaching the targets the one "
+                   "keeping most nearest neighbours is taken, else a per-layer sensitivity pass and a "
+                   "mixed-precision plan.")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="With --method percentile.")
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
               help="INT8 activations: symmetric int8 (TensorRT) or uint8 (fastest in ONNX Runtime on x86).")
