@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgereid.cli.options import dataset_option, runtime_options
+from edgereid.cli.options import dataset_option, runtime_options, subset_names
 from edgereid.retrieval.metrics import MODES
 
 
@@ -95,8 +95,7 @@ def attribute_report(rt, data: Path, subsets: str | None):
     if not names:
         raise click.UsageError(f"the model has no attribute output, so --attributes-data {data} cannot be scored; "
                                f"drop it, or evaluate a model trained with attributes.")
-    wanted = [s.strip() for s in subsets.split(",") if s.strip()] if subsets else None
-    recs = load_gender_dataset(data, subsets=wanted)
+    recs = load_gender_dataset(data, subsets=subset_names(subsets))
     labels = attribute_matrix(recs, names)
     if not (labels >= 0).any():
         raise click.UsageError(f"{data} gives no label for any of the model's attributes ({', '.join(names)}); "

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from edgereid.cli.options import subset_names
+
 
 @click.command("fit-attributes")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -29,8 +31,7 @@ def fit_attributes(checkpoint, data, subsets, tap, output) -> None:
     from edgereid.progress import on_terminal
     from edgereid.training.attribute_fit import refit_checkpoint
 
-    wanted = [s.strip() for s in subsets.split(",") if s.strip()] if subsets else None
-    report = refit_checkpoint(checkpoint, load_gender_dataset(data, subsets=wanted), output, tap=tap,
+    report = refit_checkpoint(checkpoint, load_gender_dataset(data, subsets=subset_names(subsets)), output, tap=tap,
                               progress=on_terminal())
     click.echo(f"fitted {report['attributes']} attributes on {report['images']} crops ({report['tap']}; loss "
                f"{report['loss_before']:.4f} -> {report['loss_after']:.4f}, {report['seconds']:.0f} s); wrote {output}")

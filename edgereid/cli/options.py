@@ -30,6 +30,12 @@ def runtime_options(f):
     return max_batch_option(backend_option(threads_option(f)))
 
 
+def subset_names(text: str | None) -> list | None:
+    """A comma-separated `--...-subsets A,B` value as names; None (every subset) when empty."""
+    names = [s.strip() for s in (text or "").split(",") if s.strip()]
+    return names or None
+
+
 def dataset_option(name: str = "--dataset", default: str | None = "market1501", what: str = "the data folder"):
     """A re-ID layout choice (`name`), its choices the data-set registry's names and "auto", on every command."""
     from edgereid.datasets.registry import dataset_names
