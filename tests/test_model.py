@@ -81,10 +81,12 @@ def test_attributes_on_the_embedding_are_a_probe_that_moves_no_reid_weight():
         assert torch.allclose(model.forward_gender(x)["attribute_logits"], out["attribute_logits"], atol=1e-5)
         assert torch.allclose(model.attribute_features(x), out["embedding"], atol=1e-6)
     model.train()
+    model.backbone.layer4[0].bn2.eval()  # a BN a caller froze stays frozen after the gender batch
     stats = [t.clone() for t in (model.reid_head.bnneck.running_mean, model.backbone.layer4[0].bn1.running_var)]
     gender_out = model.forward_gender(x)
     (gender_out["attribute_logits"].sum() + gender_out["gender_logit"].sum()).backward()
     assert model.training and model.reid_head.training and model.backbone.layer4.training  # modes restored
+    assert not model.backbone.layer4[0].bn2.training
     assert model.attribute_linear.weight.grad is not None and model.gender_head.fc.weight.grad is not None
     reid = ("reid_head", "backbone.layer4")
     assert not [n for n, p in model.named_parameters() if p.grad is not None and n.startswith(reid)]

@@ -298,16 +298,17 @@ class DualHeadReID(nn.Module):
         """The embedding of a layer3 map as inference computes it (running statistics, no gradient), whatever
         the train mode: what an attribute head on the embedding reads on a gender batch, which must not move
         the re-ID path's weights or its normalisation statistics."""
-        parts = (self.backbone.layer4, self.reid_head)
-        modes = [m.training for m in parts]
+        # each module's own mode is put back (a parent's train(mode) would also flip a BN a caller had frozen)
+        modules = [m for part in (self.backbone.layer4, self.reid_head) for m in part.modules()]
+        modes = [m.training for m in modules]
         try:
             with torch.no_grad():
-                for m in parts:
-                    m.eval()
+                for m in modules:
+                    m.training = False
                 return self.reid_head(self.backbone.layer4(x3))["embedding"]
         finally:
-            for m, mode in zip(parts, modes):
-                m.train(mode)
+            for m, mode in zip(modules, modes):
+                m.training = mode
 
     @property
     def attribute_linear(self) -> nn.Linear | None:
